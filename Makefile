@@ -1,0 +1,43 @@
+# canaryws — the two commands of the README quick start, plus their building blocks.
+#   make serve   run the service on the embedded default (flags/features.json, ./data)
+#   make test    lint (ruff), type-check (mypy) and run the whole test suite (pytest)
+# Both install what they need first: a pinned uv in .tools/, then the locked environment in .venv/.
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+SERVE_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: serve test lint typecheck install services
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+.venv/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --quiet
+	touch $@
+
+install: .venv/.synced
+
+serve: install
+	$(UV) run --frozen --no-sync canaryws serve $(SERVE_ARGS)
+
+lint: install
+	$(UV) run --frozen --no-sync ruff check src tests
+
+typecheck: install
+	$(UV) run --frozen --no-sync mypy
+
+# Later integration tests use the machine's PostgreSQL; start it if it is installed but stopped.
+services:
+	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; fi
+
+test: install services lint typecheck
+	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
