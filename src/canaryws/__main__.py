@@ -1,0 +1,3 @@
+from canaryws.cli import main
+
+main()

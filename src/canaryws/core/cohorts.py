@@ -1,0 +1,103 @@
+"""Cohort decision: which strategy a connection runs, from a flag snapshot and a context.
+
+Pure: the snapshot is anything with a ``revision`` and an ``evaluate`` method (the
+flag adapters wrap the Unleash engine behind that shape).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+STRICT_FLAG = "records.strict"
+SHADOW_FLAG = "records.shadow"
+COHORT_FLAGS = (STRICT_FLAG, SHADOW_FLAG)
+
+
+@dataclass(frozen=True, slots=True)
+class FlagEvaluation:
+    """One flag evaluated for one context (shaped for the OTel feature-flag semconv)."""
+
+    key: str
+    enabled: bool
+    found: bool
+    variant: str  # "on" | "off"
+    reason: str  # "targeting_match" | "split" | "disabled" | "default" | "error"
+    version: str  # the flags revision the evaluation used
+
+
+class FlagSnapshotView(Protocol):
+    """What the cohort decision needs from a flags snapshot."""
+
+    @property
+    def revision(self) -> str: ...
+
+    def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluationContext:
+    """Unleash evaluation context: userId = verified client id, sessionId = connection id."""
+
+    client_id: str
+    connection_id: str
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def as_unleash(self) -> dict[str, Any]:
+        ctx: dict[str, Any] = {"userId": self.client_id, "sessionId": self.connection_id}
+        if self.properties:
+            ctx["properties"] = dict(self.properties)
+        return ctx
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    strategy: str  # "strict" | "lenient"
+    strategy_version: int
+    shadow: bool
+    flags_revision: str
+
+    def same_treatment(self, other: Cohort) -> bool:
+        """True when only the revision differs: the connection's behaviour is unchanged."""
+        return (
+            self.strategy == other.strategy
+            and self.strategy_version == other.strategy_version
+            and self.shadow == other.shadow
+        )
+
+    def as_wire(self) -> dict[str, Any]:
+        return {
+            "strategy": self.strategy,
+            "strategy_version": self.strategy_version,
+            "shadow": self.shadow,
+            "flags_revision": self.flags_revision,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CohortDecision:
+    cohort: Cohort
+    evaluations: tuple[FlagEvaluation, ...]
+
+
+def decide_cohort(
+    snapshot: FlagSnapshotView,
+    context: EvaluationContext,
+    versions: Mapping[str, int],
+) -> CohortDecision:
+    """Evaluate the cohort flags once; ``records.strict`` on means the strict strategy.
+
+    ``versions`` maps strategy name to the version the service runs.
+    """
+    unleash_ctx = context.as_unleash()
+    strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
+    shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
+    strategy = "strict" if strict.enabled else "lenient"
+    cohort = Cohort(
+        strategy=strategy,
+        strategy_version=versions[strategy],
+        shadow=shadow.enabled,
+        flags_revision=snapshot.revision,
+    )
+    return CohortDecision(cohort=cohort, evaluations=(strict, shadow))

@@ -1,0 +1,37 @@
+"""The outcome of processing one batch: every index lands in exactly one list."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Result of a strategy over one batch of records.
+
+    ``accepted`` holds ``(index, value)``; ``skipped`` and ``rejected`` hold
+    ``(index, reason_code)``. Each index of the batch appears exactly once across
+    the three lists, in ascending order within each list.
+    """
+
+    strategy: str
+    strategy_version: int
+    accepted: list[tuple[int, str]]
+    skipped: list[tuple[int, str]]
+    rejected: list[tuple[int, str]]
+
+    @property
+    def size(self) -> int:
+        return len(self.accepted) + len(self.skipped) + len(self.rejected)
+
+    def reason_counts(self) -> dict[tuple[str, str], int]:
+        """Counts keyed by ``(outcome, reason)``: ("skipped", "blank") -> 2, ..."""
+        counts: dict[tuple[str, str], int] = {}
+        if self.skipped:
+            for reason, n in Counter(r for _, r in self.skipped).items():
+                counts[("skipped", reason)] = n
+        if self.rejected:
+            for reason, n in Counter(r for _, r in self.rejected).items():
+                counts[("rejected", reason)] = n
+        return counts

@@ -1,0 +1,425 @@
+"""The flags document: validation, revision, encoding, edits, description."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canaryws.core.flagdoc import (
+    KNOWN_STRATEGIES,
+    FlagEditError,
+    FlagRow,
+    FlagsDocument,
+    FlagsDocumentError,
+    describe,
+    encode_flags_document,
+    parse_flags_document,
+    validate_flags_data,
+    with_enabled,
+    with_rollout,
+)
+
+REPO_FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
+
+
+def feature(name: str, *, enabled: bool = True, strategies: list[Any] | None = None) -> dict[str, Any]:
+    return {"name": name, "enabled": enabled, "strategies": strategies if strategies is not None else []}
+
+
+def rollout_strategy(percent: Any, group: str = "g") -> dict[str, Any]:
+    return {
+        "name": "flexibleRollout",
+        "parameters": {"rollout": percent, "stickiness": "userId", "groupId": group},
+        "constraints": [],
+    }
+
+
+def document(*features: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"version": 2, "features": list(features), "segments": [], **extra}
+
+
+def error_of(data: Any) -> str:
+    with pytest.raises(FlagsDocumentError) as info:
+        if isinstance(data, str | bytes):
+            parse_flags_document(data)
+        else:
+            validate_flags_data(data)
+    return str(info.value)
+
+
+# ----------------------------------------------------------------- the shipped file
+
+
+def test_shipped_flags_file_is_valid_and_starts_everyone_lenient() -> None:
+    doc = parse_flags_document(REPO_FLAGS.read_bytes())
+    assert doc.feature_names() == ["records.strict", "records.shadow"]
+    rows = {row.name: row for row in describe(doc)}
+    assert rows["records.strict"].enabled is True
+    assert rows["records.strict"].rollout == 0
+    assert rows["records.shadow"].enabled is False
+    assert rows["records.shadow"].rollout == 100
+    strict = doc.feature("records.strict")
+    assert strict is not None
+    assert strict["strategies"][0]["parameters"] == {
+        "rollout": "0",
+        "stickiness": "userId",
+        "groupId": "records.strict",
+    }
+    assert strict["type"] == "release" and strict["project"] == "default"
+    assert strict["impressionData"] is False
+    shadow = doc.feature("records.shadow")
+    assert shadow is not None and shadow["type"] == "operational"
+    assert shadow["strategies"][0]["parameters"]["groupId"] == "records.shadow"
+
+
+def test_shipped_flags_file_is_in_canonical_encoding() -> None:
+    """CLI edits then change only the lines they touch."""
+    raw = REPO_FLAGS.read_bytes()
+    assert encode_flags_document(parse_flags_document(raw)) == raw
+
+
+# ------------------------------------------------------------------------- revision
+
+
+def test_revision_ignores_whitespace_and_key_order() -> None:
+    data = document(feature("a", strategies=[rollout_strategy("5")]))
+    compact = json.dumps(data, separators=(",", ":"))
+    pretty = json.dumps(data, indent=4)
+    reordered = json.dumps(dict(reversed(list(data.items()))))
+    revisions = {parse_flags_document(raw).revision for raw in (compact, pretty, reordered)}
+    assert len(revisions) == 1
+    (revision,) = revisions
+    assert len(revision) == 16 and int(revision, 16) >= 0
+
+
+def test_revision_changes_with_content() -> None:
+    a = validate_flags_data(document(feature("a", strategies=[rollout_strategy("5")])))
+    b = validate_flags_data(document(feature("a", strategies=[rollout_strategy("6")])))
+    assert a.revision != b.revision
+
+
+# ------------------------------------------------------------------------ rejection
+
+
+def test_invalid_json_names_line_and_column() -> None:
+    message = error_of('{"version": 2,\n  "features": [,]}')
+    assert message == "invalid JSON at line 2 column 16: Expecting value"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("[]", "document: expected a JSON object with 'version' and 'features', got an array"),
+        ('"x"', "got a string"),
+        ("null", "got null"),
+        ('{"version": 2, "version": 3, "features": []}', "duplicate key 'version'"),
+        ('{"version": NaN, "features": []}', "NaN is not allowed"),
+        (b'{"version": 2, "features": [\xff]}', "not valid UTF-8 at byte"),
+    ],
+)
+def test_rejects_what_is_not_a_json_document(raw: str | bytes, expected: str) -> None:
+    assert expected in error_of(raw)
+
+
+def test_byte_order_mark_is_accepted() -> None:
+    raw = b"\xef\xbb\xbf" + json.dumps(document()).encode()
+    assert parse_flags_document(raw).feature_names() == []
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"features": []}, "version: Field required"),
+        ({"version": "2", "features": []}, 'version: Input should be a valid integer (got "2")'),
+        ({"version": 2}, "features: Field required"),
+        ({"version": 2, "features": {}}, "features: Input should be a valid list"),
+        (document({"name": "a", "strategies": []}), "features[0].enabled: Field required"),
+        (
+            document(feature("a") | {"enabled": "yes"}),
+            'features[0].enabled: Input should be a valid boolean (got "yes")',
+        ),
+        (document({"name": "a", "enabled": True}), "features[0].strategies: Field required"),
+        (document(feature("")), "features[0].name: String should have at least 1 character"),
+        (document(feature(" a")), "features[0].name: ' a' has surrounding whitespace"),
+        (
+            document(feature("a", strategies=[{"name": "default", "segments": ["1"]}])),
+            "features[0].strategies[0].segments[0]: Input should be a valid integer",
+        ),
+        (
+            document(feature("a") | {"variants": [{"name": "v", "weight": "a"}]}),
+            "features[0].variants[0].weight: Input should be a valid integer",
+        ),
+        (
+            {"version": 2, "features": [], "segments": [{"id": 1}]},
+            "segments[0].constraints: Field required",
+        ),
+    ],
+)
+def test_shape_errors_name_their_location(data: Any, expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_unknown_strategy_is_rejected_with_the_known_ones() -> None:
+    data = document(feature("a", strategies=[rollout_strategy("5"), {"name": "myCustom"}]))
+    message = error_of(data)
+    assert message == (
+        "features[0].strategies[1].name: unknown strategy 'myCustom' (known: " + ", ".join(KNOWN_STRATEGIES) + ")"
+    )
+
+
+def test_every_builtin_strategy_is_accepted() -> None:
+    strategies = [{"name": name, "parameters": {}} for name in KNOWN_STRATEGIES if name != "flexibleRollout"]
+    validate_flags_data(document(feature("a", strategies=[*strategies, rollout_strategy("1")])))
+
+
+def test_duplicate_feature_names_are_rejected() -> None:
+    message = error_of(document(feature("a"), feature("b"), feature("a")))
+    assert message == "features[2].name: duplicate feature name 'a' (also features[0])"
+
+
+@pytest.mark.parametrize("percent", ["101", "-1", "abc", "", " 5", "5.0", 25.5, 101, -1, True, None])
+def test_rollout_must_be_an_integer_percent(percent: Any) -> None:
+    message = error_of(document(feature("a", strategies=[rollout_strategy(percent)])))
+    assert message.startswith("features[0].strategies[0].parameters.rollout: must be")
+
+
+def test_flexible_rollout_requires_a_rollout() -> None:
+    data = document(feature("a", strategies=[{"name": "flexibleRollout", "parameters": {}}]))
+    assert error_of(data) == "features[0].strategies[0].parameters.rollout: required by flexibleRollout"
+
+
+def test_integer_parameters_are_normalised_to_strings_as_unleash_serves_them() -> None:
+    data = document(feature("a", strategies=[rollout_strategy(25) | {"extra": 1}]))
+    data["features"][0]["strategies"][0]["parameters"]["weight"] = 2.5
+    doc = validate_flags_data(data)
+    strategy = doc.data["features"][0]["strategies"][0]
+    assert strategy["parameters"] == {
+        "rollout": "25",
+        "stickiness": "userId",
+        "groupId": "g",
+        "weight": "2.5",
+    }
+    assert strategy["extra"] == 1
+    assert data["features"][0]["strategies"][0]["parameters"]["rollout"] == 25  # input untouched
+
+
+@pytest.mark.parametrize(
+    ("constraint", "expected"),
+    [
+        ({"contextName": "x", "operator": "BOGUS", "values": []}, "operator: unknown operator 'BOGUS'"),
+        ({"contextName": "x", "operator": "IN"}, "values: required by operator IN"),
+        ({"contextName": "x", "operator": "SEMVER_GT"}, "value: required by operator SEMVER_GT"),
+        ({"contextName": "x", "operator": "NUM_GT", "value": "many"}, "NUM_GT needs a number"),
+        ({"contextName": "x", "operator": "NUM_GT", "value": 5}, "Input should be a valid string"),
+    ],
+)
+def test_constraints_are_checked(constraint: dict[str, Any], expected: str) -> None:
+    data = document(feature("a", strategies=[{"name": "default", "constraints": [constraint]}]))
+    message = error_of(data)
+    assert message.startswith("features[0].strategies[0].constraints[0].")
+    assert expected in message
+
+
+def test_segment_and_dependency_references_must_exist() -> None:
+    data = document(
+        feature("a", strategies=[{"name": "default", "segments": [1, 2]}]) | {"dependencies": [{"feature": "zz"}]}
+    )
+    data["segments"] = [{"id": 1, "constraints": []}, {"id": 1, "constraints": []}]
+    with pytest.raises(FlagsDocumentError) as info:
+        validate_flags_data(data)
+    assert info.value.problems == (
+        "segments[1].id: duplicate segment id 1",
+        "features[0].dependencies[0].feature: unknown feature 'zz'",
+        "features[0].strategies[0].segments[1]: unknown segment id 2",
+    )
+
+
+def test_many_problems_are_summarised() -> None:
+    data = document(*(feature("a", strategies=[{"name": f"x{i}"}]) for i in range(8)))
+    with pytest.raises(FlagsDocumentError) as info:
+        validate_flags_data(data)
+    assert len(info.value.problems) == 15  # 8 unknown strategies, 7 duplicates
+    assert str(info.value).endswith("(and 10 more)")
+
+
+def test_non_json_values_are_rejected() -> None:
+    assert "not JSON-compatible" in error_of(document(feature("a")) | {"meta": {1, 2}})
+    assert "not JSON-compatible" in error_of(document(feature("a")) | {"meta": float("inf")})
+
+
+# --------------------------------------------------------------- unknown fields kept
+
+
+def test_unknown_fields_are_preserved_in_order() -> None:
+    data = {
+        "version": 2,
+        "features": [
+            {
+                "strategies": [rollout_strategy("5") | {"sortOrder": 3, "title": "t"}],
+                "name": "a",
+                "createdAt": "2024-01-01",
+                "enabled": True,
+            }
+        ],
+        "segments": [],
+        "query": {"project": ["default"]},
+        "meta": {"revisionId": 7, "etag": None},
+    }
+    doc = validate_flags_data(data)
+    assert doc.data == data
+    assert list(doc.data["features"][0]) == ["strategies", "name", "createdAt", "enabled"]
+    encoded = encode_flags_document(doc)
+    assert encoded.endswith(b"}\n")
+    assert encoded.decode().startswith('{\n  "version": 2,\n  "features": [\n    {\n      "strategies"')
+
+
+def test_validation_does_not_mutate_or_alias_its_input() -> None:
+    data = document(feature("a", strategies=[rollout_strategy(5)]))
+    before = copy.deepcopy(data)
+    doc = validate_flags_data(data)
+    assert data == before
+    doc.data["features"][0]["name"] = "changed"
+    assert data == before
+
+
+def test_tuples_are_accepted_as_arrays() -> None:
+    doc = validate_flags_data({"version": 2, "features": (feature("a"),)})
+    assert doc.data["features"] == [feature("a")]
+
+
+def test_feature_lookup_returns_a_copy() -> None:
+    doc = validate_flags_data(document(feature("a")))
+    found = doc.feature("a")
+    assert found == feature("a")
+    assert found is not None
+    found["enabled"] = False
+    assert doc.feature("a") == feature("a")
+    assert doc.feature("missing") is None
+
+
+# --------------------------------------------------------------------------- edits
+
+
+def base() -> FlagsDocument:
+    return validate_flags_data(
+        document(
+            feature("records.strict", strategies=[rollout_strategy("0", "records.strict")]),
+            feature("records.shadow", enabled=False),
+        )
+    )
+
+
+def test_with_rollout_sets_the_existing_flexible_rollout() -> None:
+    doc = base()
+    new = with_rollout(doc, "records.strict", 25)
+    strategy = new.data["features"][0]["strategies"][0]
+    assert strategy["parameters"] == {"rollout": "25", "stickiness": "userId", "groupId": "records.strict"}
+    assert new.revision != doc.revision
+    assert doc.data["features"][0]["strategies"][0]["parameters"]["rollout"] == "0"  # not mutated
+
+
+def test_with_rollout_appends_a_flexible_rollout_when_there_is_none() -> None:
+    new = with_rollout(base(), "records.shadow", 10)
+    assert new.data["features"][1]["strategies"] == [
+        {
+            "name": "flexibleRollout",
+            "parameters": {"rollout": "10", "stickiness": "userId", "groupId": "records.shadow"},
+            "constraints": [],
+        }
+    ]
+
+
+def test_with_rollout_refuses_an_ambiguous_target() -> None:
+    doc = validate_flags_data(document(feature("a", strategies=[rollout_strategy("1"), rollout_strategy("2")])))
+    with pytest.raises(FlagEditError, match="2 flexibleRollout strategies, the rollout to change is ambiguous"):
+        with_rollout(doc, "a", 5)
+
+
+@pytest.mark.parametrize("percent", [-1, 101, True, 2.5, "25"])
+def test_with_rollout_refuses_a_bad_percent(percent: Any) -> None:
+    with pytest.raises(FlagEditError, match="rollout percent must be"):
+        with_rollout(base(), "records.strict", percent)
+
+
+def test_edits_refuse_an_unknown_flag_and_list_the_known_ones() -> None:
+    message = "unknown flag 'records.strcit' \\(known flags: records.strict, records.shadow\\)"
+    with pytest.raises(FlagEditError, match=message):
+        with_rollout(base(), "records.strcit", 5)
+    with pytest.raises(FlagEditError, match=message):
+        with_enabled(base(), "records.strcit", True)
+    assert issubclass(FlagEditError, FlagsDocumentError)
+
+
+def test_with_enabled_toggles_and_returns_a_new_document() -> None:
+    doc = base()
+    new = with_enabled(doc, "records.shadow", True)
+    assert new.data["features"][1]["enabled"] is True
+    assert doc.data["features"][1]["enabled"] is False
+    assert with_enabled(new, "records.shadow", False).revision == doc.revision
+
+
+# ------------------------------------------------------------------------ describe
+
+
+def test_describe_summarises_each_flag() -> None:
+    data = document(
+        feature("records.strict", strategies=[rollout_strategy("25", "records.strict")]) | {"description": "strict"},
+        feature(
+            "b",
+            enabled=False,
+            strategies=[
+                {"name": "userWithId", "parameters": {"userIds": "a, b,c"}},
+                {
+                    "name": "default",
+                    "constraints": [{"contextName": "v", "operator": "SEMVER_GT", "value": "1.0.0"}],
+                },
+            ],
+        ),
+        feature("c"),
+        feature("d", strategies=[rollout_strategy("1"), rollout_strategy("2")]),
+    )
+    rows = describe(validate_flags_data(data))
+    assert rows == [
+        FlagRow("records.strict", True, 25, "flexibleRollout 25% (userId)", "strict"),
+        FlagRow("b", False, None, "userWithId (3 users), default [1 constraint]", ""),
+        FlagRow("c", True, None, "no strategies (everyone)", ""),
+        FlagRow("d", True, None, "flexibleRollout 1% (userId), flexibleRollout 2% (userId)", ""),
+    ]
+
+
+# ---------------------------------------------------------------------- properties
+
+edits = st.lists(
+    st.one_of(
+        st.tuples(st.just("rollout"), st.sampled_from(["records.strict", "records.shadow"]), st.integers(0, 100)),
+        st.tuples(st.just("enabled"), st.sampled_from(["records.strict", "records.shadow"]), st.booleans()),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=150)
+@given(edits)
+def test_edits_round_trip_through_encode_and_parse(steps: list[tuple[str, str, Any]]) -> None:
+    doc = base()
+    expected_rollout: dict[str, int | None] = {"records.strict": 0, "records.shadow": None}
+    expected_enabled = {"records.strict": True, "records.shadow": False}
+    for kind, flag, value in steps:
+        if kind == "rollout":
+            doc = with_rollout(doc, flag, value)
+            expected_rollout[flag] = value
+        else:
+            doc = with_enabled(doc, flag, value)
+            expected_enabled[flag] = value
+        reparsed = parse_flags_document(encode_flags_document(doc))
+        assert reparsed == doc
+    rows = {row.name: row for row in describe(doc)}
+    for flag in expected_enabled:
+        assert rows[flag].enabled is expected_enabled[flag]
+        assert rows[flag].rollout == expected_rollout[flag]
