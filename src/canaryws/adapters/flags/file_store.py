@@ -1,0 +1,146 @@
+"""Reading and writing the flags file (used by the operator CLI and the file source).
+
+Writes are atomic (temporary file in the same directory, fsync, ``os.replace``, fsync
+of the directory), so the running service's watcher only ever sees a complete old or
+a complete new document. :func:`update_document` serialises read-edit-write cycles
+with an ``fcntl`` lock on a sidecar ``.<name>.lock`` file, so concurrent CLI writers
+do not lose each other's updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from canaryws.core.flagdoc import (
+    FlagsDocument,
+    FlagsDocumentError,
+    encode_flags_document,
+    parse_flags_document,
+    validate_flags_data,
+)
+
+_NEW_FILE_MODE = 0o644
+
+
+@dataclass(frozen=True, slots=True)
+class FileSignature:
+    """What identifies one version of a file cheaply (a stat, no read)."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileSignature:
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def stat_signature(path: Path) -> FileSignature | None:
+    """The signature of ``path`` (symlinks followed), or None if it cannot be stat'ed."""
+    try:
+        return FileSignature.of(os.stat(path))
+    except OSError:
+        return None
+
+
+def read_flags_bytes(path: Path) -> tuple[bytes, FileSignature]:
+    """The file's bytes and the signature of the version read (from ``fstat``).
+
+    Raises FlagsDocumentError naming the path on any OSError.
+    """
+    try:
+        with open(path, "rb") as file:
+            signature = FileSignature.of(os.fstat(file.fileno()))
+            return file.read(), signature
+    except OSError as exc:
+        raise FlagsDocumentError(f"{path}: cannot read flags file: {_os_reason(exc)}") from None
+
+
+def read_document(path: Path) -> FlagsDocument:
+    """Read and validate the flags file; FlagsDocumentError names the path."""
+    raw, _ = read_flags_bytes(path)
+    try:
+        return parse_flags_document(raw)
+    except FlagsDocumentError as exc:
+        raise FlagsDocumentError([f"{path}: {problem}" for problem in exc.problems]) from None
+
+
+def write_document_atomic(path: Path, doc: FlagsDocument) -> None:
+    """Replace the file at ``path`` with ``doc`` atomically, keeping its permissions.
+
+    A symlink at ``path`` is followed: its target is replaced, the link is kept.
+    Raises FlagsDocumentError naming the path on any OSError.
+    """
+    target = Path(os.path.realpath(path))
+    payload = encode_flags_document(doc)
+    try:
+        try:
+            mode = stat.S_IMODE(os.stat(target).st_mode)
+        except FileNotFoundError:
+            mode = _NEW_FILE_MODE
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                tmp.write(payload)
+                tmp.flush()
+                os.fchmod(tmp.fileno(), mode)
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
+            raise
+        _fsync_directory(target.parent)
+    except OSError as exc:
+        raise FlagsDocumentError(f"{path}: cannot write flags file: {_os_reason(exc)}") from None
+
+
+def update_document(path: Path, edit: Callable[[FlagsDocument], FlagsDocument]) -> tuple[FlagsDocument, FlagsDocument]:
+    """Apply ``edit`` to the file under an exclusive lock; returns ``(old, new)``.
+
+    The new document is validated again before it is written, and nothing is
+    written when the revision does not change. Errors from ``edit`` propagate
+    unchanged (the file is left untouched).
+    """
+    with _locked(path):
+        old = read_document(path)
+        new = validate_flags_data(edit(old).data)
+        if new.revision != old.revision:
+            write_document_atomic(path, new)
+        return old, new
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    target = Path(os.path.realpath(path))
+    lock_path = target.parent / f".{target.name}.lock"
+    try:
+        lock_file = open(lock_path, "a+b")  # noqa: SIM115 - held across the yield
+    except OSError as exc:
+        raise FlagsDocumentError(f"{path}: cannot open lock file {lock_path}: {_os_reason(exc)}") from None
+    with lock_file:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)

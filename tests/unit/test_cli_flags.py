@@ -1,0 +1,186 @@
+"""``canaryws flags``: what an operator sees and what happens to the flags file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from canaryws.adapters.flags.file_store import read_document
+from canaryws.cli.flags import FileFlagBackend, FlagBackend, flags_group
+from canaryws.core.flagdoc import describe
+
+REPO_FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
+
+
+@pytest.fixture
+def flags_file(tmp_path: Path) -> Path:
+    path = tmp_path / "features.json"
+    path.write_bytes(REPO_FLAGS.read_bytes())
+    return path
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(flags_group, list(args), env=env)
+
+
+def rows(path: Path) -> dict[str, tuple[bool, int | None]]:
+    return {row.name: (row.enabled, row.rollout) for row in describe(read_document(path))}
+
+
+def test_file_backend_matches_the_protocol(flags_file: Path) -> None:
+    backend: FlagBackend = FileFlagBackend(flags_file)
+    listing = backend.describe()
+    assert backend.location == str(flags_file)
+    assert listing.source == "file"
+    assert [row.name for row in listing.flags] == ["records.strict", "records.shadow"]
+
+
+def test_show_prints_a_table_with_source_and_revision(flags_file: Path) -> None:
+    result = run("show", "--flags", str(flags_file), env={"COLUMNS": "160"})
+    assert result.exit_code == 0, result.output
+    revision = read_document(flags_file).revision
+    assert f"(revision {revision})" in result.stdout
+    assert "flags from file" in result.stdout
+    for text in ("records.strict", "records.shadow", "flexibleRollout 0% (userId)", "0%", "100%"):
+        assert text in result.stdout
+    assert "Traceback" not in result.output
+
+
+def test_show_json_is_machine_readable(flags_file: Path) -> None:
+    result = run("show", "--json", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.stdout)
+    assert listing["source"] == "file"
+    assert listing["location"] == str(flags_file)
+    assert listing["revision"] == read_document(flags_file).revision
+    assert listing["flags"][0] == {
+        "name": "records.strict",
+        "enabled": True,
+        "rollout": 0,
+        "strategies": "flexibleRollout 0% (userId)",
+        "description": listing["flags"][0]["description"],
+    }
+    assert listing["flags"][1]["enabled"] is False
+
+
+def test_rollout_prints_one_line_and_updates_the_file(flags_file: Path) -> None:
+    old = read_document(flags_file).revision
+    result = run("rollout", "records.strict", "25", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    new = read_document(flags_file).revision
+    assert result.stdout == f"records.strict: rollout 0% -> 25% (revision {old} -> {new}) in {flags_file}\n"
+    assert result.stderr == ""
+    assert rows(flags_file)["records.strict"] == (True, 25)
+
+
+def test_rollout_accepts_a_percent_sign_and_reports_no_change(flags_file: Path) -> None:
+    run("rollout", "records.strict", "5%", "--flags", str(flags_file))
+    revision = read_document(flags_file).revision
+    result = run("rollout", "records.strict", "5", "--flags", str(flags_file))
+    assert result.exit_code == 0
+    assert result.stdout == f"records.strict: rollout already 5% (revision {revision}, unchanged) in {flags_file}\n"
+
+
+def test_rollout_of_a_disabled_flag_notes_when_it_takes_effect(flags_file: Path) -> None:
+    result = run("rollout", "records.shadow", "10", "--flags", str(flags_file))
+    assert result.exit_code == 0
+    assert result.stdout.startswith("records.shadow: rollout 100% -> 10% (revision ")
+    assert "records.shadow is disabled; the rollout takes effect once it is enabled" in result.stderr
+
+
+@pytest.mark.parametrize("percent", ["150", "-5", "abc", "2.5"])
+def test_an_invalid_percent_is_a_usage_error(flags_file: Path, percent: str) -> None:
+    raw = flags_file.read_bytes()
+    result = run("rollout", "records.strict", "--flags", str(flags_file), "--", percent)
+    assert result.exit_code == 2
+    assert "percent" in result.stderr
+    assert flags_file.read_bytes() == raw
+
+
+def test_an_unknown_flag_is_a_usage_error_listing_the_known_flags(flags_file: Path) -> None:
+    for args in (("rollout", "records.strcit", "5"), ("enable", "nope"), ("disable", "nope")):
+        result = run(*args, "--flags", str(flags_file))
+        assert result.exit_code == 2, result.output
+        assert "known flags: records.strict, records.shadow" in result.stderr
+        assert result.stderr.startswith("Error: unknown flag")
+        assert "Traceback" not in result.output
+        assert "Usage:" not in result.stderr
+
+
+def test_enable_and_disable(flags_file: Path) -> None:
+    r1 = read_document(flags_file).revision
+    result = run("enable", "records.shadow", "--flags", str(flags_file))
+    r2 = read_document(flags_file).revision
+    assert result.exit_code == 0
+    assert result.stdout == f"records.shadow: disabled -> enabled (revision {r1} -> {r2}) in {flags_file}\n"
+    assert rows(flags_file)["records.shadow"] == (True, 100)
+
+    again = run("enable", "records.shadow", "--flags", str(flags_file))
+    assert again.stdout == f"records.shadow: already enabled (revision {r2}, unchanged) in {flags_file}\n"
+
+    killed = run("disable", "records.shadow", "--flags", str(flags_file))
+    assert killed.exit_code == 0
+    assert killed.stdout == f"records.shadow: enabled -> disabled (revision {r2} -> {r1}) in {flags_file}\n"
+
+
+def test_a_missing_file_is_an_io_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.json"
+    for args in (("show",), ("rollout", "records.strict", "5"), ("enable", "records.strict")):
+        result = run(*args, "--flags", str(missing))
+        assert result.exit_code == 1
+        assert result.stderr == f"Error: {missing}: cannot read flags file: No such file or directory\n"
+
+
+def test_an_invalid_file_is_reported_with_the_location(flags_file: Path) -> None:
+    flags_file.write_text(flags_file.read_text().replace('"name": "flexibleRollout"', '"name": "myCustom"', 1))
+    raw = flags_file.read_bytes()
+    for args in (("show",), ("rollout", "records.strict", "5")):
+        result = run(*args, "--flags", str(flags_file))
+        assert result.exit_code == 1
+        assert f"Error: {flags_file}: features[0].strategies[0].name: unknown strategy 'myCustom'" in result.stderr
+        assert "Traceback" not in result.output
+    assert flags_file.read_bytes() == raw
+
+
+def test_the_flags_path_comes_from_the_environment(flags_file: Path) -> None:
+    result = run("rollout", "records.strict", "50", env={"CANARYWS_FLAGS": str(flags_file)})
+    assert result.exit_code == 0, result.output
+    assert rows(flags_file)["records.strict"] == (True, 50)
+
+
+def test_the_default_path_is_relative_to_the_working_directory(
+    flags_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (flags_file.parent / "flags").mkdir()
+    flags_file.rename(flags_file.parent / "flags" / "features.json")
+    monkeypatch.chdir(flags_file.parent)
+    monkeypatch.delenv("CANARYWS_FLAGS", raising=False)
+    result = run("show", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["location"] == "flags/features.json"
+
+
+def test_installed_cli_runs_flags_commands(flags_file: Path) -> None:
+    """End to end through the console script, once ``canaryws.cli.main`` wires the group."""
+    import canaryws.cli
+
+    if not hasattr(canaryws.cli, "main"):
+        pytest.skip("canaryws.cli.main is not wired yet")
+    script = Path(sys.executable).with_name("canaryws")
+    if not script.exists():
+        pytest.skip("the canaryws console script is not installed")
+    done = subprocess.run(
+        [str(script), "flags", "rollout", "records.strict", "1", "--flags", str(flags_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("records.strict: rollout 0% -> 1% (revision ")
+    assert rows(flags_file)["records.strict"] == (True, 1)

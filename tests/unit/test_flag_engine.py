@@ -1,0 +1,187 @@
+"""FlagSnapshot: the Unleash engine behind the FlagSnapshotView shape."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canaryws.adapters.flags.engine import FlagSnapshot
+from canaryws.core.cohorts import (
+    SHADOW_FLAG,
+    STRICT_FLAG,
+    EvaluationContext,
+    FlagEvaluation,
+    FlagSnapshotView,
+    decide_cohort,
+)
+from canaryws.core.flagdoc import (
+    FlagsDocument,
+    FlagsDocumentError,
+    compute_revision,
+    parse_flags_document,
+    validate_flags_data,
+    with_enabled,
+    with_rollout,
+)
+
+REPO_FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
+CLIENTS = [f"client-{i}" for i in range(2000)]
+
+
+def shipped() -> FlagsDocument:
+    return parse_flags_document(REPO_FLAGS.read_bytes())
+
+
+def snapshot(doc: FlagsDocument) -> FlagSnapshot:
+    return FlagSnapshot.from_document(doc, source="test", loaded_at=1_700_000_000.0)
+
+
+def strict_at(percent: int) -> FlagSnapshot:
+    return snapshot(with_rollout(shipped(), STRICT_FLAG, percent))
+
+
+def enabled_clients(snap: FlagSnapshot, clients: list[str] = CLIENTS) -> set[str]:
+    return {c for c in clients if snap.evaluate(STRICT_FLAG, {"userId": c, "sessionId": "s"}).enabled}
+
+
+def test_snapshot_exposes_its_document_and_origin() -> None:
+    doc = shipped()
+    snap = snapshot(doc)
+    view: FlagSnapshotView = snap
+    assert view.revision == doc.revision
+    assert snap.document is doc
+    assert snap.source == "test"
+    assert snap.loaded_at == 1_700_000_000.0
+    assert "revision=" in repr(snap)
+
+
+def test_loaded_at_defaults_to_now() -> None:
+    before = time.time()
+    snap = FlagSnapshot.from_document(shipped(), source="test")
+    assert before <= snap.loaded_at <= time.time()
+
+
+def test_unknown_flag_is_an_error_evaluation() -> None:
+    snap = snapshot(shipped())
+    assert snap.evaluate("nope", {"userId": "a"}) == FlagEvaluation(
+        key="nope", enabled=False, found=False, variant="off", reason="error", version=snap.revision
+    )
+
+
+def test_disabled_feature() -> None:
+    snap = snapshot(shipped())  # records.shadow ships disabled
+    assert snap.evaluate(SHADOW_FLAG, {"userId": "a"}) == FlagEvaluation(
+        SHADOW_FLAG, False, True, "off", "disabled", snap.revision
+    )
+
+
+def test_rollout_zero_is_default_off_and_hundred_is_a_targeting_match() -> None:
+    zero = strict_at(0)
+    full = strict_at(100)
+    assert zero.evaluate(STRICT_FLAG, {"userId": "a"}) == FlagEvaluation(
+        STRICT_FLAG, False, True, "off", "default", zero.revision
+    )
+    assert full.evaluate(STRICT_FLAG, {"userId": "a"}) == FlagEvaluation(
+        STRICT_FLAG, True, True, "on", "targeting_match", full.revision
+    )
+
+
+def test_partial_rollout_is_a_split_on_both_sides() -> None:
+    snap = strict_at(25)
+    evaluations = [snap.evaluate(STRICT_FLAG, {"userId": c}) for c in CLIENTS[:200]]
+    assert {e.reason for e in evaluations} == {"split"}
+    assert {(e.enabled, e.variant) for e in evaluations} == {(True, "on"), (False, "off")}
+    assert {e.version for e in evaluations} == {snap.revision}
+
+
+def test_rollout_25_enables_about_a_quarter_of_clients() -> None:
+    share = len(enabled_clients(strict_at(25))) / len(CLIENTS)
+    assert 0.22 <= share <= 0.28
+
+
+def test_ramping_up_never_turns_an_enabled_client_off() -> None:
+    previous: set[str] = set()
+    for percent in (0, 1, 5, 10, 25, 50, 75, 99, 100):
+        current = enabled_clients(strict_at(percent))
+        assert previous <= current, f"clients lost at {percent}%"
+        previous = current
+    assert previous == set(CLIENTS)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 100), st.integers(0, 100))
+def test_rollout_is_monotonic(a: int, b: int) -> None:
+    low, high = sorted((a, b))
+    clients = CLIENTS[:300]
+    assert enabled_clients(strict_at(low), clients) <= enabled_clients(strict_at(high), clients)
+
+
+def test_the_cohort_is_sticky_per_client_not_per_connection() -> None:
+    snap = strict_at(50)
+    for client in CLIENTS[:50]:
+        outcomes = {snap.evaluate(STRICT_FLAG, {"userId": client, "sessionId": f"s{i}"}).enabled for i in range(5)}
+        assert len(outcomes) == 1
+
+
+def test_disabling_is_the_kill_switch() -> None:
+    snap = snapshot(with_enabled(with_rollout(shipped(), STRICT_FLAG, 100), STRICT_FLAG, False))
+    assert enabled_clients(snap, CLIENTS[:100]) == set()
+    assert snap.evaluate(STRICT_FLAG, {"userId": "a"}).reason == "disabled"
+
+
+def test_context_may_be_any_mapping_and_constraints_target_properties() -> None:
+    data: dict[str, Any] = {
+        "version": 2,
+        "features": [
+            {
+                "name": "f",
+                "enabled": True,
+                "strategies": [
+                    {
+                        "name": "default",
+                        "constraints": [{"contextName": "clientVersion", "operator": "SEMVER_GT", "value": "1.0.0"}],
+                    }
+                ],
+            }
+        ],
+    }
+    snap = snapshot(validate_flags_data(data))
+    new = MappingProxyType({"userId": "a", "properties": {"clientVersion": "1.2.0"}})
+    old = {"userId": "a", "properties": {"clientVersion": "0.9.0"}}
+    assert snap.evaluate("f", new).reason == "targeting_match"
+    assert snap.evaluate("f", old) == FlagEvaluation("f", False, True, "off", "default", snap.revision)
+
+
+def test_decide_cohort_reads_the_snapshot() -> None:
+    snap = snapshot(with_enabled(with_rollout(shipped(), STRICT_FLAG, 100), SHADOW_FLAG, True))
+    decision = decide_cohort(
+        snap, EvaluationContext(client_id="c1", connection_id="conn-1"), {"strict": 1, "lenient": 1}
+    )
+    assert decision.cohort.strategy == "strict"
+    assert decision.cohort.shadow is True
+    assert decision.cohort.flags_revision == snap.revision
+    assert [e.reason for e in decision.evaluations] == ["targeting_match", "targeting_match"]
+
+
+def test_snapshots_are_independent() -> None:
+    low, high = strict_at(0), strict_at(100)
+    assert not low.evaluate(STRICT_FLAG, {"userId": "a"}).enabled
+    assert high.evaluate(STRICT_FLAG, {"userId": "a"}).enabled
+    assert not low.evaluate(STRICT_FLAG, {"userId": "a"}).enabled
+
+
+def test_a_document_the_engine_cannot_load_is_rejected() -> None:
+    """Safety net: a document that bypassed validation (numeric parameter)."""
+    data = validate_flags_data(
+        {"version": 2, "features": [{"name": "f", "enabled": True, "strategies": [{"name": "default"}]}]}
+    ).data
+    data["features"][0]["strategies"][0]["parameters"] = {"rollout": 25}
+    bypassed = FlagsDocument(data=data, revision=compute_revision(data))
+    with pytest.raises(FlagsDocumentError, match=r"engine rejected the document \(features not loaded: f\)"):
+        FlagSnapshot.from_document(bypassed, source="test")
