@@ -1,0 +1,166 @@
+"""Structured logs: one JSON object per line, correlated with connections and traces.
+
+Every record carries ``time`` (ISO-8601, UTC), ``level``, ``logger`` and ``message``;
+``connection_id``/``client_id`` when the ContextVars below are set (the WebSocket
+endpoint sets them for the life of a connection); ``trace_id``/``span_id`` (hex) when
+a valid span is current; and whatever ``extra=`` fields the call passed.
+
+Secrets are redacted on the way out, as defence in depth (the HTTP layer already keeps
+``access_token`` out of logged URLs): ``access_token=<value>``, ``Bearer <token>`` and
+JWT-shaped strings become ``[REDACTED]`` in the message, in string extras and in
+exception text.
+
+uvicorn: call :func:`configure_logging` first and give uvicorn ``log_config=None``
+(``uvicorn.Config(..., log_config=None)``); uvicorn's default ``log_config`` would
+re-install its own handlers on the ``uvicorn*`` loggers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter
+
+__all__ = [
+    "REDACTED",
+    "JsonLogFormatter",
+    "RedactingFilter",
+    "client_id_var",
+    "configure_logging",
+    "connection_id_var",
+    "redact",
+]
+
+connection_id_var: ContextVar[str | None] = ContextVar("canaryws_connection_id", default=None)
+client_id_var: ContextVar[str | None] = ContextVar("canaryws_client_id", default=None)
+
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+REDACTED = "[REDACTED]"
+# One pass over the text for the three shapes; the groups keep the harmless prefixes.
+# access_token=v, access_token%3Dv, access_token: v, "access_token": "v"
+_SECRET = re.compile(
+    r"(?P<param>(?i:access_token)(?:%3D|[\"']?\s*[:=]\s*[\"']?))[^&\s\"'#;,}]+"
+    r"|(?P<bearer>\b(?i:bearer)\s+)(?!(?i:bearer)\b)[A-Za-z0-9\-._~+/]+=*"
+    r"|\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+)
+
+
+def _replace_secret(match: re.Match[str]) -> str:
+    prefix = match.group("param") or match.group("bearer") or ""
+    return prefix + REDACTED
+
+
+def redact(text: str) -> str:
+    """``text`` with access tokens, bearer tokens and JWTs replaced by ``[REDACTED]``."""
+    return _SECRET.sub(_replace_secret, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {key: _redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redact_value(item) for item in value]
+    return value
+
+
+class JsonLogFormatter(JsonFormatter):
+    """python-json-logger's formatter with canaryws's fields and redaction."""
+
+    def add_fields(
+        self,
+        log_data: dict[str, Any],
+        record: logging.LogRecord,
+        message_dict: dict[str, Any],
+    ) -> None:
+        log_data["time"] = (
+            datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        )
+        log_data["level"] = record.levelname
+        log_data["logger"] = record.name
+        log_data["message"] = record.message  # set by format(); "" for a dict msg
+        connection_id = connection_id_var.get()
+        if connection_id is not None:
+            log_data["connection_id"] = connection_id
+        client_id = client_id_var.get()
+        if client_id is not None:
+            log_data["client_id"] = client_id
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            log_data["trace_id"] = f"{context.trace_id:032x}"
+            log_data["span_id"] = f"{context.span_id:016x}"
+        # extra= fields, exc_info/stack_info; an explicit extra wins over the context.
+        super().add_fields(log_data, record, message_dict)
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        return {key: _redact_value(value) for key, value in log_data.items()}
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts the message and string extras of records passing through a handler.
+
+    Not needed with :class:`JsonLogFormatter`, which redacts its whole output; this is
+    for handlers with other formatters. It rewrites ``record.msg`` (arguments merged)
+    and string attributes in place.
+    """
+
+    _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        for key, value in list(record.__dict__.items()):
+            if key not in self._STANDARD and isinstance(value, str):
+                setattr(record, key, redact(value))
+        return True
+
+
+class _CanarywsHandler(logging.StreamHandler[IO[str]]):
+    """Marker class, so that configure_logging can find and replace its own handler."""
+
+
+def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> None:
+    """Send all logging (root logger and uvicorn's) as JSON lines to ``stream``.
+
+    ``stream`` defaults to ``sys.stderr``. The root logger's handlers are replaced by
+    one JSON handler at ``level``; the ``uvicorn``, ``uvicorn.error`` and
+    ``uvicorn.access`` loggers lose their own handlers and propagate to it, so each
+    record is written once. Calling it again replaces the previous configuration
+    (idempotent). Pass ``log_config=None`` to uvicorn so it does not undo this.
+    """
+    numeric_level = logging.getLevelName(level.strip().upper())
+    if not isinstance(numeric_level, int):
+        raise ValueError(f"unknown log level {level!r}")
+
+    handler = _CanarywsHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+        if isinstance(old, _CanarywsHandler):
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+
+    for name in UVICORN_LOGGERS:
+        uvicorn_logger = logging.getLogger(name)
+        for old in list(uvicorn_logger.handlers):
+            uvicorn_logger.removeHandler(old)
+        uvicorn_logger.propagate = True
+        uvicorn_logger.setLevel(logging.NOTSET)
+        uvicorn_logger.disabled = False
+
+    # watchfiles logs "N changes detected" at INFO for every change in the flags directory.
+    logging.getLogger("watchfiles").setLevel(max(numeric_level, logging.WARNING))

@@ -1,0 +1,278 @@
+"""setup_telemetry: OTEL_* from an explicit mapping, exporters, metrics, isolation."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import prometheus_client
+import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.trace import SpanKind
+
+from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
+
+ROLE = "canaryws.span.role"
+
+
+class Make(Protocol):
+    def __call__(self, environ: Mapping[str, str] | None = None, *, service_name: str = ...) -> TelemetryProviders: ...
+
+
+@pytest.fixture
+def make(tmp_path: Path) -> Iterator[Make]:
+    """setup_telemetry with a fresh data dir; everything built is shut down afterwards."""
+    built: list[TelemetryProviders] = []
+
+    def _make(environ: Mapping[str, str] | None = None, *, service_name: str = "canaryws") -> TelemetryProviders:
+        data_dir = tmp_path / f"data{len(built)}"
+        telemetry = setup_telemetry(
+            data_dir=data_dir, service_name=service_name, environ={} if environ is None else environ
+        )
+        built.append(telemetry)
+        return telemetry
+
+    yield _make
+    for telemetry in built:
+        telemetry.shutdown()
+
+
+def _emit(telemetry: TelemetryProviders) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("canaryws.test")
+    tracer.start_span("records.connect", kind=SpanKind.SERVER, attributes={ROLE: "connect"}).end()
+    for _ in range(10):
+        tracer.start_span("records.batch", kind=SpanKind.SERVER, attributes={ROLE: "batch"}).end()
+
+
+def _file_spans(telemetry: TelemetryProviders) -> list[dict[str, Any]]:
+    assert telemetry.trace_file is not None
+    return list(read_otlp_json_lines(telemetry.trace_file))
+
+
+def test_default_exports_to_the_trace_file_in_the_data_dir(make: Make) -> None:
+    telemetry = make()
+    assert telemetry.trace_exporter_kind == "file"
+    assert telemetry.trace_file is not None and telemetry.trace_file.name == "traces.jsonl"
+    assert telemetry.file_exporter is not None and telemetry.file_exporter.path == telemetry.trace_file
+    assert telemetry.otlp_traces_endpoint is None
+    _emit(telemetry)
+    assert telemetry.shutdown()  # drains the batch processor
+    spans = _file_spans(telemetry)
+    assert [span["name"] for span in spans].count("records.batch") == 10
+    assert {span["resource"]["service.name"] for span in spans} == {"canaryws"}
+    assert telemetry.shutdown()  # a second call is harmless
+
+
+def test_service_name_and_resource_attributes_from_the_environment(make: Make) -> None:
+    telemetry = make(
+        {
+            "OTEL_SERVICE_NAME": "canaryws-blue",
+            "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=staging, service.name=ignored,team=a%20b",
+        }
+    )
+    attributes = telemetry.tracer_provider.resource.attributes
+    assert attributes["service.name"] == "canaryws-blue"
+    assert attributes["deployment.environment"] == "staging"
+    assert attributes["team"] == "a b"
+    telemetry.meter_provider.get_meter("m").create_counter("canaryws.any").add(1)
+    text = telemetry.metrics_text()[0].decode()
+    assert 'service_name="canaryws-blue"' in text  # target_info carries the resource
+
+    named = make({"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs"}, service_name="arg")
+    assert named.tracer_provider.resource.attributes["service.name"] == "from-attrs"
+    assert make(service_name="arg").tracer_provider.resource.attributes["service.name"] == "arg"
+
+
+def test_ratio_zero_keeps_connection_spans_only(make: Make) -> None:
+    telemetry = make({"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
+    _emit(telemetry)
+    telemetry.shutdown()
+    assert [span["name"] for span in _file_spans(telemetry)] == ["records.connect"]
+
+
+def test_always_off_is_respected(make: Make) -> None:
+    telemetry = make({"OTEL_TRACES_SAMPLER": "always_off"})
+    span = telemetry.tracer_provider.get_tracer("t").start_span("records.connect", attributes={ROLE: "connect"})
+    assert not span.is_recording()
+    span.end()
+    _emit(telemetry)
+    telemetry.shutdown()
+    assert _file_spans(telemetry) == []
+
+
+def test_an_explicit_mapping_wins_over_os_environ(make: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_off")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "not-a-number")
+    telemetry = make({})
+    assert telemetry.trace_exporter_kind == "file"
+    assert telemetry.tracer_provider.get_tracer("t").start_span("x").is_recording()
+
+
+def test_os_environ_is_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "none")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-os-environ")
+    telemetry = setup_telemetry(data_dir=tmp_path)
+    try:
+        assert telemetry.trace_exporter_kind == "none"
+        assert telemetry.tracer_provider.resource.attributes["service.name"] == "from-os-environ"
+    finally:
+        telemetry.shutdown()
+
+
+def test_otlp_endpoint_selects_the_otlp_exporter(make: Make, tmp_path: Path) -> None:
+    telemetry = make({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9/"})
+    assert telemetry.trace_exporter_kind == "otlp"
+    assert telemetry.otlp_traces_endpoint == "http://127.0.0.1:9/v1/traces"
+    assert telemetry.trace_file is None and telemetry.file_exporter is None
+    assert not any(tmp_path.rglob("traces.jsonl"))
+
+    specific = make({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom/path"})
+    assert specific.trace_exporter_kind == "otlp"
+    assert specific.otlp_traces_endpoint == "http://collector:4318/custom/path"
+
+
+def test_traces_exporter_variable(make: Make) -> None:
+    none = make({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert none.trace_exporter_kind == "none" and none.trace_file is None
+    assert none.tracer_provider.get_tracer("t").start_span("x").is_recording()  # sampler untouched
+
+    otlp = make({"OTEL_TRACES_EXPORTER": "otlp"})  # spec default endpoint
+    assert otlp.otlp_traces_endpoint == "http://localhost:4318/v1/traces"
+
+    both = make({"OTEL_TRACES_EXPORTER": "otlp,file", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert both.trace_exporter_kind == "otlp,file" and both.file_exporter is not None
+
+    disabled = make({"OTEL_SDK_DISABLED": "true"})
+    assert disabled.trace_exporter_kind == "none"
+    span = disabled.tracer_provider.get_tracer("t").start_span("c", attributes={ROLE: "connect"})
+    assert not span.is_recording()
+
+
+def test_a_counter_shows_up_in_metrics_text(make: Make) -> None:
+    telemetry = make()
+    counter = telemetry.meter_provider.get_meter("canaryws.test").create_counter("canaryws.test.batches")
+    counter.add(3, {"strategy": "strict"})
+    counter.add(1, {"strategy": "lenient"})
+    body, content_type = telemetry.metrics_text()
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    assert 'canaryws_test_batches_total{otel_scope_name="canaryws.test"' in text
+    assert 'strategy="strict"} 3.0' in text and 'strategy="lenient"} 1.0' in text
+
+
+def test_two_setups_in_one_process_do_not_collide(make: Make) -> None:
+    first, second = make(), make()
+    assert first.prometheus_registry is not second.prometheus_registry
+    first.meter_provider.get_meter("m").create_counter("canaryws.same").add(2)
+    second.meter_provider.get_meter("m").create_counter("canaryws.same").add(5)
+    assert "canaryws_same_total" in first.metrics_text()[0].decode()
+    assert 'otel_scope_version=""} 2.0' in first.metrics_text()[0].decode()
+    assert 'otel_scope_version=""} 5.0' in second.metrics_text()[0].decode()
+    assert "canaryws_same_total" not in prometheus_client.generate_latest(prometheus_client.REGISTRY).decode()
+    _emit(first)
+    first.shutdown()
+    second.shutdown()
+    assert first.trace_file != second.trace_file
+    assert _file_spans(second) == []
+    assert len(_file_spans(first)) == 11
+
+
+class _Collector(http.server.ThreadingHTTPServer):
+    """A loopback OTLP/HTTP receiver that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.received = threading.Event()
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                collector.requests.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                collector.received.set()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def collector() -> Iterator[_Collector]:
+    server = _Collector()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_spans_and_metrics_reach_an_otlp_http_receiver(make: Make, collector: _Collector) -> None:
+    telemetry = make(
+        {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+            "OTEL_EXPORTER_OTLP_HEADERS": "x-tenant=blue",
+            "OTEL_METRICS_EXPORTER": "otlp",
+            "OTEL_METRIC_EXPORT_INTERVAL": "3600000",
+            "OTEL_SERVICE_NAME": "canaryws-otlp",
+        }
+    )
+    assert telemetry.trace_exporter_kind == "otlp"
+    _emit(telemetry)
+    telemetry.meter_provider.get_meter("m").create_counter("canaryws.sent").add(4)
+    assert telemetry.shutdown(timeout_s=10)
+
+    by_path = {path: (headers, body) for path, headers, body in collector.requests}
+    assert set(by_path) == {"/v1/traces", "/v1/metrics"}
+    headers, body = by_path["/v1/traces"]
+    assert headers["x-tenant"] == "blue" and headers["content-type"] == "application/x-protobuf"
+    traces = ExportTraceServiceRequest.FromString(body)
+    names = [span.name for rs in traces.resource_spans for ss in rs.scope_spans for span in ss.spans]
+    assert sorted(names) == ["records.batch"] * 10 + ["records.connect"]
+    metrics = ExportMetricsServiceRequest.FromString(by_path["/v1/metrics"][1])
+    metric_names = {m.name for rm in metrics.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "canaryws.sent" in metric_names
+
+
+def test_otlp_metrics_need_an_endpoint(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    telemetry = make({"OTEL_METRICS_EXPORTER": "otlp"})
+    assert "no OTLP endpoint" in caplog.text
+    assert telemetry.trace_exporter_kind == "file"
+
+
+def test_bad_batch_settings_and_an_unusable_data_dir_fail_at_setup(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+        setup_telemetry(
+            data_dir=tmp_path,
+            environ={"OTEL_BSP_MAX_QUEUE_SIZE": "10", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "20"},
+        )
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(OSError):
+        setup_telemetry(data_dir=not_a_dir, environ={})
+
+
+def test_batch_settings_from_the_mapping_are_used(make: Make) -> None:
+    telemetry = make({"OTEL_BSP_SCHEDULE_DELAY": "50", "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "2"})
+    _emit(telemetry)
+    assert telemetry.file_exporter is not None
+    deadline = time.monotonic() + 5
+    while len(_file_spans(telemetry)) < 11 and time.monotonic() < deadline:
+        time.sleep(0.02)  # no flush: the 50 ms schedule delay writes them
+    assert len(_file_spans(telemetry)) == 11
+    assert telemetry.trace_file is not None and len(telemetry.trace_file.read_text().splitlines()) >= 6
