@@ -1,0 +1,107 @@
+"""Composition: the one place where adapters are built from settings and wired."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.types import ASGIApp
+from starlette.websockets import WebSocket
+
+from canaryws.adapters.auth import TokenAuthority
+from canaryws.adapters.flags.file_source import FileFlagSource
+from canaryws.adapters.http import AccessTokenScrubber, probes_router
+from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
+from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
+from canaryws.adapters.websocket import EndpointLimits, RecordsEndpoint
+from canaryws.settings import Settings
+
+log = logging.getLogger("canaryws")
+
+PROBE_PATHS = "healthz,readyz,metrics"
+
+
+@dataclass
+class Service:
+    """Everything the running app holds; exposed on ``app.state.service`` for tests."""
+
+    settings: Settings
+    flags: FileFlagSource
+    tokens: TokenAuthority
+    telemetry: TelemetryProviders
+    records: RecordsEndpoint
+    fastapi: FastAPI
+    asgi: ASGIApp
+
+
+def build_service(settings: Settings) -> Service:
+    """Build and wire all adapters. Loads the flags once: an invalid flags file at
+    start-up raises (the service refuses to start without a good document)."""
+    telemetry = setup_telemetry(
+        data_dir=settings.data_dir, service_name=settings.service_name, environ=settings.environ
+    )
+    flags_holder: list[FlagsTelemetry] = []
+
+    def on_reload(result: str) -> None:
+        if flags_holder:
+            flags_holder[0].reloaded("file", result)
+
+    flags = FileFlagSource(settings.flags_path, on_reload=on_reload)
+    flags.load()
+    flags_holder.append(FlagsTelemetry(telemetry.meter_provider, flags.status))
+    tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
+    records = RecordsEndpoint(
+        flags=lambda: flags.current,
+        tokens=tokens,
+        telemetry=RecordsTelemetry(telemetry.tracer_provider, telemetry.meter_provider),
+        limits=EndpointLimits(settings.max_records, settings.max_record_length),
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        watcher = asyncio.create_task(flags.run(), name="flags-watcher")
+        log.info(
+            "canaryws ready",
+            extra={
+                "flags_source": "file",
+                "flags_path": str(settings.flags_path),
+                "flags_revision": flags.revision,
+                "traces": telemetry.trace_exporter_kind,
+            },
+        )
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            # bounded flush of spans and metrics, off the event loop
+            await asyncio.to_thread(telemetry.shutdown)
+
+    app = FastAPI(title="canaryws", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.include_router(probes_router(flags_status=flags.status, metrics_text=telemetry.metrics_text))
+
+    @app.websocket("/records")
+    async def records_endpoint(websocket: WebSocket) -> None:
+        await records.handle(websocket)
+
+    FastAPIInstrumentor.instrument_app(
+        app,
+        tracer_provider=telemetry.tracer_provider,
+        meter_provider=telemetry.meter_provider,
+        excluded_urls=PROBE_PATHS,
+        exclude_spans=["receive", "send"],
+    )
+    service = Service(settings, flags, tokens, telemetry, records, app, AccessTokenScrubber(app))
+    app.state.service = service
+    return service
+
+
+def create_app() -> ASGIApp:
+    """Factory for ``uvicorn --factory canaryws.app:create_app`` (settings from CANARYWS_*)."""
+    return build_service(Settings.from_env()).asgi

@@ -1,0 +1,53 @@
+"""Service configuration: one immutable object built by the CLI (or the environment)
+and handed to the app factory."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from canaryws.adapters.auth import DEFAULT_TTL_SECONDS
+from canaryws.core.contract import DEFAULT_MAX_RECORDS
+from canaryws.core.strategies.strict import DEFAULT_MAX_LENGTH
+
+DEFAULT_FLAGS = Path("flags/features.json")
+DEFAULT_DATA_DIR = Path("data")
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    flags_path: Path = DEFAULT_FLAGS
+    data_dir: Path = DEFAULT_DATA_DIR
+    max_records: int = DEFAULT_MAX_RECORDS
+    max_record_length: int = DEFAULT_MAX_LENGTH
+    max_frame_bytes: int = 1024 * 1024
+    token_ttl_seconds: int = DEFAULT_TTL_SECONDS
+    log_level: str = "INFO"
+    service_name: str = "canaryws"
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """``CANARYWS_*`` variables, then explicit overrides (CLI options) on top."""
+        env = dict(os.environ if environ is None else environ)
+        values: dict[str, object] = {"environ": env}
+        conv: dict[str, tuple[str, type]] = {
+            "host": ("CANARYWS_HOST", str),
+            "port": ("CANARYWS_PORT", int),
+            "flags_path": ("CANARYWS_FLAGS", Path),
+            "data_dir": ("CANARYWS_DATA_DIR", Path),
+            "max_records": ("CANARYWS_MAX_RECORDS", int),
+            "max_record_length": ("CANARYWS_MAX_RECORD_LENGTH", int),
+            "max_frame_bytes": ("CANARYWS_MAX_FRAME_BYTES", int),
+            "token_ttl_seconds": ("CANARYWS_TOKEN_TTL", int),
+            "log_level": ("CANARYWS_LOG_LEVEL", str),
+        }
+        for attr, (var, typ) in conv.items():
+            if var in env and env[var] != "":
+                values[attr] = typ(env[var])
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)  # type: ignore[arg-type]
