@@ -89,6 +89,13 @@ def test_subprotocol_negotiation(offered: list[str], expected: tuple[bool, str |
     assert contract.negotiate_subprotocol(offered) == expected
 
 
+@pytest.mark.parametrize("frame", [b'"\x80"', b'{"type":"batch","id":"\xff","records":[]}', b"\xff"])
+def test_invalid_utf8_bytes_are_invalid_json(frame: bytes) -> None:
+    with pytest.raises(contract.MessageError) as info:
+        contract.decode_batch(frame)
+    assert info.value.code == "invalid_json"
+
+
 @settings(max_examples=300)
 @given(st.text(max_size=64) | st.binary(max_size=64))
 def test_any_frame_decodes_or_gets_a_known_error_code(frame: str | bytes) -> None:

@@ -61,7 +61,7 @@ def decode_batch(frame: str | bytes, max_records: int = DEFAULT_MAX_RECORDS) -> 
     """Decode a client text frame into a :class:`Batch` or raise :class:`MessageError`."""
     try:
         batch = _batch_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise _classify(frame, exc) from None
     if len(batch.records) > max_records:
         raise MessageError(
@@ -78,7 +78,7 @@ def _classify(frame: str | bytes, exc: Exception) -> MessageError:
         return MessageError(INVALID_JSON, f"frame is not valid JSON: {exc}")
     try:
         value = _any_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError) as inner:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as inner:
         # Syntactically JSON but not representable (e.g. a number out of range).
         return MessageError(INVALID_JSON, f"frame is not usable JSON: {inner}")
     if not isinstance(value, dict):
