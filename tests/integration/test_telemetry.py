@@ -145,3 +145,4 @@ def test_logs_are_json_with_connection_client_and_trace_ids(tmp_path: Path) -> N
     assert accepted["level"] == "INFO"
     non_json = [line for line in service.logs().splitlines() if line.strip() and not line.startswith("{")]
     assert not non_json, non_json
+    assert not [r for r in records if "color_message" in r or "\x1b[" in json.dumps(r)]

@@ -102,7 +102,8 @@ class JsonLogFormatter(JsonFormatter):
         super().add_fields(log_data, record, message_dict)
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        return {key: _redact_value(value) for key, value in log_data.items()}
+        # uvicorn adds "color_message" (the message with ANSI colours): noise in JSON.
+        return {key: _redact_value(value) for key, value in log_data.items() if key != "color_message"}
 
 
 class RedactingFilter(logging.Filter):
