@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -14,7 +15,9 @@ from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
 from canaryws.adapters.auth import TokenAuthority
+from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_source import FileFlagSource
+from canaryws.adapters.flags.unleash_source import UnleashFlagSource
 from canaryws.adapters.http import AccessTokenScrubber, probes_router
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
@@ -26,12 +29,46 @@ log = logging.getLogger("canaryws")
 PROBE_PATHS = "healthz,readyz,metrics"
 
 
+class FlagSource(Protocol):
+    """What the app needs from a flag source (file or Unleash server)."""
+
+    name: str
+
+    @property
+    def current(self) -> FlagSnapshot: ...
+
+    @property
+    def revision(self) -> str: ...
+
+    def load(self) -> FlagSnapshot: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    async def run(self) -> None: ...
+
+
+def build_flag_source(settings: Settings, on_reload: Callable[[str], None]) -> FlagSource:
+    if settings.flags_backend == "unleash":
+        assert settings.unleash_url is not None and settings.unleash_api_token is not None
+        return UnleashFlagSource(
+            url=settings.unleash_url,
+            api_token=settings.unleash_api_token,
+            bootstrap_path=settings.flags_path,
+            app_name=settings.service_name,
+            environment=settings.unleash_environment,
+            refresh_interval=settings.unleash_refresh_interval,
+            request_timeout=settings.unleash_request_timeout,
+            on_reload=on_reload,
+        )
+    return FileFlagSource(settings.flags_path, on_reload=on_reload)
+
+
 @dataclass
 class Service:
     """Everything the running app holds; exposed on ``app.state.service`` for tests."""
 
     settings: Settings
-    flags: FileFlagSource
+    flags: FlagSource
     tokens: TokenAuthority
     telemetry: TelemetryProviders
     records: RecordsEndpoint
@@ -49,9 +86,9 @@ def build_service(settings: Settings) -> Service:
 
     def on_reload(result: str) -> None:
         if flags_holder:
-            flags_holder[0].reloaded("file", result)
+            flags_holder[0].reloaded(settings.flags_backend, result)
 
-    flags = FileFlagSource(settings.flags_path, on_reload=on_reload)
+    flags = build_flag_source(settings, on_reload)
     flags.load()
     flags_holder.append(FlagsTelemetry(telemetry.meter_provider, flags.status))
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)

@@ -28,7 +28,18 @@ class Settings:
     token_ttl_seconds: int = DEFAULT_TTL_SECONDS
     log_level: str = "INFO"
     service_name: str = "canaryws"
-    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    # Unleash server backend (used when url and api token are both set)
+    unleash_url: str | None = None
+    unleash_api_token: str | None = field(default=None, repr=False)
+    unleash_environment: str = "development"
+    unleash_refresh_interval: float = 15.0
+    unleash_request_timeout: float = 5.0
+    unleash_startup_wait: float = 3.0
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+
+    @property
+    def flags_backend(self) -> str:
+        return "unleash" if self.unleash_url and self.unleash_api_token else "file"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -45,6 +56,12 @@ class Settings:
             "max_frame_bytes": ("CANARYWS_MAX_FRAME_BYTES", int),
             "token_ttl_seconds": ("CANARYWS_TOKEN_TTL", int),
             "log_level": ("CANARYWS_LOG_LEVEL", str),
+            "unleash_url": ("UNLEASH_URL", str),
+            "unleash_api_token": ("UNLEASH_API_TOKEN", str),
+            "unleash_environment": ("UNLEASH_ENVIRONMENT", str),
+            "unleash_refresh_interval": ("UNLEASH_REFRESH_INTERVAL", float),
+            "unleash_request_timeout": ("UNLEASH_REQUEST_TIMEOUT", float),
+            "unleash_startup_wait": ("CANARYWS_UNLEASH_STARTUP_WAIT", float),
         }
         for attr, (var, typ) in conv.items():
             if var in env and env[var] != "":
