@@ -29,7 +29,7 @@ serve: install
 	$(UV) run --frozen --no-sync canaryws serve $(SERVE_ARGS)
 
 lint: install
-	$(UV) run --frozen --no-sync ruff check src tests
+	$(UV) run --frozen --no-sync ruff check src tests bench
 
 typecheck: install
 	$(UV) run --frozen --no-sync mypy

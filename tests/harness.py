@@ -182,3 +182,87 @@ async def send_batch(ws: ClientConnection, batch_id: str, records: list[Any]) ->
         frames.append(frame)
         if frame.get("type") in ("result", "error") and frame.get("id") == batch_id:
             return frames
+
+
+REPO = Path(__file__).resolve().parent.parent
+UNLEASH_DEPLOY = REPO / "deploy" / "unleash"
+
+
+class UnleashServer:
+    """A real unleash-server started with ``deploy/unleash/up`` on its own port, database
+    and state dir; driven through its Admin API."""
+
+    def __init__(self, root: Path) -> None:
+        self.state_dir = root / "unleash-state"
+        self.port = free_port()
+        self.db = f"canaryws_test_{os.getpid()}_{self.port}"
+        self.env = {**os.environ, "UNLEASH_STATE_DIR": str(self.state_dir), "UNLEASH_PORT": str(self.port),
+                    "UNLEASH_DB": self.db, "CANARYWS_FLAGS": str(REPO / "flags" / "features.json")}
+        self.values: dict[str, str] = {}
+
+    def up(self) -> UnleashServer:
+        done = subprocess.run([str(UNLEASH_DEPLOY / "up")], env=self.env, capture_output=True, text=True,
+                              timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"deploy/unleash/up failed ({done.returncode}):\n{done.stderr[-4000:]}")
+        self.values = dict(line.split("=", 1) for line in done.stdout.strip().splitlines() if "=" in line)
+        return self
+
+    def down(self, purge: bool = False) -> None:
+        subprocess.run([str(UNLEASH_DEPLOY / "down"), *(["--purge"] if purge else [])], env=self.env,
+                       capture_output=True, text=True, timeout=120, check=True)
+
+    @property
+    def url(self) -> str:
+        return self.values["UNLEASH_URL"]
+
+    @property
+    def service_env(self) -> dict[str, str]:
+        """What ``canaryws serve`` needs to take its flags from this server."""
+        return {"UNLEASH_URL": self.url, "UNLEASH_API_TOKEN": self.values["UNLEASH_API_TOKEN"],
+                "UNLEASH_ENVIRONMENT": self.values["UNLEASH_ENVIRONMENT"]}
+
+    @property
+    def admin_env(self) -> dict[str, str]:
+        return {**self.service_env, "UNLEASH_ADMIN_TOKEN": self.values["UNLEASH_ADMIN_TOKEN"]}
+
+    def _admin(self, method: str, path: str, body: Any = None) -> httpx.Response:
+        response = httpx.request(method, f"{self.url}/admin{path}", json=body, timeout=10,
+                                 headers={"Authorization": self.values["UNLEASH_ADMIN_TOKEN"]})
+        response.raise_for_status()
+        return response
+
+    def _feature_path(self, flag: str) -> str:
+        return f"/projects/default/features/{flag}/environments/{self.values['UNLEASH_ENVIRONMENT']}"
+
+    def set_enabled(self, flag: str, enabled: bool) -> None:
+        self._admin("POST", f"{self._feature_path(flag)}/{'on' if enabled else 'off'}")
+        self._await_client_api(flag, lambda f: f["enabled"] is enabled)
+
+    def set_rollout(self, flag: str, percent: int) -> None:
+        strategies = self._admin("GET", f"{self._feature_path(flag)}/strategies").json()
+        (strategy,) = [s for s in strategies if s["name"] == "flexibleRollout"]
+        params = {**strategy["parameters"], "rollout": str(percent)}
+        self._admin("PUT", f"{self._feature_path(flag)}/strategies/{strategy['id']}",
+                    {"name": "flexibleRollout", "parameters": params, "constraints": strategy.get("constraints", [])})
+        self._await_client_api(flag, lambda f: any(
+            st["name"] == "flexibleRollout" and str(st["parameters"].get("rollout")) == str(percent)
+            for st in f["strategies"]))
+
+    def _await_client_api(self, flag: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 15) -> None:
+        """The client API serves a change about a second after the Admin API takes it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            feature = next(f for f in self.client_features()["features"] if f["name"] == flag)
+            if predicate(feature):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the client API never showed the change to {flag}: {feature}")
+            time.sleep(0.1)
+
+    def client_features(self) -> dict[str, Any]:
+        response = httpx.get(f"{self.url}/client/features", timeout=10,
+                             headers={"Authorization": self.values["UNLEASH_API_TOKEN"]})
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result

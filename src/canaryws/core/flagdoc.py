@@ -193,8 +193,20 @@ class FlagsDocument:
 
 
 def compute_revision(data: Mapping[str, Any]) -> str:
-    """The revision of JSON-compatible ``data`` (independent of whitespace and key order)."""
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """The revision of a flags document: a hash of what decides evaluation (``version``,
+    ``features``, ``segments``), independent of whitespace and key order. Server-side
+    metadata (``query``, ``meta``) varies per request and is left out, so the file and an
+    Unleash server serving the same flags have the same revision. A missing ``segments``
+    counts as empty (the server omits it unless the client announces segment support)."""
+    features = data.get("features") or []
+    segments = data.get("segments") or []
+    relevant = {
+        "version": data.get("version"),
+        # Unleash serves features in no defined order: order must not change the revision.
+        "features": sorted(features, key=lambda f: str(f.get("name", "")) if isinstance(f, Mapping) else ""),
+        "segments": sorted(segments, key=lambda g: str(g.get("id", "")) if isinstance(g, Mapping) else ""),
+    }
+    canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

@@ -220,6 +220,7 @@ class UnleashFlagSource:
             cache=cache,
             disable_metrics=True,
         )
+        self._observe_polls(client)
         self._client = client
         watchdog = asyncio.create_task(self._watch_staleness(), name="unleash-staleness")
         try:
@@ -235,6 +236,26 @@ class UnleashFlagSource:
             with contextlib.suppress(Exception):
                 await asyncio.shield(client.destroy())
             sdk_logger.removeFilter(quiet)
+
+    def _observe_polls(self, client: AsyncUnleashClient) -> None:
+        """Count every answered poll (200 *or* 304) as contact.
+
+        Unleash 8 answers an unchanged poll with a 304 that carries no ETag, so the SDK
+        writes nothing to its cache and the cache cannot see it. The SDK's transport
+        returns a result either way (empty on failure); this thin wrapper reads it. It
+        relies on the SDK's ``_transport.fetch_features`` (pinned in uv.lock; the outage
+        test in tests/integration/test_unleash_backend.py fails if it changes).
+        """
+        transport = client._transport
+        fetch = transport.fetch_features
+
+        async def observed_fetch(etag: str = "") -> Any:
+            result = await fetch(etag=etag)
+            if result.raw_state is not None or getattr(result, "not_modified", False):
+                self._contact()
+            return result
+
+        transport.fetch_features = observed_fetch  # type: ignore[method-assign]
 
     async def _watch_staleness(self) -> None:
         while True:
