@@ -1,12 +1,15 @@
-"""``canaryws flags``: show, ramp, enable and disable the cohort flags.
+"""``canaryws flags``: show, ramp, enable and disable the cohort flags; export them.
 
-The commands talk to a :class:`FlagBackend`, never to a file directly: today the
-backend is the local flags file (:class:`FileFlagBackend`); an Unleash Admin API
-backend, selected by environment variables, can be added in :func:`open_backend`
-without touching the commands.
+The commands talk to a :class:`FlagBackend`, never to a file directly. :func:`open_backend`
+selects it from the environment: with ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN`` set, the
+flags of an Unleash server through its Admin API (:class:`UnleashAdminBackend`, project
+``UNLEASH_PROJECT`` or ``default``, environment ``UNLEASH_ENVIRONMENT`` or ``development``);
+otherwise the local flags file (:class:`FileFlagBackend`). ``export`` writes the server's
+client-features document to the flags file (the bootstrap).
 
-Exit codes: 0 success, 2 usage errors (unknown flag, bad percent), 1 I/O errors and
-invalid flags documents.
+Exit codes: 0 success, 2 usage errors (unknown flag, bad percent, missing Unleash
+settings for ``export``), 1 I/O errors, invalid flags documents, an unreachable Unleash
+or one that rejects the token.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import Callable, Iterator
+import os
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,7 +28,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from canaryws.adapters.flags.file_store import read_document, update_document
+from canaryws.adapters.flags.file_store import read_document, update_document, write_document_atomic
+from canaryws.adapters.flags.unleash_admin import (
+    ServerFlags,
+    UnleashAdmin,
+    UnleashError,
+    fetch_client_document,
+)
 from canaryws.core.flagdoc import (
     FLEXIBLE_ROLLOUT,
     FlagEditError,
@@ -39,6 +49,14 @@ from canaryws.core.flagdoc import (
 DEFAULT_FLAGS_PATH = Path("flags/features.json")
 FLAGS_ENVVAR = "CANARYWS_FLAGS"
 
+UNLEASH_URL = "UNLEASH_URL"  # the API root, e.g. http://127.0.0.1:4242/api
+UNLEASH_ADMIN_TOKEN = "UNLEASH_ADMIN_TOKEN"  # selects the Unleash backend (with UNLEASH_URL)
+UNLEASH_API_TOKEN = "UNLEASH_API_TOKEN"  # the client (backend) token: export
+UNLEASH_ENVIRONMENT = "UNLEASH_ENVIRONMENT"
+UNLEASH_PROJECT = "UNLEASH_PROJECT"
+DEFAULT_UNLEASH_ENVIRONMENT = "development"
+DEFAULT_UNLEASH_PROJECT = "default"
+
 
 # ----------------------------------------------------------------------- backends
 
@@ -47,10 +65,13 @@ FLAGS_ENVVAR = "CANARYWS_FLAGS"
 class FlagListing:
     """All flags of a backend at one revision."""
 
-    source: str  # "file", later "unleash"
+    source: str  # "file" or "unleash"
     location: str  # the file path or the server URL
     revision: str
     flags: tuple[FlagRow, ...]
+    project: str | None = None  # Unleash only
+    environment: str | None = None  # Unleash only
+    notes: tuple[str, ...] = ()  # warnings for the operator (stderr)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,15 +123,7 @@ class FileFlagBackend:
 
     def set_rollout(self, flag: str, percent: int) -> FlagChange:
         old, new = update_document(self._path, lambda doc: with_rollout(doc, flag, percent))
-        notes = []
-        feature = new.feature(flag) or {}
-        others = sorted({s.get("name", "?") for s in feature.get("strategies", [])} - {FLEXIBLE_ROLLOUT})
-        if others:
-            notes.append(
-                f"{flag} also has {', '.join(others)} strateg{'ies' if len(others) > 1 else 'y'}; "
-                "Unleash turns a flag on when any strategy matches"
-            )
-        return self._change(flag, old, new, tuple(notes))
+        return self._change(flag, old, new, _other_strategies_notes(new, flag))
 
     def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
         old, new = update_document(self._path, lambda doc: with_enabled(doc, flag, enabled))
@@ -128,6 +141,74 @@ class FileFlagBackend:
         )
 
 
+class UnleashAdminBackend:
+    """The flags of one project and environment of an Unleash server, via its Admin API.
+
+    The revision is the flagdoc revision of the environment's client-features
+    document (canonical form, see ``unleash_admin``): the revision ``export`` writes.
+    """
+
+    source = "unleash"
+
+    def __init__(
+        self,
+        base_url: str,
+        admin_token: str,
+        *,
+        environment: str = DEFAULT_UNLEASH_ENVIRONMENT,
+        project: str = DEFAULT_UNLEASH_PROJECT,
+    ) -> None:
+        self._admin = UnleashAdmin(base_url, admin_token, environment=environment, project=project)
+
+    @property
+    def location(self) -> str:
+        return self._admin.url
+
+    @property
+    def where(self) -> str:
+        """The location for people: server, project and environment."""
+        return f"Unleash {self._admin.url} (project {self._admin.project}, environment {self._admin.environment})"
+
+    def describe(self) -> FlagListing:
+        flags = self._admin.flags()
+        return FlagListing(
+            self.source,
+            self.location,
+            flags.document.revision,
+            tuple(describe(flags.document)),
+            project=self._admin.project,
+            environment=self._admin.environment,
+            notes=_problem_notes(flags),
+        )
+
+    def set_rollout(self, flag: str, percent: int) -> FlagChange:
+        change = self._admin.set_rollout(flag, percent)
+        notes = _other_strategies_notes(change.after.document, flag) + _problem_notes(change.after)
+        return self._change(flag, change.before, change.after, notes)
+
+    def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
+        change = self._admin.set_enabled(flag, enabled)
+        notes: tuple[str, ...] = ()
+        before, after = _row(change.before.document, flag), _row(change.after.document, flag)
+        if enabled and before.strategies != after.strategies:
+            notes = (
+                f"{flag} had no active strategy in environment {self._admin.environment}, so Unleash added "
+                f"its default one: {after.strategies}",
+            )
+        return self._change(flag, change.before, change.after, notes + _problem_notes(change.after))
+
+    def _change(self, flag: str, old: ServerFlags, new: ServerFlags, notes: tuple[str, ...]) -> FlagChange:
+        return FlagChange(
+            flag=flag,
+            before=_row(old.document, flag),
+            after=_row(new.document, flag),
+            old_revision=old.document.revision,
+            new_revision=new.document.revision,
+            location=self.where,
+            notes=notes,
+        )
+
+
 def _row(doc: FlagsDocument, flag: str) -> FlagRow:
     for row in describe(doc):
         if row.name == flag:
@@ -135,8 +216,60 @@ def _row(doc: FlagsDocument, flag: str) -> FlagRow:
     raise FlagEditError(f"unknown flag {flag!r}")  # pragma: no cover - the edit checked it
 
 
-def open_backend(flags_path: Path) -> FlagBackend:
-    """The backend the commands use (the place to select an Unleash Admin API backend)."""
+def _other_strategies_notes(doc: FlagsDocument, flag: str) -> tuple[str, ...]:
+    feature = doc.feature(flag) or {}
+    others = sorted({s.get("name", "?") for s in feature.get("strategies", [])} - {FLEXIBLE_ROLLOUT})
+    if not others:
+        return ()
+    return (
+        f"{flag} also has {', '.join(others)} strateg{'ies' if len(others) > 1 else 'y'}; "
+        "Unleash turns a flag on when any strategy matches",
+    )
+
+
+def _problem_notes(flags: ServerFlags) -> tuple[str, ...]:
+    if not flags.problems:
+        return ()
+    shown = "; ".join(flags.problems[:5])
+    more = f" (and {len(flags.problems) - 5} more)" if len(flags.problems) > 5 else ""
+    return (f"canaryws rejects these flags (the service would not apply them): {shown}{more}",)
+
+
+@dataclass(frozen=True, slots=True)
+class UnleashSettings:
+    """The ``UNLEASH_*`` environment variables (empty values count as unset)."""
+
+    url: str | None
+    admin_token: str | None
+    api_token: str | None
+    environment: str
+    project: str
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> UnleashSettings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        return cls(
+            url=get(UNLEASH_URL),
+            admin_token=get(UNLEASH_ADMIN_TOKEN),
+            api_token=get(UNLEASH_API_TOKEN),
+            environment=get(UNLEASH_ENVIRONMENT) or DEFAULT_UNLEASH_ENVIRONMENT,
+            project=get(UNLEASH_PROJECT) or DEFAULT_UNLEASH_PROJECT,
+        )
+
+
+def open_backend(flags_path: Path, environ: Mapping[str, str] | None = None) -> FlagBackend:
+    """The backend the commands use: Unleash if ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN``
+    are set (``environ``, default ``os.environ``), else the flags file at ``flags_path``."""
+    settings = UnleashSettings.from_env(environ)
+    if settings.url is not None and settings.admin_token is not None:
+        return UnleashAdminBackend(
+            settings.url, settings.admin_token, environment=settings.environment, project=settings.project
+        )
     return FileFlagBackend(flags_path)
 
 
@@ -156,6 +289,8 @@ def _reported_errors() -> Iterator[None]:
     except FlagEditError as exc:
         raise _UsageFailure(str(exc)) from None
     except FlagsDocumentError as exc:
+        raise click.ClickException(str(exc)) from None
+    except UnleashError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"{exc.filename or 'flags'}: {exc.strerror or exc}") from None
@@ -178,15 +313,51 @@ def _flags_option(command: Callable[..., Any]) -> Callable[..., Any]:
         envvar=FLAGS_ENVVAR,
         show_default=True,
         show_envvar=True,
-        help="The flags file (Unleash client-features JSON).",
+        help=(
+            "The flags file (Unleash client-features JSON). Not used when UNLEASH_URL and "
+            "UNLEASH_ADMIN_TOKEN are set: the Unleash server wins, with a note on stderr."
+        ),
     )(command)
+
+
+def _open_backend(flags_path: Path) -> FlagBackend:
+    """:func:`open_backend`, telling the operator on stderr when it may not be what they expect."""
+    settings = UnleashSettings.from_env()
+    backend = open_backend(flags_path)
+    ctx = click.get_current_context(silent=True)
+    explicit = ctx is not None and ctx.get_parameter_source("flags_path") is click.core.ParameterSource.COMMANDLINE
+    if isinstance(backend, UnleashAdminBackend):
+        if explicit:
+            click.echo(
+                f"note: --flags {flags_path} is not used: UNLEASH_URL and UNLEASH_ADMIN_TOKEN are set, so the "
+                f"flags are those of {backend.where} (unset them to use the file)",
+                err=True,
+            )
+    elif settings.url is not None:
+        click.echo(
+            f"note: UNLEASH_URL is set but UNLEASH_ADMIN_TOKEN is not: using the flags file {flags_path}, "
+            "not the Unleash server (a service connected to Unleash follows the server)",
+            err=True,
+        )
+    return backend
 
 
 @click.group(name="flags")
 def flags_group() -> None:
     """Show and change the feature flags (records.strict, records.shadow).
 
-    A running service applies changes to the flags file within about a second.
+    \b
+    Where the flags are:
+    - UNLEASH_URL (the API root, e.g. http://127.0.0.1:4242/api) and UNLEASH_ADMIN_TOKEN
+      set: on that Unleash server, changed through its Admin API, in project
+      UNLEASH_PROJECT (default "default") and environment UNLEASH_ENVIRONMENT (default
+      "development"); --flags is then not used (a note says so);
+    - otherwise: in the flags file (--flags), which a running service applies within
+      about a second.
+
+    The revision shown is the hash of the client-features document (for Unleash: of
+    what the environment serves to SDKs, features sorted by name), the same one the
+    flags file gets from `canaryws flags export`.
     """
 
 
@@ -196,13 +367,19 @@ def flags_group() -> None:
 def show(flags_path: Path, as_json: bool) -> None:
     """Show every flag: enabled, rollout, strategies, description."""
     with _reported_errors():
-        listing = open_backend(flags_path).describe()
+        listing = _open_backend(flags_path).describe()
+    for note in listing.notes:
+        click.echo(f"warning: {note}", err=True)
     if as_json:
         click.echo(json.dumps(_listing_json(listing), indent=2, ensure_ascii=False))
         return
     console = Console(highlight=False)
+    scope = [f"project {listing.project}"] if listing.project is not None else []
+    scope += [f"environment {listing.environment}"] if listing.environment is not None else []
+    scope.append(f"revision {listing.revision}")
+    source = "Unleash" if listing.source == "unleash" else listing.source
     console.print(
-        f"flags from {listing.source} [bold]{escape(listing.location)}[/bold] (revision {listing.revision})",
+        f"flags from {source} [bold]{escape(listing.location)}[/bold] ({escape(', '.join(scope))})",
         soft_wrap=True,
     )
     table = Table("flag", "enabled", "rollout", "strategies", "description")
@@ -224,10 +401,12 @@ def show(flags_path: Path, as_json: bool) -> None:
 def rollout(flags_path: Path, flag: str, percent: int) -> None:
     """Set FLAG's flexibleRollout to PERCENT (0-100) of clients.
 
-    Ramping up never moves a client that already has the flag back off it.
+    Ramping up never moves a client that already has the flag back off it. On an
+    Unleash server this is the flag's flexibleRollout strategy in UNLEASH_ENVIRONMENT;
+    a flag without one gets one (stickiness userId, groupId FLAG).
     """
     with _reported_errors():
-        change = open_backend(flags_path).set_rollout(flag, percent)
+        change = _open_backend(flags_path).set_rollout(flag, percent)
     before, after = _percent_text(change.before.rollout), _percent_text(change.after.rollout)
     if change.changed:
         click.echo(f"{flag}: rollout {before} -> {after} {_revisions(change)} in {change.location}")
@@ -246,7 +425,11 @@ def rollout(flags_path: Path, flag: str, percent: int) -> None:
 @_flags_option
 @click.argument("flag")
 def enable(flags_path: Path, flag: str) -> None:
-    """Enable FLAG (its strategies, e.g. the rollout percent, then apply)."""
+    """Enable FLAG (its strategies, e.g. the rollout percent, then apply).
+
+    On an Unleash server, enabling a flag without an active strategy makes Unleash
+    add its default strategy (a note says which).
+    """
     _set_enabled(flags_path, flag, True)
 
 
@@ -260,7 +443,7 @@ def disable(flags_path: Path, flag: str) -> None:
 
 def _set_enabled(flags_path: Path, flag: str, enabled: bool) -> None:
     with _reported_errors():
-        change = open_backend(flags_path).set_enabled(flag, enabled)
+        change = _open_backend(flags_path).set_enabled(flag, enabled)
     after = _state_text(change.after.enabled)
     if change.changed:
         before = _state_text(change.before.enabled)
@@ -268,6 +451,55 @@ def _set_enabled(flags_path: Path, flag: str, enabled: bool) -> None:
     else:
         click.echo(f"{flag}: already {after} {_revisions(change)} in {change.location}")
     for note in change.notes:
+        click.echo(f"note: {note}", err=True)
+
+
+@flags_group.command()
+@click.option(
+    "--flags",
+    "flags_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_FLAGS_PATH,
+    envvar=FLAGS_ENVVAR,
+    show_default=True,
+    show_envvar=True,
+    help="The flags file to write (replaced atomically).",
+)
+def export(flags_path: Path) -> None:
+    """Write the Unleash server's flags to the flags file (the bootstrap).
+
+    Needs UNLEASH_URL and UNLEASH_API_TOKEN, a client (backend) token for
+    UNLEASH_ENVIRONMENT (default "development"). Fetches GET $UNLEASH_URL/client/features
+    with it: exactly what SDKs, and so the service, get. Keeps version, the features
+    (sorted by name) and the segments they use (drops the server's query and meta),
+    validates the document like the service does, and replaces the file atomically.
+
+    With UNLEASH_ADMIN_TOKEN also set, first waits (up to 5 s) until the client API
+    serves what the Admin API shows for UNLEASH_PROJECT, so that an export right after
+    a change is not one revision behind; the revision printed is then the one `show`
+    prints.
+    """
+    settings = UnleashSettings.from_env()
+    url, client_token = settings.url, settings.api_token
+    if url is None or client_token is None:
+        missing = " and ".join(
+            name for name, value in ((UNLEASH_URL, url), (UNLEASH_API_TOKEN, client_token)) if not value
+        )
+        raise _UsageFailure(
+            f"export needs {missing}: the Unleash API root and a client (backend) token for "
+            f"environment {settings.environment}"
+        )
+    with _reported_errors():
+        admin = None
+        if settings.admin_token is not None:
+            admin = UnleashAdmin(url, settings.admin_token, environment=settings.environment, project=settings.project)
+        exported = fetch_client_document(url, client_token, environment=settings.environment, admin=admin)
+        write_document_atomic(flags_path, exported.document)
+    count = len(exported.document.data["features"])
+    click.echo(
+        f"exported {count} flag{'' if count == 1 else 's'} (revision {exported.document.revision}) to {flags_path}"
+    )
+    for note in exported.notes:
         click.echo(f"note: {note}", err=True)
 
 
@@ -286,9 +518,11 @@ def _revisions(change: FlagChange) -> str:
 
 
 def _listing_json(listing: FlagListing) -> dict[str, Any]:
-    return {
-        "source": listing.source,
-        "location": listing.location,
-        "revision": listing.revision,
-        "flags": [dataclasses.asdict(row) for row in listing.flags],
-    }
+    result: dict[str, Any] = {"source": listing.source, "location": listing.location}
+    if listing.project is not None:
+        result["project"] = listing.project
+    if listing.environment is not None:
+        result["environment"] = listing.environment
+    result["revision"] = listing.revision
+    result["flags"] = [dataclasses.asdict(row) for row in listing.flags]
+    return result
