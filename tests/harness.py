@@ -173,6 +173,19 @@ class Service:
             yield ws, welcome
 
 
+async def cohorts_of(service: Service, client_ids: list[str], concurrency: int = 50) -> dict[str, str]:
+    """Connect each client once (``concurrency`` at a time); its strategy from the welcome frame."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, str] = {}
+
+    async def one(cid: str) -> None:
+        async with sem, service.client(cid) as (_, welcome):
+            out[cid] = welcome["cohort"]["strategy"]
+
+    await asyncio.gather(*(one(c) for c in client_ids))
+    return out
+
+
 async def send_batch(ws: ClientConnection, batch_id: str, records: list[Any]) -> list[dict[str, Any]]:
     """Send a batch; return every frame up to and including its result (cohort frames first)."""
     await ws.send(json.dumps({"type": "batch", "id": batch_id, "records": records}))

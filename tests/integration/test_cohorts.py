@@ -9,28 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from harness import Service, flags_doc, send_batch
+from harness import Service, cohorts_of, flags_doc, send_batch
 
 pytestmark = pytest.mark.integration
 
 
-async def _strategies(service: Service, client_ids: list[str], concurrency: int = 50) -> dict[str, str]:
-    sem = asyncio.Semaphore(concurrency)
-    out: dict[str, str] = {}
-
-    async def one(cid: str) -> None:
-        async with sem, service.client(cid) as (_, welcome):
-            out[cid] = welcome["cohort"]["strategy"]
-
-    await asyncio.gather(*(one(c) for c in client_ids))
-    return out
 
 
 @pytest.mark.parametrize(("rollout", "low", "high"), [(0, 0.0, 0.0), (25, 0.20, 0.30), (100, 1.0, 1.0)])
 def test_rollout_share(tmp_path: Path, rollout: int, low: float, high: float) -> None:
     clients = [f"tenant-{i:04d}" for i in range(400)]
     with Service(tmp_path, flags_doc(strict_rollout=rollout)) as service:
-        cohorts = asyncio.run(_strategies(service, clients))
+        cohorts = asyncio.run(cohorts_of(service, clients))
     share = sum(s == "strict" for s in cohorts.values()) / len(cohorts)
     assert low <= share <= high, share
 
@@ -38,20 +28,21 @@ def test_rollout_share(tmp_path: Path, rollout: int, low: float, high: float) ->
 def test_cohort_is_sticky_across_reconnects(tmp_path: Path) -> None:
     clients = [f"sticky-{i}" for i in range(60)]
     with Service(tmp_path, flags_doc(strict_rollout=50)) as service:
-        first = asyncio.run(_strategies(service, clients))
+        first = asyncio.run(cohorts_of(service, clients))
         for _ in range(3):
-            assert asyncio.run(_strategies(service, clients)) == first
+            assert asyncio.run(cohorts_of(service, clients)) == first
     assert 0 < sum(s == "strict" for s in first.values()) < len(clients)
 
 
 def test_ramping_up_never_moves_a_strict_client_back(tmp_path: Path) -> None:
     clients = [f"ramp-{i}" for i in range(200)]
     with Service(tmp_path, flags_doc(strict_rollout=10)) as service:
-        before = asyncio.run(_strategies(service, clients))
+        before = asyncio.run(cohorts_of(service, clients))
+        old_revision = service.get("/readyz").json()["flags"]["revision"]
         service.write_flags(flags_doc(strict_rollout=40))
-        service.wait_for_revision(lambda st: st["revision"] != before and st["state"] == "ok")
-        time.sleep(0.3)
-        after = asyncio.run(_strategies(service, clients))
+        status = service.wait_for_revision(lambda st: st["revision"] != old_revision and st["state"] == "ok")
+        assert status["revision"] != old_revision
+        after = asyncio.run(cohorts_of(service, clients))
     assert all(after[c] == "strict" for c, s in before.items() if s == "strict")
     assert sum(s == "strict" for s in after.values()) > sum(s == "strict" for s in before.values())
 

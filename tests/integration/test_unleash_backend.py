@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Service, UnleashServer, flags_doc, free_port, send_batch
+from harness import Service, UnleashServer, cohorts_of, flags_doc, free_port, send_batch
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +40,6 @@ def _wait_server_revision(service: Service, unleash: UnleashServer, timeout: flo
     return status
 
 
-async def _cohorts(service: Service, clients: list[str], concurrency: int = 50) -> dict[str, str]:
-    sem = asyncio.Semaphore(concurrency)
-    out: dict[str, str] = {}
-
-    async def one(cid: str) -> None:
-        async with sem, service.client(cid) as (_, welcome):
-            out[cid] = welcome["cohort"]["strategy"]
-
-    await asyncio.gather(*(one(c) for c in clients))
-    return out
 
 
 def test_rollout_share_and_stickiness_from_the_server(tmp_path: Path, unleash: UnleashServer) -> None:
@@ -59,12 +49,12 @@ def test_rollout_share_and_stickiness_from_the_server(tmp_path: Path, unleash: U
         status = _wait_server_revision(service, unleash)
         assert status["source"] == "unleash" and status["flags_from"] == "server" and status["state"] == "ok"
         clients = [f"fleet-{i:05d}" for i in range(2000)]
-        first = asyncio.run(_cohorts(service, clients))
+        first = asyncio.run(cohorts_of(service, clients))
         share = sum(s == "strict" for s in first.values()) / len(first)
         assert 0.22 <= share <= 0.28, share
         sample = clients[:200]
         for _ in range(2):
-            again = asyncio.run(_cohorts(service, sample))
+            again = asyncio.run(cohorts_of(service, sample))
             assert again == {c: first[c] for c in sample}
     assert "Traceback" not in service.logs()
 
