@@ -19,27 +19,14 @@
 
 import { readFileSync } from 'node:fs';
 
-function setting(name, fallback = undefined) {
-    const value = process.env[name];
-    if (value !== undefined && value !== '') {
-        return value;
-    }
-    const file = process.env[`${name}_FILE`];
-    if (file) {
-        return readFileSync(file, 'utf8').trim();
-    }
-    if (fallback === undefined) {
-        throw new Error(`${name} (or ${name}_FILE) must be set`);
-    }
-    return fallback;
-}
+import { required, setting } from './settings.mjs';
 
 const log = (message) => process.stderr.write(`seed: ${message}\n`);
 
-const apiUrl = setting('UNLEASH_API_URL').replace(/\/+$/, '');
-const adminToken = setting('UNLEASH_ADMIN_TOKEN');
-const clientToken = setting('UNLEASH_CLIENT_TOKEN');
-const flagsPath = setting('CANARYWS_FLAGS');
+const apiUrl = required('UNLEASH_API_URL').replace(/\/+$/, '');
+const adminToken = required('UNLEASH_ADMIN_TOKEN');
+const clientToken = required('UNLEASH_CLIENT_TOKEN');
+const flagsPath = required('CANARYWS_FLAGS');
 const project = setting('UNLEASH_PROJECT', 'default');
 const environment = setting('UNLEASH_ENVIRONMENT', 'development');
 const seedTimeoutMs = Number(setting('UNLEASH_SEED_TIMEOUT', '20')) * 1000;

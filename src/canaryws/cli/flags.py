@@ -304,7 +304,14 @@ def _percent(ctx: click.Context, param: click.Parameter, value: str) -> int:
     return int(text)
 
 
-def _flags_option(command: Callable[..., Any]) -> Callable[..., Any]:
+_FLAGS_HELP = (
+    "The flags file (Unleash client-features JSON). Not used when UNLEASH_URL and "
+    "UNLEASH_ADMIN_TOKEN are set: the Unleash server wins, with a note on stderr."
+)
+
+
+def _flags_option(help: str = _FLAGS_HELP) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--flags PATH`` option every flags command takes."""
     return click.option(
         "--flags",
         "flags_path",
@@ -313,11 +320,8 @@ def _flags_option(command: Callable[..., Any]) -> Callable[..., Any]:
         envvar=FLAGS_ENVVAR,
         show_default=True,
         show_envvar=True,
-        help=(
-            "The flags file (Unleash client-features JSON). Not used when UNLEASH_URL and "
-            "UNLEASH_ADMIN_TOKEN are set: the Unleash server wins, with a note on stderr."
-        ),
-    )(command)
+        help=help,
+    )
 
 
 def _open_backend(flags_path: Path) -> FlagBackend:
@@ -362,7 +366,7 @@ def flags_group() -> None:
 
 
 @flags_group.command()
-@_flags_option
+@_flags_option()
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def show(flags_path: Path, as_json: bool) -> None:
     """Show every flag: enabled, rollout, strategies, description."""
@@ -395,7 +399,7 @@ def show(flags_path: Path, as_json: bool) -> None:
 
 
 @flags_group.command()
-@_flags_option
+@_flags_option()
 @click.argument("flag")
 @click.argument("percent", metavar="PERCENT", callback=_percent)
 def rollout(flags_path: Path, flag: str, percent: int) -> None:
@@ -422,7 +426,7 @@ def rollout(flags_path: Path, flag: str, percent: int) -> None:
 
 
 @flags_group.command()
-@_flags_option
+@_flags_option()
 @click.argument("flag")
 def enable(flags_path: Path, flag: str) -> None:
     """Enable FLAG (its strategies, e.g. the rollout percent, then apply).
@@ -434,7 +438,7 @@ def enable(flags_path: Path, flag: str) -> None:
 
 
 @flags_group.command()
-@_flags_option
+@_flags_option()
 @click.argument("flag")
 def disable(flags_path: Path, flag: str) -> None:
     """Disable FLAG for everyone: the kill switch."""
@@ -455,16 +459,7 @@ def _set_enabled(flags_path: Path, flag: str, enabled: bool) -> None:
 
 
 @flags_group.command()
-@click.option(
-    "--flags",
-    "flags_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_FLAGS_PATH,
-    envvar=FLAGS_ENVVAR,
-    show_default=True,
-    show_envvar=True,
-    help="The flags file to write (replaced atomically).",
-)
+@_flags_option(help="The flags file to write (replaced atomically).")
 def export(flags_path: Path) -> None:
     """Write the Unleash server's flags to the flags file (the bootstrap).
 

@@ -146,11 +146,11 @@ class FileFlagSource:
             "source": self.name,
             "path": str(self._path),
             "revision": snapshot.revision,
-            "loaded_at": _iso(snapshot.loaded_at),
+            "loaded_at": iso_utc(snapshot.loaded_at),
             "age_seconds": round(max(0.0, self._clock() - snapshot.loaded_at), 3),
             "state": "degraded" if self._degraded else "ok",
             "last_error": self._last_error,
-            "last_error_at": None if self._last_error_at is None else _iso(self._last_error_at),
+            "last_error_at": None if self._last_error_at is None else iso_utc(self._last_error_at),
         }
 
     async def run(self) -> None:
@@ -232,7 +232,7 @@ def _identity(directory: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _iso(timestamp: float) -> str:
+def iso_utc(timestamp: float) -> str:
     """ISO-8601 UTC with milliseconds and a ``Z`` suffix."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

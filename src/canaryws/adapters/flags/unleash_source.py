@@ -24,15 +24,15 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from UnleashClient.cache import BaseCache
 from UnleashClient.clients.async_unleash_client import AsyncUnleashClient
-from UnleashClient.constants import ETAG, FEATURES_URL
+from UnleashClient.constants import FEATURES_URL
 
 from canaryws.adapters.flags.engine import FlagSnapshot
+from canaryws.adapters.flags.file_source import iso_utc
 from canaryws.adapters.flags.file_store import read_document
 from canaryws.core.flagdoc import FlagsDocumentError, parse_flags_document
 
@@ -41,22 +41,18 @@ SDK_LOGGER = "UnleashClient"
 
 
 class _SnapshotCache(BaseCache):
-    """The SDK's cache, in memory. Storing a features payload or an ETag is how the SDK
-    tells us about a successful poll; both are forwarded to the source."""
+    """The SDK's cache, in memory, starting with the bootstrap document. Every features
+    payload the SDK stores is forwarded to the source."""
 
-    def __init__(self, bootstrap: str, on_features: Callable[[str], None], on_contact: Callable[[], None]) -> None:
+    def __init__(self, bootstrap: str, on_features: Callable[[str], None]) -> None:
         self._data: dict[str, Any] = {FEATURES_URL: bootstrap}
         self._on_features = on_features
-        self._on_contact = on_contact
         self.bootstrapped = True
 
     def set(self, key: str, value: Any) -> None:
         self._data[key] = value
         if key == FEATURES_URL:
-            self._on_contact()
             self._on_features(value)
-        elif key == ETAG and value:
-            self._on_contact()
 
     def mset(self, data: dict[str, Any]) -> None:
         for key, value in data.items():
@@ -86,12 +82,6 @@ class _QuietSdkLogs(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         return True
-
-
-def _iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class UnleashFlagSource:
@@ -125,9 +115,8 @@ class UnleashFlagSource:
         self._from_server = False
         self._last_contact: float | None = None
         self._started_at = time.time()
-        self._degraded = False
+        self._problem: str | None = None  # None (ok) | "unreachable" | "invalid": degraded unless None
         self._last_error: str | None = None
-        self._last_error_kind: str | None = None  # "unreachable" | "invalid"
         self._last_error_at: float | None = None
         self._first_poll = asyncio.Event()
         self._client: AsyncUnleashClient | None = None
@@ -158,8 +147,8 @@ class UnleashFlagSource:
     def _contact(self) -> None:
         self._last_contact = time.time()
         self._first_poll.set()
-        if self._degraded and self._last_error_kind == "unreachable":
-            self._degraded = False
+        if self._problem == "unreachable":
+            self._problem = None
             self._log.warning("Unleash at %s is reachable again; flags revision %s", self._url, self.revision)
 
     def _features(self, raw: str) -> None:
@@ -170,8 +159,7 @@ class UnleashFlagSource:
                 return
             snapshot = FlagSnapshot.from_document(doc, source="unleash")
         except FlagsDocumentError as exc:
-            self._degraded = True
-            self._last_error_kind = "invalid"
+            self._problem = "invalid"
             self._last_error = f"Unleash served a document canaryws cannot use: {exc}"
             self._last_error_at = time.time()
             self._log.error("%s; keeping revision %s", self._last_error, self.current.revision)
@@ -180,9 +168,8 @@ class UnleashFlagSource:
         old = self.current.revision
         self._current = snapshot
         self._from_server = True
-        if self._last_error_kind == "invalid":
-            self._degraded = False
-            self._last_error_kind = None
+        if self._problem == "invalid":
+            self._problem = None
         self._log.info("flags from Unleash: revision %s -> %s", old, snapshot.revision)
         self._notify("ok")
 
@@ -207,7 +194,7 @@ class UnleashFlagSource:
         sdk_logger = logging.getLogger(SDK_LOGGER)
         quiet = _QuietSdkLogs()
         sdk_logger.addFilter(quiet)
-        cache = _SnapshotCache(self._bootstrap_raw, self._features, self._contact)
+        cache = _SnapshotCache(self._bootstrap_raw, self._features)
         client = AsyncUnleashClient(
             url=self._url,
             app_name=self._app_name,
@@ -262,9 +249,8 @@ class UnleashFlagSource:
             await asyncio.sleep(min(0.5, self._refresh_interval / 2))
             since = self._last_contact if self._last_contact is not None else self._started_at
             silent_for = time.time() - since
-            if silent_for > self._stale_after and not (self._degraded and self._last_error_kind == "unreachable"):
-                self._degraded = True
-                self._last_error_kind = "unreachable"
+            if silent_for > self._stale_after and self._problem != "unreachable":
+                self._problem = "unreachable"
                 origin = "server" if self._from_server else "bootstrap file"
                 self._last_error = f"no answer from Unleash at {self._url} for {silent_for:.0f}s"
                 self._last_error_at = time.time()
@@ -283,12 +269,12 @@ class UnleashFlagSource:
             "revision": snapshot.revision,
             "flags_from": "server" if self._from_server else "bootstrap",
             "bootstrap_path": str(self._bootstrap_path),
-            "loaded_at": _iso(snapshot.loaded_at),
-            "last_contact_at": _iso(self._last_contact),
+            "loaded_at": iso_utc(snapshot.loaded_at),
+            "last_contact_at": None if self._last_contact is None else iso_utc(self._last_contact),
             "age_seconds": round(max(0.0, now - fresh_at), 3),
             "refresh_interval_seconds": self._refresh_interval,
-            "state": "degraded" if self._degraded else "ok",
-            "stale": self._degraded and self._last_error_kind == "unreachable",
+            "state": "ok" if self._problem is None else "degraded",
+            "stale": self._problem == "unreachable",
             "last_error": self._last_error,
-            "last_error_at": _iso(self._last_error_at),
+            "last_error_at": None if self._last_error_at is None else iso_utc(self._last_error_at),
         }

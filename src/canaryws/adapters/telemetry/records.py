@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
@@ -52,21 +51,20 @@ class ConnectionStats:
     skipped: int = 0
     rejected: int = 0
     errors: int = 0
-    reasons: dict[str, int] = field(default_factory=dict)  # "rejected.empty" -> n
+    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # ("rejected", "empty") -> n
     error_codes: dict[str, int] = field(default_factory=dict)
     history: list[CohortPeriod] = field(default_factory=list)
 
-    def add(self, outcome: Outcome) -> None:
+    def add(self, outcome: Outcome, counts: dict[tuple[str, str], int]) -> None:
+        """Count one answered batch; ``counts`` is ``outcome.reason_counts()``, computed once per batch."""
         self.batches += 1
         self.records += outcome.size
         self.accepted += len(outcome.accepted)
         self.skipped += len(outcome.skipped)
         self.rejected += len(outcome.rejected)
-        if outcome.skipped or outcome.rejected:
-            reasons = self.reasons
-            for (kind, reason), n in outcome.reason_counts().items():
-                key = f"{kind}.{reason}"
-                reasons[key] = reasons.get(key, 0) + n
+        reasons = self.reasons
+        for key, n in counts.items():
+            reasons[key] = reasons.get(key, 0) + n
 
     def add_error(self, code: str) -> None:
         self.errors += 1
@@ -215,8 +213,8 @@ class RecordsTelemetry:
                 separators=(",", ":"),
             ),
         }
-        for key, n in stats.reasons.items():
-            attributes[f"canaryws.connection.{key}"] = n
+        for (kind, reason), n in stats.reasons.items():
+            attributes[f"canaryws.connection.{kind}.{reason}"] = n
         for code, n in stats.error_codes.items():
             attributes[f"canaryws.connection.errors.{code}"] = n
         span = self.tracer.start_span(
@@ -244,13 +242,21 @@ class RecordsTelemetry:
             attributes={ROLE: "batch"},
         )
 
-    def batch_done(self, span: Span, batch_id: str, outcome: Outcome, started: float, connection_id: str) -> None:
+    def batch_done(
+        self,
+        span: Span,
+        batch_id: str,
+        outcome: Outcome,
+        counts: dict[tuple[str, str], int],
+        started: float,
+        connection_id: str,
+    ) -> None:
+        """Metrics and span attributes of one answered batch; ``counts`` is ``outcome.reason_counts()``."""
         strategy = outcome.strategy
         elapsed = time.perf_counter() - started
         self._batches.add(1, self._attrs("strategy", strategy))
         if outcome.accepted:
             self._records.add(len(outcome.accepted), self._attrs("strategy", strategy, "outcome", "accepted"))
-        counts = outcome.reason_counts() if (outcome.skipped or outcome.rejected) else {}
         for (kind, reason), n in counts.items():
             self._records.add(n, self._attrs("strategy", strategy, "outcome", kind, "reason", reason))
         self._duration.record(elapsed, self._attrs("strategy", strategy))
@@ -287,9 +293,10 @@ class RecordsTelemetry:
 class FlagsTelemetry:
     """Metrics of the flag source: reload results, revision and age of the flags."""
 
-    def __init__(self, meter_provider: MeterProvider, status: Any) -> None:
+    def __init__(self, meter_provider: MeterProvider, status: Callable[[], Mapping[str, Any]]) -> None:
+        """``status`` returns the flag source's status; it is read at scrape time only."""
         meter = meter_provider.get_meter("canaryws.flags")
-        self._status = status  # callable returning the source's status dict
+        self._status = status
         self._reloads = meter.create_counter(
             "canaryws.flags.reloads", unit="{reload}", description="Flag document reloads by source and result"
         )
@@ -332,5 +339,4 @@ __all__ = [
     "FlagsTelemetry",
     "RecordsTelemetry",
     "span_context",
-    "trace",
 ]
