@@ -35,6 +35,10 @@ class FlagSnapshotView(Protocol):
 
     def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation: ...
 
+    def expected_share(self, flag: str) -> float | None:
+        """Share of client ids the flag is on for, if the flags alone determine it."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class EvaluationContext:

@@ -362,6 +362,33 @@ def rollout_percent(feature: Mapping[str, Any]) -> int | None:
     return _as_percent((rollouts[0].get("parameters") or {}).get("rollout"))
 
 
+def expected_share(feature: Mapping[str, Any] | None) -> float | None:
+    """The share of client ids the feature is on for, when the document alone says so.
+
+    0 for a missing or disabled feature; 1 for an enabled one with no strategies or an
+    unconstrained ``default``; ``rollout / 100`` for a single unconstrained
+    ``flexibleRollout`` sticky on ``userId`` (or ``default``). None otherwise (constraints,
+    segments, several strategies): the split then depends on who connects.
+    """
+    if feature is None or not feature["enabled"]:
+        return 0.0
+    strategies = [s for s in feature["strategies"] if s.get("disabled") is not True]
+    if not strategies:
+        return 1.0
+    if len(strategies) != 1:
+        return None
+    strategy = strategies[0]
+    if strategy.get("constraints") or strategy.get("segments"):
+        return None
+    parameters = strategy.get("parameters") or {}
+    if strategy.get("name") == "default":
+        return 1.0
+    if strategy.get("name") == FLEXIBLE_ROLLOUT and parameters.get("stickiness", "default") in ("default", "userId"):
+        percent = _as_percent(parameters.get("rollout"))
+        return None if percent is None else percent / 100
+    return None
+
+
 def is_partial_rollout(strategy: Mapping[str, Any]) -> bool:
     """True for a percentage strategy strictly between 0% and 100% (a "split")."""
     name = strategy.get("name")

@@ -17,7 +17,7 @@ from typing import Any
 from yggdrasil_engine.engine import UnleashEngine
 
 from canaryws.core.cohorts import FlagEvaluation
-from canaryws.core.flagdoc import FlagsDocument, FlagsDocumentError, is_partial_rollout
+from canaryws.core.flagdoc import FlagsDocument, FlagsDocumentError, expected_share, is_partial_rollout
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +41,7 @@ class FlagSnapshot:
     - ``default``: otherwise, the feature is enabled but no strategy matched.
     """
 
-    __slots__ = ("_document", "_engine", "_fixed", "_loaded_at", "_outcomes", "_source")
+    __slots__ = ("_document", "_engine", "_fixed", "_loaded_at", "_outcomes", "_shares", "_source")
 
     def __init__(
         self,
@@ -71,6 +71,7 @@ class FlagSnapshot:
             )
         self._fixed = fixed
         self._outcomes = outcomes
+        self._shares: dict[str, float | None] = {}
 
     @classmethod
     def from_document(
@@ -120,6 +121,14 @@ class FlagSnapshot:
     def loaded_at(self) -> float:
         """Unix time at which this snapshot was loaded."""
         return self._loaded_at
+
+    def expected_share(self, flag: str) -> float | None:
+        """Share of client ids ``flag`` is on for, when the document alone says so (cached)."""
+        try:
+            return self._shares[flag]
+        except KeyError:
+            share = self._shares[flag] = expected_share(self._document.feature(flag))
+            return share
 
     def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation:
         """Evaluate ``flag`` for an Unleash context (``userId``, ``sessionId``, ...)."""

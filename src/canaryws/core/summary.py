@@ -1,0 +1,193 @@
+"""The per-connection summary: what one connection did under one cohort, over one slice of time.
+
+The service keeps one :class:`ConnectionSummary` per open connection and emits it as a
+``records.connection`` span when the slice ends: at close, when the connection's cohort
+changes (so every summary belongs to exactly one cohort), and every summary interval on
+long-lived connections (so a moving window sees them). The report and the guard read
+the spans back with :meth:`ConnectionSummary.from_attributes` and add up the slices of a
+connection: the connection is the unit of analysis.
+
+The attribute names below are the wire format of that span; this module is the one
+place that writes and reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaryws.core import histogram
+from canaryws.core.compare import Divergence
+from canaryws.core.strategies.outcome import Outcome
+
+END_INTERVAL = "interval"
+END_COHORT_CHANGED = "cohort_changed"
+END_CLOSED = "closed"
+
+A_CONNECTION_ID = "canaryws.connection.id"
+A_CLIENT_ID = "canaryws.client.id"
+A_STRATEGY = "canaryws.strategy"
+A_STRATEGY_VERSION = "canaryws.strategy.version"
+A_SHADOW = "canaryws.shadow"
+A_REVISION = "canaryws.flags.revision"
+A_EXPECTED_SHARE = "canaryws.flags.strict_share"
+A_SEQ = "canaryws.summary.seq"
+A_END = "canaryws.summary.end"
+A_CLOSE_CODE = "canaryws.connection.close_code"
+_C = "canaryws.connection."
+A_LATENCY_BUCKETS = "canaryws.connection.latency.buckets"
+A_LATENCY_SUM = "canaryws.connection.latency.sum_s"
+_S = "canaryws.shadow."
+A_SHADOW_DIVERGENCE = "canaryws.shadow.divergence."
+_TOTALS = ("batches", "records", "accepted", "skipped", "rejected", "errors")
+_SHADOW_TOTALS = ("batches", "records", "divergent", "skipped")
+
+
+@dataclass(slots=True)
+class ConnectionSummary:
+    """Counts of one connection under one cohort, over one slice of its life."""
+
+    connection_id: str
+    client_id: str
+    strategy: str
+    strategy_version: int
+    shadow: bool
+    flags_revision: str
+    strict_share: float | None = None  # the configured share of strict clients, when known
+    seq: int = 0  # the slice's number within the connection, from 0
+    end: str | None = None  # why the slice ended: interval, cohort_changed, closed
+    close_code: int | None = None  # set on the closed slice only
+    batches: int = 0
+    records: int = 0
+    accepted: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    errors: int = 0
+    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # ("rejected", "empty") -> n
+    error_codes: dict[str, int] = field(default_factory=dict)
+    latency: list[int] = field(default_factory=histogram.empty)
+    latency_sum_s: float = 0.0
+    shadow_batches: int = 0  # batches compared with the other strategy
+    shadow_skipped: int = 0  # batches the shadow did not run for (sampling, queue full)
+    shadow_records: int = 0
+    shadow_divergent: int = 0
+    divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
+
+    def add(self, outcome: Outcome, counts: Mapping[tuple[str, str], int], seconds: float) -> None:
+        """Count one answered batch; ``counts`` is ``outcome.reason_counts()``, computed once per batch."""
+        self.batches += 1
+        self.records += outcome.size
+        self.accepted += len(outcome.accepted)
+        self.skipped += len(outcome.skipped)
+        self.rejected += len(outcome.rejected)
+        reasons = self.reasons
+        for key, n in counts.items():
+            reasons[key] = reasons.get(key, 0) + n
+        self.latency[histogram.bucket_of(seconds * 1000.0)] += 1
+        self.latency_sum_s += seconds
+
+    def add_error(self, code: str) -> None:
+        self.errors += 1
+        self.error_codes[code] = self.error_codes.get(code, 0) + 1
+
+    def add_shadow(self, divergence: Divergence) -> None:
+        self.shadow_batches += 1
+        self.shadow_records += divergence.records
+        if divergence.divergent:
+            self.shadow_divergent += divergence.divergent
+            totals = self.divergence
+            for key, n in divergence.counts.items():
+                totals[key] = totals.get(key, 0) + n
+
+    def next_slice(self, *, strategy: str, strategy_version: int, shadow: bool, flags_revision: str,
+                   strict_share: float | None) -> ConnectionSummary:
+        """A fresh, empty summary for the same connection's next slice."""
+        return ConnectionSummary(
+            self.connection_id,
+            self.client_id,
+            strategy,
+            strategy_version,
+            shadow,
+            flags_revision,
+            strict_share,
+            seq=self.seq + 1,
+        )
+
+    # -- the span's attributes -------------------------------------------------
+
+    def to_attributes(self) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            A_CONNECTION_ID: self.connection_id,
+            A_CLIENT_ID: self.client_id,
+            A_STRATEGY: self.strategy,
+            A_STRATEGY_VERSION: self.strategy_version,
+            A_SHADOW: self.shadow,
+            A_REVISION: self.flags_revision,
+            A_SEQ: self.seq,
+            A_END: self.end or END_INTERVAL,
+        }
+        if self.strict_share is not None:
+            attrs[A_EXPECTED_SHARE] = self.strict_share
+        if self.close_code is not None:
+            attrs[A_CLOSE_CODE] = self.close_code
+        for name in _TOTALS:
+            attrs[_C + name] = getattr(self, name)
+        for (kind, reason), n in self.reasons.items():
+            attrs[f"{_C}{kind}.{reason}"] = n
+        for code, n in self.error_codes.items():
+            attrs[f"{_C}errors.{code}"] = n
+        if self.batches:
+            attrs[A_LATENCY_BUCKETS] = list(self.latency)
+            attrs[A_LATENCY_SUM] = self.latency_sum_s
+        if self.shadow_batches or self.shadow_skipped:
+            for name in _SHADOW_TOTALS:
+                attrs[_S + name] = getattr(self, "shadow_" + name)
+            for (kind, reason), n in self.divergence.items():
+                attrs[f"{A_SHADOW_DIVERGENCE}{kind}.{reason}"] = n
+        return attrs
+
+    @classmethod
+    def from_attributes(cls, attrs: Mapping[str, Any]) -> ConnectionSummary:
+        """Read a summary back from a span's attributes (``KeyError``/``ValueError`` if not one)."""
+        share = attrs.get(A_EXPECTED_SHARE)
+        close = attrs.get(A_CLOSE_CODE)
+        summary = cls(
+            connection_id=str(attrs[A_CONNECTION_ID]),
+            client_id=str(attrs[A_CLIENT_ID]),
+            strategy=str(attrs[A_STRATEGY]),
+            strategy_version=int(attrs.get(A_STRATEGY_VERSION, 0)),
+            shadow=bool(attrs.get(A_SHADOW, False)),
+            flags_revision=str(attrs.get(A_REVISION, "")),
+            strict_share=None if share is None else float(share),
+            seq=int(attrs.get(A_SEQ, 0)),
+            end=str(attrs.get(A_END, END_CLOSED)),
+            close_code=None if close is None else int(close),
+        )
+        for name in _TOTALS:
+            setattr(summary, name, int(attrs.get(_C + name, 0)))
+        for name in _SHADOW_TOTALS:
+            setattr(summary, "shadow_" + name, int(attrs.get(_S + name, 0)))
+        buckets = attrs.get(A_LATENCY_BUCKETS)
+        if isinstance(buckets, list):
+            summary.latency = [int(n) for n in buckets[: histogram.SIZE]] + [0] * (histogram.SIZE - len(buckets))
+        summary.latency_sum_s = float(attrs.get(A_LATENCY_SUM, 0.0))
+        for key, value in attrs.items():
+            if key.startswith(_C):
+                kind, _, reason = key[len(_C):].partition(".")
+                if kind in ("skipped", "rejected") and reason:
+                    summary.reasons[(kind, reason)] = int(value)
+                elif kind == "errors" and reason:
+                    summary.error_codes[reason] = int(value)
+            elif key.startswith(A_SHADOW_DIVERGENCE):
+                kind, _, reason = key[len(A_SHADOW_DIVERGENCE):].partition(".")
+                summary.divergence[(kind, reason)] = int(value)
+        return summary
+
+
+__all__ = [
+    "END_CLOSED",
+    "END_COHORT_CHANGED",
+    "END_INTERVAL",
+    "ConnectionSummary",
+]
