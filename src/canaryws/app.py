@@ -19,6 +19,7 @@ from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_source import FileFlagSource
 from canaryws.adapters.flags.unleash_source import UnleashFlagSource
 from canaryws.adapters.http import AccessTokenScrubber, probes_router
+from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
 from canaryws.adapters.websocket import EndpointLimits, RecordsEndpoint
@@ -87,16 +88,25 @@ def build_service(settings: Settings) -> Service:
     flags = build_flag_source(settings, lambda result: flags_telemetry.reloaded(settings.flags_backend, result))
     flags.load()
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
+    records_telemetry = RecordsTelemetry(telemetry.tracer_provider, telemetry.meter_provider)
+    shadow = ShadowRunner(
+        records_telemetry,
+        max_length=settings.max_record_length,
+        sample_rate=settings.shadow_sample_rate,
+        max_pending_bytes=settings.shadow_max_pending_bytes,
+    )
     records = RecordsEndpoint(
         flags=lambda: flags.current,
         tokens=tokens,
-        telemetry=RecordsTelemetry(telemetry.tracer_provider, telemetry.meter_provider),
-        limits=EndpointLimits(settings.max_records, settings.max_record_length),
+        telemetry=records_telemetry,
+        limits=EndpointLimits(settings.max_records, settings.max_record_length, settings.summary_interval),
+        shadow=shadow,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
+        shadow.start()
         log.info(
             "canaryws ready",
             extra={
@@ -112,6 +122,7 @@ def build_service(settings: Settings) -> Service:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
+            await shadow.stop()
             # bounded flush of spans and metrics, off the event loop
             await asyncio.to_thread(telemetry.shutdown)
 

@@ -27,6 +27,9 @@ class Settings:
     max_frame_bytes: int = 1024 * 1024
     token_ttl_seconds: int = DEFAULT_TTL_SECONDS
     log_level: str = "INFO"
+    summary_interval: float = 60.0
+    shadow_sample_rate: float = 1.0
+    shadow_max_pending_bytes: int = 8 * 1024 * 1024
     service_name: str = "canaryws"
     # Unleash server backend (used when url and api token are both set)
     unleash_url: str | None = None
@@ -56,6 +59,9 @@ class Settings:
             "max_frame_bytes": ("CANARYWS_MAX_FRAME_BYTES", int),
             "token_ttl_seconds": ("CANARYWS_TOKEN_TTL", int),
             "log_level": ("CANARYWS_LOG_LEVEL", str),
+            "summary_interval": ("CANARYWS_SUMMARY_INTERVAL", float),
+            "shadow_sample_rate": ("CANARYWS_SHADOW_SAMPLE_RATE", float),
+            "shadow_max_pending_bytes": ("CANARYWS_SHADOW_MAX_PENDING_BYTES", int),
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from harness import Service, flags_doc, send_batch
+from harness import metric_value as _metric
 
 pytestmark = pytest.mark.integration
 
@@ -26,16 +27,6 @@ def _drive(service: Service, client_id: str, batches: list[list[Any]], bad_frame
             return welcome
 
     return asyncio.run(scenario())
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def test_metrics_are_labelled_by_strategy_and_outcome(tmp_path: Path) -> None:
@@ -109,8 +100,12 @@ def test_trace_file_holds_connect_batch_and_connection_spans(tmp_path: Path) -> 
     assert (attrs["canaryws.connection.batches"], attrs["canaryws.connection.records"]) == (2, 3)
     assert (attrs["canaryws.connection.accepted"], attrs["canaryws.connection.rejected"]) == (2, 1)
     assert attrs["canaryws.connection.errors"] == 1
-    history = json.loads(attrs["canaryws.connection.cohort_history"])
-    assert [h["strategy"] for h in history] == ["strict"]
+    assert attrs["canaryws.connection.errors.invalid_json"] == 1
+    assert attrs["canaryws.connection.rejected.empty"] == 1
+    assert (attrs["canaryws.strategy"], attrs["canaryws.summary.seq"], attrs["canaryws.summary.end"]) == (
+        "strict", 0, "closed")
+    assert attrs["canaryws.flags.strict_share"] == 1.0
+    assert sum(attrs["canaryws.connection.latency.buckets"]) == 2
     assert summary["end_ns"] - summary["start_ns"] > 0
 
 

@@ -1,8 +1,9 @@
 """The ``/records`` WebSocket endpoint: a thin adapter over the core.
 
 One batch reads as a straight line: frame → decode → (pinned cohort) → strategy →
-telemetry → encode → frame. The cohort is decided at connect time and re-decided
-only when the flags revision changes (a string comparison per batch, no SDK call).
+encode → frame → telemetry → [shadow strategy → compare, queued off the response path].
+The cohort is decided at connect time and re-decided only when the flags revision
+changes (a string comparison per batch, no SDK call).
 """
 
 from __future__ import annotations
@@ -19,16 +20,13 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from canaryws.adapters.auth import TokenAuthority, TokenError
+from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.logs import client_id_var, connection_id_var
-from canaryws.adapters.telemetry.records import (
-    CohortPeriod,
-    ConnectionStats,
-    RecordsTelemetry,
-    span_context,
-)
+from canaryws.adapters.telemetry.records import RecordsTelemetry, span_context
 from canaryws.core import contract
-from canaryws.core.cohorts import Cohort, EvaluationContext, FlagSnapshotView, decide_cohort
+from canaryws.core.cohorts import STRICT_FLAG, Cohort, EvaluationContext, FlagSnapshotView, decide_cohort
 from canaryws.core.strategies import STRATEGIES, VERSIONS
+from canaryws.core.summary import END_CLOSED, END_COHORT_CHANGED, END_INTERVAL, ConnectionSummary
 
 log = logging.getLogger("canaryws.records")
 
@@ -42,6 +40,7 @@ CLOSE_INTERNAL_ERROR = 1011
 class EndpointLimits:
     max_records: int
     max_record_length: int
+    summary_interval: float = 60.0  # seconds between summary spans of a long-lived connection
 
 
 class RecordsEndpoint:
@@ -54,11 +53,13 @@ class RecordsEndpoint:
         tokens: TokenAuthority,
         telemetry: RecordsTelemetry,
         limits: EndpointLimits,
+        shadow: ShadowRunner,
     ) -> None:
         self._flags = flags
         self._tokens = tokens
         self._telemetry = telemetry
         self._limits = limits
+        self._shadow = shadow
 
     # -- handshake -----------------------------------------------------------
 
@@ -113,10 +114,10 @@ class RecordsEndpoint:
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
         context = EvaluationContext(client_id, connection_id, self._properties(websocket))
-        started_ns = time.time_ns()
         connect_span = self._telemetry.start_connect(connection_id, client_id)
         with trace.use_span(connect_span, end_on_exit=True):
-            decision = decide_cohort(self._flags(), context, VERSIONS)
+            snapshot = self._flags()
+            decision = decide_cohort(snapshot, context, VERSIONS)
             self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
             self._telemetry.set_cohort(connect_span, decision.cohort)
             await websocket.accept(subprotocol=subprotocol)
@@ -124,17 +125,29 @@ class RecordsEndpoint:
                 "connection accepted",
                 extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision},
             )
-        connect = span_context(connect_span)
         cohort = decision.cohort
-        stats = ConnectionStats(connection_id, client_id, started_ns)
-        stats.history.append(CohortPeriod(cohort, 0, time.time()))
+        conn = _Connection(
+            context,
+            span_context(connect_span),
+            ConnectionSummary(
+                connection_id,
+                client_id,
+                cohort.strategy,
+                cohort.strategy_version,
+                cohort.shadow,
+                cohort.flags_revision,
+                snapshot.expected_share(STRICT_FLAG),
+            ),
+            time.time_ns(),
+            time.perf_counter(),
+        )
         self._telemetry.opened(cohort)
         close_code = 1006
         try:
             await websocket.send_text(
                 contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort)
             )
-            close_code, cohort = await self._serve(websocket, context, cohort, connect, stats)
+            close_code = await self._serve(websocket, cohort, conn)
         except WebSocketDisconnect as gone:  # the peer vanished while we were sending
             close_code = gone.code
         except Exception:
@@ -143,38 +156,57 @@ class RecordsEndpoint:
             with contextlib.suppress(Exception):  # the socket may already be gone
                 await websocket.close(CLOSE_INTERNAL_ERROR)
         finally:
-            self._telemetry.closed(stats, cohort, close_code, connect)
+            summary = conn.summary
+            summary.close_code = close_code
+            self._telemetry.closed(summary, close_code)
+            self._end_slice(conn, END_CLOSED)
             log.info(
                 "connection closed",
-                extra={"close_code": close_code, "batches": stats.batches, "strategy": cohort.strategy},
+                extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
             )
+
+    def _end_slice(self, conn: _Connection, why: str, next_cohort: Cohort | None = None,
+                   strict_share: float | None = None) -> None:
+        """Emit the connection's current summary (after its pending shadow runs) and start the next."""
+        summary = conn.summary
+        summary.end = why
+        start_ns, end_ns, connect = conn.slice_start_ns, time.time_ns(), conn.connect
+        telemetry = self._telemetry
+        self._shadow.after_pending(summary, lambda: telemetry.emit_summary(summary, start_ns, end_ns, connect))
+        if next_cohort is not None:
+            conn.summary = summary.next_slice(
+                strategy=next_cohort.strategy,
+                strategy_version=next_cohort.strategy_version,
+                shadow=next_cohort.shadow,
+                flags_revision=next_cohort.flags_revision,
+                strict_share=strict_share,
+            )
+            conn.slice_start_ns = end_ns
+            conn.slice_started = time.perf_counter()
 
     # -- batches -------------------------------------------------------------
 
-    async def _serve(
-        self,
-        websocket: WebSocket,
-        context: EvaluationContext,
-        cohort: Cohort,
-        connect: trace.SpanContext | None,
-        stats: ConnectionStats,
-    ) -> tuple[int, Cohort]:
+    async def _serve(self, websocket: WebSocket, cohort: Cohort, conn: _Connection) -> int:
+        """The batch loop; returns the close code."""
         receive = websocket.receive
         send = websocket.send
         telemetry = self._telemetry
+        shadow_runner = self._shadow
         flags = self._flags
         max_records = self._limits.max_records
         max_length = self._limits.max_record_length
+        slice_seconds = self._limits.summary_interval
         strategy = STRATEGIES[cohort.strategy]
+        context = conn.context
         connection_id = context.connection_id
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
-                return int(message.get("code") or 1005), cohort
+                return int(message.get("code") or 1005)
             text = message.get("text")
             if text is None:
                 await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
-                return CLOSE_UNSUPPORTED_DATA, cohort
+                return CLOSE_UNSUPPORTED_DATA
 
             started = time.perf_counter()
             snapshot = flags()
@@ -182,7 +214,7 @@ class RecordsEndpoint:
                 new = decide_cohort(snapshot, context, VERSIONS).cohort
                 if not new.same_treatment(cohort):
                     telemetry.cohort_changed(cohort, new)
-                    stats.history.append(CohortPeriod(new, stats.batches, time.time()))
+                    self._end_slice(conn, END_COHORT_CHANGED, new, snapshot.expected_share(STRICT_FLAG))
                     log.info(
                         "cohort changed",
                         extra={
@@ -194,12 +226,15 @@ class RecordsEndpoint:
                     await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
                     strategy = STRATEGIES[new.strategy]
                 cohort = new
+            elif started - conn.slice_started >= slice_seconds:
+                self._end_slice(conn, END_INTERVAL, cohort, conn.summary.strict_share)
+            summary = conn.summary
 
-            span = telemetry.start_batch(connect)
+            span = telemetry.start_batch(conn.connect)
             try:
                 batch = contract.decode_batch(text, max_records)
             except contract.MessageError as err:
-                stats.add_error(err.code)
+                summary.add_error(err.code)
                 telemetry.batch_error(span, err.code, err.detail, cohort.strategy, connection_id)
                 await send({"type": "websocket.send", "text": contract.encode_error(err)})
                 continue
@@ -209,6 +244,20 @@ class RecordsEndpoint:
             except BaseException:
                 span.end()
                 raise
-            counts = outcome.reason_counts()  # once per batch, for the stats, the metrics and the span
-            stats.add(outcome, counts)
-            telemetry.batch_done(span, batch.id, outcome, counts, started, connection_id)
+            elapsed = time.perf_counter() - started
+            counts = outcome.reason_counts()  # once per batch, for the summary, the metrics and the span
+            summary.add(outcome, counts, elapsed)
+            telemetry.batch_done(span, batch.id, outcome, counts, elapsed, connection_id, end=not cohort.shadow)
+            if cohort.shadow:
+                shadow_runner.submit(summary, span, batch.records, outcome, len(text))
+
+
+@dataclass(slots=True)
+class _Connection:
+    """The endpoint's state for one open connection."""
+
+    context: EvaluationContext
+    connect: trace.SpanContext | None
+    summary: ConnectionSummary  # the current slice
+    slice_start_ns: int
+    slice_started: float  # time.perf_counter() at the slice's start

@@ -34,7 +34,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind
 
-__all__ = ["OtlpJsonFileSpanExporter", "encode_otlp_json", "read_otlp_json_lines"]
+__all__ = ["OtlpJsonFileSpanExporter", "encode_otlp_json", "parse_otlp_json_line", "read_otlp_json_lines"]
 
 _logger = logging.getLogger("canaryws.telemetry")
 
@@ -537,6 +537,20 @@ def _flat_spans(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
                 }
 
 
+def parse_otlp_json_line(text: str) -> list[dict[str, Any]]:
+    """The spans of one OTLP/JSON line (see :func:`read_otlp_json_lines` for their shape).
+
+    Raises ``ValueError`` when the line is not an OTLP/JSON traces document.
+    """
+    try:
+        document = json.loads(text)
+        if not isinstance(document, dict):
+            raise ValueError("line is not a JSON object")
+        return list(_flat_spans(document))
+    except (AttributeError, TypeError) as error:
+        raise ValueError(str(error)) from error
+
+
 def read_otlp_json_lines(path: Path | str, *, strict: bool = False) -> Iterator[dict[str, Any]]:
     """Yield every span in an OTLP/JSON lines file as a flat dict.
 
@@ -556,18 +570,14 @@ def read_otlp_json_lines(path: Path | str, *, strict: bool = False) -> Iterator[
     process killed mid-write) is skipped with a warning, or raises ``ValueError`` when
     ``strict`` is true.
     """
-    decoder = json.JSONDecoder()
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
             text = line.strip()
             if not text:
                 continue
             try:
-                document = decoder.decode(text)
-                if not isinstance(document, dict):
-                    raise ValueError("line is not a JSON object")
-                spans = list(_flat_spans(document))
-            except (ValueError, AttributeError, TypeError) as error:
+                spans = parse_otlp_json_line(text)
+            except ValueError as error:
                 if strict:
                     raise ValueError(f"{path}:{number}: not an OTLP/JSON trace line: {error}") from error
                 _logger.warning(

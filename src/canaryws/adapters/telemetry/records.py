@@ -4,17 +4,16 @@
   ``feature_flag.evaluation`` event per flag evaluated (OTel semconv names).
 - ``records.batch``: a ROOT span per batch, linked to the connect span, so sampling
   is decided per batch rather than once per connection.
-- ``records.connection``: at disconnect, a span covering the connection's lifetime
-  with the per-connection summary (batches, records per outcome, close code, cohort
-  history): the unit of analysis when cohorts are compared.
+- ``records.connection``: a connection summary (:mod:`canaryws.core.summary`) per slice
+  of a connection's life under one cohort: emitted at close, at a cohort change and every
+  summary interval. Always sampled; the unit of analysis when cohorts are compared.
+- shadow comparisons: counted in metrics, and set on the batch span, which then ends
+  when the comparison is done but carries the time the answer was sent as its end.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -23,52 +22,14 @@ from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, Trace
 from opentelemetry.trace.status import Status, StatusCode
 
 from canaryws.core.cohorts import Cohort, FlagEvaluation
+from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
+from canaryws.core.summary import ConnectionSummary
 
 SCOPE = "canaryws.records"
 ROLE = "canaryws.span.role"
 PROVIDER_NAME = "Unleash"
 _EMPTY_CONTEXT = otel_context.Context()
-
-
-@dataclass(slots=True)
-class CohortPeriod:
-    cohort: Cohort
-    since_batch: int
-    at: float
-
-
-@dataclass(slots=True)
-class ConnectionStats:
-    """Running per-connection counts, summarised on the ``records.connection`` span."""
-
-    connection_id: str
-    client_id: str
-    started_at_ns: int
-    batches: int = 0
-    records: int = 0
-    accepted: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    errors: int = 0
-    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # ("rejected", "empty") -> n
-    error_codes: dict[str, int] = field(default_factory=dict)
-    history: list[CohortPeriod] = field(default_factory=list)
-
-    def add(self, outcome: Outcome, counts: dict[tuple[str, str], int]) -> None:
-        """Count one answered batch; ``counts`` is ``outcome.reason_counts()``, computed once per batch."""
-        self.batches += 1
-        self.records += outcome.size
-        self.accepted += len(outcome.accepted)
-        self.skipped += len(outcome.skipped)
-        self.rejected += len(outcome.rejected)
-        reasons = self.reasons
-        for key, n in counts.items():
-            reasons[key] = reasons.get(key, 0) + n
-
-    def add_error(self, code: str) -> None:
-        self.errors += 1
-        self.error_codes[code] = self.error_codes.get(code, 0) + 1
 
 
 class RecordsTelemetry:
@@ -107,6 +68,27 @@ class RecordsTelemetry:
         )
         self._cohort_changes = meter.create_counter(
             "canaryws.cohort.changes", unit="{change}", description="Open connections that switched cohort"
+        )
+        self._shadow_batches = meter.create_counter(
+            "canaryws.shadow.batches",
+            unit="{batch}",
+            description="Batches also processed by the other strategy (shadow), by strategy and shadow strategy",
+        )
+        self._shadow_skipped = meter.create_counter(
+            "canaryws.shadow.skipped",
+            unit="{batch}",
+            description="Shadow-eligible batches not compared, by strategy and reason (sampled_out, queue_full)",
+        )
+        self._shadow_records = meter.create_counter(
+            "canaryws.shadow.records", unit="{record}", description="Records compared by the shadow"
+        )
+        self._shadow_divergent = meter.create_counter(
+            "canaryws.shadow.divergent",
+            unit="{record}",
+            description="Records the two strategies treated differently, by strategy, kind and reason",
+        )
+        self._shadow_work = meter.create_counter(
+            "canaryws.shadow.work", unit="s", description="Time spent running the shadow strategy and comparing"
         )
         self._attr_cache: dict[tuple[str, ...], dict[str, str]] = {}
 
@@ -175,59 +157,27 @@ class RecordsTelemetry:
             self._connections_active.add(1, self._attrs("strategy", new.strategy))
         self._cohort_changes.add(1, self._attrs("from", old.strategy, "to", new.strategy))
 
-    def closed(self, stats: ConnectionStats, cohort: Cohort, close_code: int, connect: SpanContext | None) -> None:
-        """Metrics and the per-connection summary span, at disconnect."""
-        self._connections_active.add(-1, self._attrs("strategy", cohort.strategy))
-        self._closes.add(1, self._attrs("strategy", cohort.strategy, "code", str(close_code)))
+    def closed(self, summary: ConnectionSummary, close_code: int) -> None:
+        """Connection metrics at disconnect (the summary span is emitted by :meth:`emit_summary`)."""
+        self._connections_active.add(-1, self._attrs("strategy", summary.strategy))
+        self._closes.add(1, self._attrs("strategy", summary.strategy, "code", str(close_code)))
+
+    def emit_summary(self, summary: ConnectionSummary, start_ns: int, end_ns: int, connect: SpanContext | None) -> None:
+        """One ``records.connection`` span: a slice of a connection's life under one cohort."""
         links = [Link(connect)] if connect is not None and connect.is_valid else None
-        first = stats.history[0].cohort if stats.history else cohort
-        attributes: dict[str, Any] = {
-            ROLE: "connection",
-            "canaryws.connection.id": stats.connection_id,
-            "canaryws.client.id": stats.client_id,
-            "canaryws.strategy": cohort.strategy,
-            "canaryws.strategy.version": cohort.strategy_version,
-            "canaryws.strategy.initial": first.strategy,
-            "canaryws.shadow": cohort.shadow,
-            "canaryws.flags.revision": cohort.flags_revision,
-            "canaryws.connection.close_code": close_code,
-            "canaryws.connection.batches": stats.batches,
-            "canaryws.connection.records": stats.records,
-            "canaryws.connection.accepted": stats.accepted,
-            "canaryws.connection.skipped": stats.skipped,
-            "canaryws.connection.rejected": stats.rejected,
-            "canaryws.connection.errors": stats.errors,
-            "canaryws.connection.cohort_changes": max(0, len(stats.history) - 1),
-            "canaryws.connection.cohort_history": json.dumps(
-                [
-                    {
-                        "strategy": p.cohort.strategy,
-                        "strategy_version": p.cohort.strategy_version,
-                        "shadow": p.cohort.shadow,
-                        "flags_revision": p.cohort.flags_revision,
-                        "since_batch": p.since_batch,
-                        "at": round(p.at, 3),
-                    }
-                    for p in stats.history
-                ],
-                separators=(",", ":"),
-            ),
-        }
-        for (kind, reason), n in stats.reasons.items():
-            attributes[f"canaryws.connection.{kind}.{reason}"] = n
-        for code, n in stats.error_codes.items():
-            attributes[f"canaryws.connection.errors.{code}"] = n
+        attributes = summary.to_attributes()
+        attributes[ROLE] = "connection"
         span = self.tracer.start_span(
             "records.connection",
             context=_EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
             links=links,
             attributes=attributes,
-            start_time=stats.started_at_ns,
+            start_time=start_ns,
         )
-        if close_code not in (1000, 1001):
-            span.set_status(Status(StatusCode.ERROR, f"close code {close_code}"))
-        span.end()
+        if summary.close_code is not None and summary.close_code not in (1000, 1001):
+            span.set_status(Status(StatusCode.ERROR, f"close code {summary.close_code}"))
+        span.end(end_time=max(end_ns, start_ns))
 
     # -- per batch -----------------------------------------------------------
 
@@ -248,12 +198,16 @@ class RecordsTelemetry:
         batch_id: str,
         outcome: Outcome,
         counts: dict[tuple[str, str], int],
-        started: float,
+        elapsed: float,
         connection_id: str,
+        *,
+        end: bool = True,
     ) -> None:
-        """Metrics and span attributes of one answered batch; ``counts`` is ``outcome.reason_counts()``."""
+        """Metrics and span attributes of one answered batch; ``counts`` is ``outcome.reason_counts()``.
+
+        With ``end`` false the span stays open for the shadow comparison (:meth:`shadow_done`).
+        """
         strategy = outcome.strategy
-        elapsed = time.perf_counter() - started
         self._batches.add(1, self._attrs("strategy", strategy))
         if outcome.accepted:
             self._records.add(len(outcome.accepted), self._attrs("strategy", strategy, "outcome", "accepted"))
@@ -274,7 +228,44 @@ class RecordsTelemetry:
             for (kind, reason), n in counts.items():
                 attrs[f"canaryws.batch.{kind}.{reason}"] = n
             span.set_attributes(attrs)
-        span.end()
+        if end:
+            span.end()
+
+    # -- shadow --------------------------------------------------------------
+
+    def shadow_skipped(self, span: Span, strategy: str, reason: str) -> None:
+        self._shadow_skipped.add(1, self._attrs("strategy", strategy, "reason", reason))
+        if span.is_recording():
+            span.set_attribute("canaryws.shadow.skipped", reason)
+
+    def shadow_done(
+        self,
+        span: Span,
+        strategy: str,
+        shadow_strategy: str,
+        divergence: Divergence,
+        work_seconds: float,
+        end_ns: int,
+    ) -> None:
+        """Count one shadow comparison and end the batch span at ``end_ns`` (when the answer went out)."""
+        pair = self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy)
+        self._shadow_batches.add(1, pair)
+        self._shadow_records.add(divergence.records, pair)
+        self._shadow_work.add(work_seconds, pair)
+        for (kind, reason), n in divergence.counts.items():
+            self._shadow_divergent.add(
+                n, self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy, "kind", kind, "reason", reason)
+            )
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                "canaryws.shadow.strategy": shadow_strategy,
+                "canaryws.shadow.records": divergence.records,
+                "canaryws.shadow.divergent": divergence.divergent,
+            }
+            for (kind, reason), n in divergence.counts.items():
+                attrs[f"canaryws.shadow.divergence.{kind}.{reason}"] = n
+            span.set_attributes(attrs)
+        span.end(end_time=end_ns)
 
     def batch_error(self, span: Span, code: str, detail: str, strategy: str, connection_id: str) -> None:
         self._errors.add(1, self._attrs("strategy", strategy, "code", code))
@@ -334,8 +325,6 @@ def span_context(span: Span) -> SpanContext | None:
 
 
 __all__ = [
-    "CohortPeriod",
-    "ConnectionStats",
     "FlagsTelemetry",
     "RecordsTelemetry",
     "span_context",
