@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +197,77 @@ async def send_batch(ws: ClientConnection, batch_id: str, records: list[Any]) ->
         frames.append(frame)
         if frame.get("type") in ("result", "error") and frame.get("id") == batch_id:
             return frames
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` in Prometheus text whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(re.search(rf'[{{,]{re.escape(k)}="{re.escape(v)}"', line) for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@dataclass
+class ClientRun:
+    """What one simulated client saw."""
+
+    client_id: str
+    strategies: list[str] = field(default_factory=list)  # per connection, from the welcome frame
+    results: int = 0
+    gave_up: int = 0  # connections it closed with an application error code
+    cohort_frames: list[dict[str, Any]] = field(default_factory=list)
+
+
+async def run_client(
+    service: Service,
+    client_id: str,
+    *,
+    batches: int,
+    records: Callable[[int], list[Any]],
+    give_up_on_rejection: bool = False,
+    give_up_code: int = 4400,
+    attempts: int = 1,
+    interval: float = 0.02,
+    drop_after: int | None = None,
+    stay_open: asyncio.Event | None = None,
+) -> ClientRun:
+    """A canary client: sends ``batches`` batches of ``records(n)`` on a connection.
+
+    - ``give_up_on_rejection``: on a result with rejections the client closes with
+      ``give_up_code`` and reconnects, at most ``attempts`` connections in all;
+    - ``drop_after``: after that many batches the client aborts the TCP connection (no
+      close frame: the server sees 1006), as a flaky network would;
+    - ``stay_open``: after its batches the client keeps sending one batch every
+      ``interval`` until the event is set, then closes normally.
+    """
+    run = ClientRun(client_id)
+    for _attempt in range(attempts):
+        async with service.client(client_id) as (ws, welcome):
+            run.strategies.append(welcome["cohort"]["strategy"])
+            n = 0
+            gave_up = False
+            while n < batches or (stay_open is not None and not stay_open.is_set()):
+                if drop_after is not None and n >= drop_after:
+                    ws.transport.abort()
+                    return run
+                frames = await send_batch(ws, f"{client_id}-{n}", records(n))
+                n += 1
+                run.cohort_frames.extend(f for f in frames if f["type"] == "cohort")
+                result = frames[-1]
+                run.results += result["type"] == "result"
+                if give_up_on_rejection and result.get("rejected"):
+                    await ws.close(give_up_code, "gave up: records rejected")
+                    run.gave_up += 1
+                    gave_up = True
+                    break
+                await asyncio.sleep(interval)
+            if not gave_up:
+                return run
+        await asyncio.sleep(0.05)
+    return run
 
 
 REPO = Path(__file__).resolve().parent.parent

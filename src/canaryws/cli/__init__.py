@@ -1,4 +1,4 @@
-"""``canaryws`` command line: serve, token, flags."""
+"""``canaryws`` command line: serve, token, flags, report, guard."""
 
 from __future__ import annotations
 
@@ -95,13 +95,16 @@ def token_issue(client_id: str, data_dir: Path | None, ttl: int | None) -> None:
     click.echo(value)
 
 
-def _register_flags() -> None:
+def _register_commands() -> None:
     from canaryws.cli.flags import flags_group
+    from canaryws.cli.report import guard, report
 
     main.add_command(flags_group)
+    main.add_command(report)
+    main.add_command(guard)
 
 
-_register_flags()
+_register_commands()
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

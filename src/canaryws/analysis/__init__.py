@@ -1,0 +1,1 @@
+"""Comparison of the cohorts: units of analysis, the judge, the report renderers."""

@@ -1,0 +1,154 @@
+"""Units of analysis: one per connection and cohort, added up from its summary slices.
+
+Pure: the input is the flat span dicts of
+:func:`canaryws.adapters.telemetry.otlp_json_file.read_otlp_json_lines` (or anything of
+that shape); only ``records.connection`` summary spans are used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from canaryws.core import histogram
+from canaryws.core.summary import END_CLOSED, ConnectionSummary
+
+ROLE_ATTRIBUTE = "canaryws.span.role"
+SUMMARY_ROLE = "connection"
+# A close is normal when the client said goodbye (1000), went away (1001) or the
+# service restarted (1012: not the strategy's doing, and it hits both cohorts alike).
+NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1012})
+DEFAULT_RETRY_WINDOW_S = 30.0
+# The old connection's summary is emitted after its close is processed, so a quick
+# reconnect may start a moment before the old span's end.
+_CLOCK_SLACK_NS = 1_000_000_000
+
+
+@dataclass(slots=True)
+class ConnectionUnit:
+    """One connection under one strategy: the unit the report compares."""
+
+    connection_id: str
+    client_id: str
+    strategy: str
+    start_ns: int
+    end_ns: int
+    closed: bool = False
+    close_code: int | None = None
+    batches: int = 0
+    records: int = 0
+    accepted: int = 0
+    skipped: int = 0
+    rejected: int = 0
+    errors: int = 0
+    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # ("rejected", "blank") -> n
+    error_codes: dict[str, int] = field(default_factory=dict)
+    latency: list[int] = field(default_factory=histogram.empty)  # histogram.BOUNDS_MS buckets
+    latency_sum_s: float = 0.0
+    strict_share: float | None = None  # configured share of strict clients when it connected
+    shadow_batches: int = 0
+    shadow_skipped: int = 0
+    shadow_records: int = 0
+    shadow_divergent: int = 0
+    divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
+    retry: bool = False  # opened soon after the same client's abnormally closed connection
+
+    @property
+    def abnormal_close(self) -> bool:
+        return self.closed and self.close_code not in NORMAL_CLOSE_CODES
+
+    def add(self, summary: ConnectionSummary, start_ns: int, end_ns: int) -> None:
+        self.start_ns = min(self.start_ns, start_ns)
+        self.end_ns = max(self.end_ns, end_ns)
+        if summary.end == END_CLOSED:
+            self.closed = True
+            self.close_code = summary.close_code
+        if summary.seq == 0 or self.strict_share is None:
+            self.strict_share = summary.strict_share if summary.strict_share is not None else self.strict_share
+        self.batches += summary.batches
+        self.records += summary.records
+        self.accepted += summary.accepted
+        self.skipped += summary.skipped
+        self.rejected += summary.rejected
+        self.errors += summary.errors
+        _add_counts(self.reasons, summary.reasons)
+        _add_counts(self.error_codes, summary.error_codes)
+        for i, n in enumerate(summary.latency):
+            self.latency[i] += n
+        self.latency_sum_s += summary.latency_sum_s
+        self.shadow_batches += summary.shadow_batches
+        self.shadow_skipped += summary.shadow_skipped
+        self.shadow_records += summary.shadow_records
+        self.shadow_divergent += summary.shadow_divergent
+        _add_counts(self.divergence, summary.divergence)
+
+
+def _add_counts(into: dict[Any, int], more: Mapping[Any, int]) -> None:
+    for key, n in more.items():
+        into[key] = into.get(key, 0) + n
+
+
+def summaries(spans: Iterable[Mapping[str, Any]]) -> Iterable[tuple[ConnectionSummary, int, int]]:
+    """The connection summaries among ``spans``, with each span's start and end (ns)."""
+    for span in spans:
+        attrs = span.get("attributes") or {}
+        if attrs.get(ROLE_ATTRIBUTE) != SUMMARY_ROLE:
+            continue
+        try:
+            summary = ConnectionSummary.from_attributes(attrs)
+        except (KeyError, ValueError, TypeError):
+            continue
+        yield summary, int(span.get("start_ns") or 0), int(span.get("end_ns") or 0)
+
+
+def build_units(
+    slices: Iterable[tuple[ConnectionSummary, int, int]],
+    *,
+    retry_window_s: float = DEFAULT_RETRY_WINDOW_S,
+) -> list[ConnectionUnit]:
+    """Add up the slices of each (connection, strategy) and mark retries.
+
+    A connection whose cohort changed contributes one unit per strategy, so each unit
+    belongs to exactly one cohort.
+    """
+    units: dict[tuple[str, str], ConnectionUnit] = {}
+    for summary, start_ns, end_ns in slices:
+        key = (summary.connection_id, summary.strategy)
+        unit = units.get(key)
+        if unit is None:
+            unit = units[key] = ConnectionUnit(summary.connection_id, summary.client_id, summary.strategy,
+                                               start_ns, end_ns)
+        unit.add(summary, start_ns, end_ns)
+    result = sorted(units.values(), key=lambda u: (u.start_ns, u.connection_id, u.strategy))
+    mark_retries(result, retry_window_s)
+    return result
+
+
+def mark_retries(units: list[ConnectionUnit], window_s: float = DEFAULT_RETRY_WINDOW_S) -> None:
+    """Flag each connection opened within ``window_s`` after its client's previous
+    connection closed abnormally: the client retried."""
+    window_ns = int(window_s * 1e9)
+    by_client: dict[str, list[ConnectionUnit]] = {}
+    for unit in units:
+        by_client.setdefault(unit.client_id, []).append(unit)
+    for client_units in by_client.values():
+        if len(client_units) < 2:
+            continue
+        client_units.sort(key=lambda u: u.start_ns)
+        last_abnormal_end: int | None = None
+        for unit in client_units:
+            gap = None if last_abnormal_end is None else unit.start_ns - last_abnormal_end
+            unit.retry = gap is not None and -_CLOCK_SLACK_NS <= gap <= window_ns
+            if unit.closed:
+                last_abnormal_end = unit.end_ns if unit.abnormal_close else None
+
+
+__all__ = [
+    "DEFAULT_RETRY_WINDOW_S",
+    "NORMAL_CLOSE_CODES",
+    "ConnectionUnit",
+    "build_units",
+    "mark_retries",
+    "summaries",
+]

@@ -1,0 +1,308 @@
+"""``canaryws report`` and ``canaryws guard``: judge the canary cohort against the baseline.
+
+``report`` reads OTLP/JSON trace files once and prints the comparison and its verdict.
+``guard`` applies the same judgement to a moving window of the growing trace files and,
+after a rollback verdict in K consecutive windows, disables ``records.strict`` through the
+flag backend (the flags file, or the Unleash Admin API when ``UNLEASH_URL`` and
+``UNLEASH_ADMIN_TOKEN`` are set). The judgement rules are documented in
+``canaryws.analysis.judge`` and docs/report.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from canaryws.adapters.flags.unleash_admin import UnleashError
+from canaryws.analysis.judge import Rules, judge
+from canaryws.analysis.traces import Slice, TraceTail, WindowInfo, expand_paths, in_window, load_slices
+from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
+from canaryws.cli.flags import FlagBackend
+from canaryws.core.flagdoc import FlagsDocumentError
+
+EXIT_CODES = {"promote": 0, "rollback": 1, "hold": 2}
+EXIT_ERROR = 3  # unreadable input, bad options: never confused with a verdict
+STRICT_FLAG = "records.strict"
+
+log = logging.getLogger("canaryws.guard")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d`` -> seconds."""
+    match = _DURATION.match(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r} (examples: 90s, 15m, 2h)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2) or "s"]
+
+
+def parse_time(text: str, now: float) -> int:
+    """An ISO 8601 time (naive means UTC), or a duration meaning that long before now -> ns."""
+    try:
+        return int((now - parse_duration(text)) * 1e9)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"not a time or duration: {text!r} (examples: 2026-11-24T03:00:00Z, 15m)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1e9)
+
+
+def _iso(ns: int | None) -> str | None:
+    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+class _VerdictCommand(click.Command):
+    """Usage errors exit with EXIT_ERROR, not click's 2 (which means ``hold`` here)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as error:
+            error.exit_code = EXIT_ERROR  # type: ignore[misc]  # click declares it per class
+            raise
+
+
+class _Failure(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
+def _traces_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--traces",
+        "traces",
+        multiple=True,
+        required=True,
+        type=click.Path(path_type=Path),
+        help="OTLP/JSON trace file, or a directory of them (*.json, *.jsonl); repeatable. "
+        "The service's data/traces.jsonl and the Collector's file exporter output both work.",
+    )(func)
+
+
+def _rules_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    defaults = Rules()
+    options = [
+        click.option("--rollout", type=click.FloatRange(0, 100), default=None,
+                     help="Configured strict rollout in percent, for the sample-ratio check "
+                     "(default: the share recorded on each connection's summary)."),
+        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=defaults.alpha, show_default=True,
+                     help="Significance level of each metric's one-sided Mann-Whitney U test."),
+        click.option("--min-connections", type=click.IntRange(1), default=defaults.min_connections,
+                     show_default=True, help="Connections each cohort needs before it is judged."),
+        click.option("--min-batches", type=click.IntRange(1), default=defaults.min_batches, show_default=True,
+                     help="Batches each cohort needs before it is judged."),
+        click.option("--retry-window", type=str, default=f"{DEFAULT_RETRY_WINDOW_S:g}s", show_default=True,
+                     help="A connection opened this soon after the same client's abnormal close is a retry."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _rules(alpha: float, min_connections: int, min_batches: int) -> Rules:
+    return dataclasses.replace(
+        Rules(), alpha=alpha, min_connections=min_connections, min_batches=min_batches,
+        min_values=min(Rules().min_values, min_connections),
+    )
+
+
+def _evaluate(slices: Sequence[Slice], rules: Rules, rollout: float | None, retry_window_s: float) -> dict[str, Any]:
+    units = build_units(slices, retry_window_s=retry_window_s)
+    return judge(units, rules, expected_strict_share=None if rollout is None else rollout / 100)
+
+
+def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
+    """The report for --json: per-connection value lists are for plots only."""
+    result = dict(report)
+    result["metrics"] = [{k: v for k, v in m.items() if k != "values"} for m in report.get("metrics", [])]
+    return result
+
+
+# -------------------------------------------------------------------------- report
+
+
+@click.command("report", cls=_VerdictCommand)
+@_traces_option
+@click.option("--since", default=None, help="Only connection summaries that ended after this time "
+              "(ISO 8601, or a duration before now such as 15m).")
+@click.option("--until", default=None, help="Only connection summaries that ended before this time.")
+@_rules_options
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the tables.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write a self-contained HTML page with the cohorts' plots side by side.")
+def report(
+    traces: tuple[Path, ...],
+    since: str | None,
+    until: str | None,
+    rollout: float | None,
+    alpha: float,
+    min_connections: int,
+    min_batches: int,
+    retry_window: str,
+    as_json: bool,
+    html_path: Path | None,
+) -> None:
+    """Compare the strict (canary) and lenient (baseline) cohorts and give a verdict.
+
+    The unit of analysis is the connection. Each metric is judged in the manner of
+    Kayenta: a one-sided Mann-Whitney U test on per-connection values plus an
+    effect-size tolerance. What counts against the canary is what its clients suffer
+    (abnormal closes, error frames, retries: critical; latency: hold) and what reaches
+    downstream (accepted rate: hold); strict rejecting what lenient skipped does not.
+    Thin cohorts are inconclusive (hold); a cohort split that does not match the
+    configured rollout is a sample-ratio mismatch (hold).
+
+    Exit code: 0 promote, 1 rollback, 2 hold, 3 error. See docs/report.md.
+    """
+    now = time.time()
+    try:
+        since_ns = None if since is None else parse_time(since, now)
+        until_ns = None if until is None else parse_time(until, now)
+        retry_window_s = parse_duration(retry_window)
+        files = expand_paths(traces)
+        slices = load_slices(files, since_ns, until_ns)
+    except (ValueError, OSError) as error:
+        raise _Failure(str(error)) from None
+    result = _evaluate(slices, _rules(alpha, min_connections, min_batches), rollout, retry_window_s)
+    info = WindowInfo([str(f) for f in files])
+    info.note(slices)
+    result["window"] = {
+        "start": _iso(since_ns if since_ns is not None else info.start_ns),
+        "end": _iso(until_ns if until_ns is not None else info.end_ns),
+        "files": info.files,
+        "spans": info.spans,
+        "connections": sum(result["cohorts"][c]["connections"] for c in ("strict", "lenient")),
+    }
+    if html_path is not None:
+        from canaryws.analysis.render import render_html
+
+        try:
+            html_path.write_text(render_html(result), encoding="utf-8")
+        except OSError as error:
+            raise _Failure(f"cannot write {html_path}: {error}") from None
+    if as_json:
+        click.echo(json.dumps(_without_values(result), allow_nan=False, sort_keys=False))
+    else:
+        from rich.console import Console
+
+        from canaryws.analysis.render import render_terminal
+
+        render_terminal(result, Console())
+    sys.exit(EXIT_CODES[result["verdict"]])
+
+
+# --------------------------------------------------------------------------- guard
+
+
+@click.command("guard", cls=_VerdictCommand)
+@_traces_option
+@click.option("--flags", "flags_path", type=click.Path(path_type=Path, dir_okay=False), envvar="CANARYWS_FLAGS",
+              default=Path("flags/features.json"), show_default=True,
+              help="Flags file to roll back (ignored when UNLEASH_URL and UNLEASH_ADMIN_TOKEN select the server).")
+@click.option("--interval", type=click.FloatRange(0.1), default=30.0, show_default=True,
+              help="Seconds between judgements.")
+@click.option("--window", "window", type=str, default="5m", show_default=True,
+              help="Length of the moving window judged each time (e.g. 300s, 5m).")
+@click.option("--windows", "k", type=click.IntRange(1), default=3, show_default=True,
+              help="Roll back after a rollback verdict in this many consecutive windows.")
+@click.option("--once", is_flag=True, help="Judge the window once (K = 1) and exit.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be done; change no flag.")
+@_rules_options
+def guard(
+    traces: tuple[Path, ...],
+    flags_path: Path,
+    interval: float,
+    window: str,
+    k: int,
+    once: bool,
+    dry_run: bool,
+    rollout: float | None,
+    alpha: float,
+    min_connections: int,
+    min_batches: int,
+    retry_window: str,
+) -> None:
+    """Watch the cohorts and disable records.strict after K consecutive rollback verdicts.
+
+    Every --interval seconds the connection summaries that ended in the last --window are
+    judged exactly as `canaryws report` judges them. After a rollback verdict in --windows
+    consecutive windows (1 with --once) the guard disables records.strict through the
+    flag backend, logs what it did and why, and exits 1. With --dry-run it only logs what
+    it would do (exit 1 still means "would have rolled back"). --once without a rollback
+    exits 0; otherwise the guard runs until interrupted.
+    """
+    from canaryws.adapters.telemetry.logs import configure_logging
+    from canaryws.cli.flags import open_backend
+
+    configure_logging()
+    try:
+        window_s = parse_duration(window)
+        retry_window_s = parse_duration(retry_window)
+    except ValueError as error:
+        raise _Failure(str(error)) from None
+    if once:
+        k = 1
+    rules = _rules(alpha, min_connections, min_batches)
+    backend = open_backend(flags_path)
+    tail = TraceTail(list(traces))
+    kept: list[Slice] = []
+    streak = 0
+    while True:
+        now_ns = time.time_ns()
+        kept.extend(tail.poll())
+        kept = list(in_window(kept, now_ns - int(window_s * 1e9), None))
+        result = _evaluate(kept, rules, rollout, retry_window_s)
+        verdict = result["verdict"]
+        streak = streak + 1 if verdict == "rollback" else 0
+        log.info(
+            "guard judged a window",
+            extra={
+                "verdict": verdict,
+                "consecutive_rollback_verdicts": streak,
+                "needed": k,
+                "reasons": result["reasons"],
+                "connections": {c: result["cohorts"][c]["connections"] for c in ("strict", "lenient")},
+                "window_seconds": window_s,
+            },
+        )
+        if streak >= k:
+            _roll_back(backend, result, dry_run)
+            sys.exit(1)
+        if once:
+            sys.exit(0)
+        time.sleep(interval)
+
+
+def _roll_back(backend: FlagBackend, result: Mapping[str, Any], dry_run: bool) -> None:
+    why = {"reasons": result["reasons"], "backend": backend.location}
+    if dry_run:
+        log.warning(f"dry run: would disable {STRICT_FLAG}", extra=why)
+        return
+    try:
+        change = backend.set_enabled(STRICT_FLAG, False)
+    except (FlagsDocumentError, UnleashError, OSError) as error:
+        log.error(f"rollback failed: could not disable {STRICT_FLAG}: {error}", extra=why)
+        raise _Failure(f"rollback failed: {error}") from None
+    log.warning(
+        f"rolled back: disabled {STRICT_FLAG}",
+        extra={**why, "revision_before": change.old_revision, "revision_after": change.new_revision,
+               "changed": change.changed},
+    )
+
+
+__all__ = ["EXIT_CODES", "guard", "parse_duration", "parse_time", "report"]

@@ -1,0 +1,376 @@
+"""The report renderers: rich terminal output and the self-contained HTML page."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from canaryws.analysis.render import render_html, render_terminal
+from canaryws.core.histogram import SIZE, bucket_of
+
+XSS_REASON = "<script>alert('x')</script> & [bold]not markup[/bold]"
+
+
+def _histogram(latencies_ms: list[float]) -> list[int]:
+    counts = [0] * SIZE
+    for value in latencies_ms:
+        counts[bucket_of(value)] += 1
+    return counts
+
+
+def _metric(name: str, critical: bool, direction: str, result: str, strict: list[float],
+            lenient: list[float], **extra: Any) -> dict[str, Any]:
+    def describe(values: list[float]) -> dict[str, Any]:
+        if not values:
+            return {"n": 0, "mean": None, "median": None}
+        ordered = sorted(values)
+        return {"n": len(values), "mean": sum(values) / len(values), "median": ordered[len(values) // 2]}
+
+    s, b = describe(strict), describe(lenient)
+    effect = s["mean"] - b["mean"] if s["mean"] is not None and b["mean"] is not None else None
+    return {
+        "name": name, "description": f"{name} per connection", "critical": critical, "direction": direction,
+        "result": result, "strict": s, "lenient": b, "effect": effect,
+        "tolerance": 0.02 if effect is not None else None, "hodges_lehmann": effect,
+        "p_value": extra.get("p_value"), "test": "mann-whitney-u", "detail": extra.get("detail", ""),
+        "values": {"strict": strict, "lenient": lenient},
+    }
+
+
+def realistic_report() -> dict[str, Any]:
+    """A rollback: strict rejects control characters and closes connections with 1006/4001."""
+    n = 40
+    strict_closes = [1.0 if i % 5 == 0 else 0.0 for i in range(n)]
+    lenient_closes = [1.0 if i == 7 else 0.0 for i in range(n)]
+    strict_accept = [0.9 + 0.002 * (i % 10) for i in range(n)]
+    lenient_accept = [0.95 + 0.001 * (i % 10) for i in range(n)]
+    strict_latency = [2.0 + 0.1 * i for i in range(n)]
+    lenient_latency = [1.8 + 0.1 * i for i in range(n)]
+    metrics = [
+        _metric("abnormal_close_rate", True, "increase", "fail", strict_closes, lenient_closes,
+                p_value=0.00002, detail="effect +0.175 beyond tolerance 0.02 (increase is bad); p=2e-05 < alpha 0.01"),
+        _metric("error_frame_rate", True, "increase", "pass", [0.0] * n, [0.0] * n, p_value=1.0),
+        _metric("latency_p95_ms", False, "increase", "pass", strict_latency, lenient_latency, p_value=0.21),
+        _metric("accepted_rate", False, "decrease", "fail", strict_accept, lenient_accept, p_value=1e-9),
+        _metric("retry_rate", True, "increase", "nodata", [0.1, 0.2], [], detail="too few values"),
+    ]
+
+    def cohort(**over: Any) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "clients": 20, "connections": n, "batches": 400, "records": 4000, "accepted": 3800,
+            "accepted_rate": 0.95, "skipped": {"blank": {"count": 120, "rate": 0.03}}, "rejected": {},
+            "error_frames": 0, "error_frame_rate": 0.0, "errors_by_code": {}, "closed": n,
+            "abnormal_closes": 1, "abnormal_close_rate": 0.025, "closes_by_code": {"1000": 39, "1006": 1},
+            "retries": 1, "retry_rate": 0.025,
+            "latency_ms": {"p50": 1.7, "p95": 4.8, "p99": 9.5, "mean": 2.1},
+            "latency_histogram": _histogram([1.0 + 0.05 * i for i in range(400)]),
+        }
+        base.update(over)
+        return base
+
+    strict = cohort(
+        clients=21, accepted=3600, accepted_rate=0.9, skipped={},
+        rejected={"blank": {"count": 120, "rate": 0.03}, "control_character": {"count": 280, "rate": 0.07}},
+        error_frames=3, error_frame_rate=0.0075, errors_by_code={"invalid_batch": 3},
+        abnormal_closes=8, abnormal_close_rate=0.2, closes_by_code={"1000": 32, "1006": 3, "4001": 5},
+        retries=6, retry_rate=0.15, latency_ms={"p50": 2.0, "p95": 5.6, "p99": 12.25, "mean": 2.4},
+        latency_histogram=_histogram([1.2 + 0.06 * i for i in range(400)]),
+    )
+    shadow_cohort = {
+        "batches": 200, "skipped": 2, "records": 2000, "divergent": 140, "divergence_rate": 0.07,
+        "by_kind": {"accepted_by_lenient_only": {"control_character": 140}}, "unexpected": 0,
+        "downstream_loss": {"control_character": 140},
+    }
+    return {
+        "verdict": "rollback",
+        "reasons": [
+            "abnormal_close_rate: strict 0.2 vs lenient 0.025 (+0.175, tolerance 0.02, p=2e-05) — critical",
+            XSS_REASON,
+        ],
+        "window": {"start": "2025-01-01T10:00:00+00:00", "end": "2025-01-01T11:00:00+00:00",
+                   "files": ["traces-1.jsonl", "traces-2.jsonl"], "spans": 1234, "connections": 80},
+        "rules": {"alpha": 0.01, "min_connections": 20, "min_batches": 100, "min_values": 20, "srm_alpha": 0.001,
+                  "min_latency_batches": 5, "metrics": []},
+        "cohorts": {"strict": strict, "lenient": cohort()},
+        "metrics": metrics,
+        "srm": {"checked": True, "mismatch": False, "strict_clients": 21, "lenient_clients": 20,
+                "expected_strict_share": 0.5, "observed_strict_share": 21 / 41, "p_value": 0.876,
+                "detail": "21 strict clients of 41, expected 20.5 (50%); p=0.88 ≥ srm_alpha 0.001"},
+        "shadow": {**shadow_cohort, "batches": 400, "records": 4000, "divergent": 280,
+                   "by_kind": {"accepted_by_lenient_only": {"control_character": 278},
+                               "value_mismatch": {"value": 2}},
+                   "unexpected": 2, "downstream_loss": {"control_character": 278},
+                   "cohorts": {"strict": shadow_cohort, "lenient": dict(shadow_cohort)}},
+    }
+
+
+def empty_report() -> dict[str, Any]:
+    """An empty window: no connections, None wherever a rate or quantile would be."""
+
+    def cohort() -> dict[str, Any]:
+        return {
+            "clients": 0, "connections": 0, "batches": 0, "records": 0, "accepted": 0, "accepted_rate": None,
+            "skipped": {}, "rejected": {}, "error_frames": 0, "error_frame_rate": None, "errors_by_code": {},
+            "closed": 0, "abnormal_closes": 0, "abnormal_close_rate": None, "closes_by_code": {},
+            "retries": 0, "retry_rate": None, "latency_ms": {"p50": None, "p95": None, "p99": None, "mean": None},
+            "latency_histogram": [0] * SIZE,
+        }
+
+    shadow = {"batches": 0, "skipped": 0, "records": 0, "divergent": 0, "divergence_rate": None, "by_kind": {},
+              "unexpected": 0, "downstream_loss": {}}
+    return {
+        "verdict": "hold",
+        "reasons": ["strict cohort too thin: 0 connections < 20, 0 batches < 100"],
+        "rules": {"alpha": 0.01, "metrics": []},
+        "cohorts": {"strict": cohort(), "lenient": cohort()},
+        "metrics": [
+            {**_metric("abnormal_close_rate", True, "increase", "inconclusive", [], []), "p_value": None}
+        ],
+        "srm": {"checked": False, "mismatch": False, "strict_clients": 0, "lenient_clients": 0,
+                "expected_strict_share": None, "observed_strict_share": None, "p_value": None,
+                "detail": "not checked: 0 clients < 20"},
+        "shadow": {**shadow, "cohorts": {"strict": dict(shadow), "lenient": dict(shadow)}},
+    }
+
+
+def terminal(report: dict[str, Any]) -> str:
+    console = Console(width=120, no_color=True, record=True)
+    render_terminal(report, console)
+    return console.export_text()
+
+
+# -- terminal ----------------------------------------------------------------------------
+
+
+def test_terminal_shows_verdict_reasons_and_cohorts() -> None:
+    out = terminal(realistic_report())
+    assert "rollback" in out
+    assert "abnormal_close_rate: strict 0.2 vs lenient 0.025" in out
+    assert XSS_REASON in out  # printed literally: rich markup in a reason is not interpreted
+    lines = out.splitlines()
+    header = lines[lines.index(next(line for line in lines if line.startswith("Cohorts"))) + 1]
+    assert header.index("lenient") < header.index("strict")
+    for label in ("clients", "connections", "batches", "records", "accepted", "error frames", "abnormal closes",
+                  "retries", "latency p50 (ms)", "latency p95 (ms)", "latency p99 (ms)"):
+        assert label in out
+    assert "2025-01-01T10:00:00+00:00" in out and "traces-2.jsonl" in out
+
+
+def _row(out: str, label: str) -> str:
+    return next(line for line in out.splitlines() if line.strip().startswith(label))
+
+
+def test_terminal_cohort_rows() -> None:
+    out = terminal(realistic_report())
+    assert _row(out, "accepted ").split()[1:] == ["3,800", "(95.00%)", "3,600", "(90.00%)"]
+    # one row per reason present in either cohort; absent in a cohort reads 0
+    assert _row(out, "rejected: control_character").split()[2:] == ["0", "280", "(7.00%)"]
+    assert _row(out, "rejected: blank").split()[2:] == ["0", "120", "(3.00%)"]
+    assert _row(out, "skipped: blank").split()[2:] == ["120", "(3.00%)", "0"]
+    assert _row(out, "abnormal closes").split()[2:] == ["1", "(2.50%)", "8", "(20.00%)"]
+    assert _row(out, "closes: 1006").split()[2:] == ["1", "3"]
+    assert _row(out, "closes: 4001").split()[2:] == ["0", "5"]
+    assert out.index("closes: 1000") < out.index("closes: 1006") < out.index("closes: 4001")
+    assert _row(out, "errors: invalid_batch").split()[2:] == ["0", "3"]
+    assert _row(out, "retries").split()[1:] == ["1", "(2.50%)", "6", "(15.00%)"]
+    assert _row(out, "latency p99 (ms)").split()[3:] == ["9.50", "12.25"]
+
+
+def test_terminal_judgement_srm_and_shadow() -> None:
+    out = terminal(realistic_report())
+    for column in ("metric", "lenient mean", "strict mean", "effect", "tolerance", "p-value", "result", "critical"):
+        assert column in out
+    row = _row(out, "abnormal_close_rate ")
+    assert "0.025 (n=40)" in row and "0.2 (n=40)" in row and "+0.175" in row and "2.0e-05" in row
+    assert row.split()[-2:] == ["fail", "yes"]
+    assert _row(out, "accepted_rate ").split()[-2:] == ["fail", "no"]
+    assert _row(out, "retry_rate ").split()[-2:] == ["nodata", "yes"]
+    assert "SRM: OK: 21 strict / 20 lenient clients" in out and "51.22%" in out
+    assert "Shadow comparison" in out
+    assert _row(out, "divergent records").split()[2:] == ["280", "(7.00%)", "140", "(7.00%)", "140", "(7.00%)"]
+    assert _row(out, "value_mismatch: value").split()[2:] == ["2", "0", "0"]
+    assert _row(out, "accepted_by_lenient_only: control_character").split()[2:] == ["278", "140", "140"]
+    assert _row(out, "lost: control_character").split()[2:] == ["278", "140", "140"]
+    assert _row(out, "unexpected").split()[1:] == ["2", "0", "0"]
+
+
+def test_terminal_empty_report_does_not_crash() -> None:
+    out = terminal(empty_report())
+    assert "hold" in out and "strict cohort too thin" in out
+    assert _row(out, "accepted ").split()[1:] == ["0", "(—)", "0", "(—)"]
+    assert _row(out, "latency p50 (ms)").split()[3:] == ["—", "—"]
+    assert "inconclusive" in out
+    assert "SRM: not checked: 0 clients < 20" in out
+    assert "rejected:" not in out and "closes:" not in out
+
+
+def test_terminal_tolerates_missing_sections() -> None:
+    out = terminal({"verdict": "promote", "reasons": []})
+    assert "promote" in out and "no metrics" in out.lower() and "Shadow comparison: none" in out
+    out = terminal({})
+    assert "unknown" in out
+
+
+# -- HTML --------------------------------------------------------------------------------
+
+
+class _Checker(HTMLParser):
+    """Tag balance of the elements the page is built from, and every src/href."""
+
+    CHECKED = frozenset({"html", "head", "body", "header", "section", "table", "thead", "tbody", "tr", "th", "td",
+                         "ul", "li", "figure", "figcaption", "svg", "style", "title", "h1", "h2", "p", "details"})
+    VOID = frozenset({"meta", "br", "img", "link", "input", "hr"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.urls: list[str] = []
+        self.text: list[str] = []
+        self.svg_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href") and value:
+                self.urls.append(value)
+        if tag in self.VOID:
+            return
+        if self.svg_depth and tag != "svg":
+            return  # SVG internals are XML; only the outer element is balanced here
+        if tag == "svg":
+            self.svg_depth += 1
+        if tag in self.CHECKED:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        for name, value in attrs:
+            if name in ("src", "href", "xlink:href") and value:
+                self.urls.append(value)
+
+    def handle_endtag(self, tag: str) -> None:
+        if self.svg_depth and tag != "svg":
+            return
+        if tag == "svg":
+            self.svg_depth -= 1
+        if tag not in self.CHECKED:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
+            return
+        self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def parse(page: str) -> _Checker:
+    checker = _Checker()
+    checker.feed(page)
+    checker.close()
+    assert not checker.errors, checker.errors
+    assert not checker.stack, f"unclosed: {checker.stack}"
+    return checker
+
+
+@pytest.fixture(scope="module")
+def realistic_page() -> str:
+    return render_html(realistic_report())
+
+
+def test_html_is_balanced_and_complete(realistic_page: str) -> None:
+    page = realistic_page
+    assert page.startswith("<!DOCTYPE html>")
+    checker = parse(page)
+    for tag in ("html", "head", "body", "header"):
+        assert checker.counts.get(tag) == 1, tag
+    assert page.count("<title>") == 1 and page.count("<style>") == 1  # the SVGs' own are <style type=...>
+    assert checker.counts["table"] == 3  # cohorts, judgement, shadow
+    assert checker.counts["section"] == 4
+    text = "".join(checker.text)
+    assert "Verdict: rollback" in text
+    assert 'class="verdict rollback"' in page
+    for label in ("rejected: control_character", "closes: 4001", "closes: 1006", "90.00%", "20.00%",
+                  "SRM:", "accepted_by_lenient_only: control_character", "traces-1.jsonl"):
+        assert label in text, label
+
+
+def test_html_escapes_report_text(realistic_page: str) -> None:
+    assert "<script>" not in realistic_page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; [bold]not markup[/bold]" in realistic_page
+    assert XSS_REASON in "".join(parse(realistic_page).text)
+
+
+def test_html_is_self_contained(realistic_page: str) -> None:
+    checker = parse(realistic_page)
+    assert not [u for u in checker.urls if not u.startswith("#")], checker.urls
+    assert "<?xml" not in realistic_page and "<!DOCTYPE svg" not in realistic_page
+    assert "<link" not in realistic_page and "<script" not in realistic_page and "@import" not in realistic_page
+    urls = re.findall(r"https?://[^\s\"')]+", realistic_page)
+    assert set(urls) <= {"http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}, set(urls)
+    for match in re.finditer(r"https?://", realistic_page):  # only as namespace declarations
+        assert re.search(r'\bxmlns(:xlink)?="$', realistic_page[max(0, match.start() - 20):match.start()])
+
+
+def test_html_plots_cohorts_side_by_side(realistic_page: str) -> None:
+    svgs = re.findall(r"<svg\b.*?</svg>", realistic_page, flags=re.S)
+    # 5 metrics with values (retry_rate has strict values only) + latency + reasons
+    assert len(svgs) == 7
+    assert realistic_page.count("<figure>") == 7
+    for svg in svgs:
+        assert len(svg) < 300_000
+        assert len(re.findall(r'id="f\d+-axes_', svg)) == 2  # two panels: lenient left, strict right
+    titles = ["abnormal_close_rate — fail", "error_frame_rate — pass", "latency_p95_ms — pass",
+              "accepted_rate — fail", "retry_rate — nodata", "batch latency", "skipped and rejected records"]
+    for svg, title in zip(svgs, titles, strict=True):
+        assert title in svg
+        assert svg.index("lenient") < svg.index("strict")
+    # ids are unique in the page, and every reference inside an SVG points into it
+    ids = re.findall(r'\bid="([^"]+)"', realistic_page)
+    assert len(ids) == len(set(ids))
+    for svg in svgs:
+        own = set(re.findall(r'\bid="([^"]+)"', svg))
+        references = set(re.findall(r'(?:url\(#|href="#)([^")]+)', svg))
+        assert references and references <= own
+
+
+def test_html_empty_report() -> None:
+    page = render_html(empty_report())
+    checker = parse(page)
+    text = "".join(checker.text)
+    assert "Verdict: hold" in text and "strict cohort too thin" in text
+    assert "Nothing to plot." in text
+    assert "<svg" not in page
+    assert "—" in text
+
+
+def test_html_minimal_report() -> None:
+    page = render_html({"verdict": "promote", "reasons": ["all good"], "cohorts": {"strict": {}, "lenient": {}}})
+    text = "".join(parse(page).text)
+    assert "Verdict: promote" in text and "No metrics." in text and "No shadow comparisons" in text
+
+
+def test_html_many_values_and_odd_names() -> None:
+    """Thousands of connections keep the SVG small; ``$`` and markup in names are just text."""
+    many = [0.001 * i for i in range(5000)]
+    metric = _metric("lat$ency <b>", False, "increase", "pass", many, [v + 0.5 for v in many])
+    cohort = {"records": 10, "rejected": {"$x<y>": {"count": 1, "rate": 0.1}}}
+    page = render_html({"metrics": [metric], "cohorts": {"strict": cohort, "lenient": {}}})
+    svgs = re.findall(r"<svg\b.*?</svg>", page, flags=re.S)
+    assert len(svgs) == 2 and all(len(svg) < 60_000 for svg in svgs)
+    assert "<b>" not in page and "lat$ency &lt;b&gt;" in page and "rejected: $x&lt;y&gt;" in page
+    parse(page)
+
+
+def test_html_closes_its_figures() -> None:
+    import matplotlib.pyplot as plt
+
+    before = len(plt.get_fignums())
+    render_html({"metrics": [_metric("m", False, "increase", "pass", [1.0, 1.0], [1.0])]})
+    assert len(plt.get_fignums()) == before
