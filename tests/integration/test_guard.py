@@ -1,0 +1,140 @@
+"""``canaryws guard``: K consecutive windows, and the rollback through a real Unleash server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.core.summary import END_CLOSED, ConnectionSummary
+from harness import Service, UnleashServer, flags_doc, run_client
+
+pytestmark = pytest.mark.integration
+
+
+def guard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "canaryws", "guard", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def log_lines(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def write_summaries(path: Path, strict_close: int, connections: int = 30) -> None:
+    """Connection summaries as the service writes them: ``connections`` per cohort, all
+    closed a moment ago; strict ones with ``strict_close``, lenient ones normally."""
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileSpanExporter(path)))
+    telemetry = RecordsTelemetry(provider, MeterProvider())
+    now = time.time_ns()
+    for i in range(2 * connections):
+        strategy = "strict" if i % 2 else "lenient"
+        summary = ConnectionSummary(f"conn-{i}", f"client-{i}", strategy, 1, False, "rev", 0.5,
+                                    end=END_CLOSED, close_code=strict_close if strategy == "strict" else 1000)
+        summary.batches = summary.records = summary.accepted = 6
+        summary.latency[10] = 6
+        telemetry.emit_summary(summary, now - 2_000_000_000, now - 1_000_000_000, None)
+    provider.shutdown()
+
+
+def test_guard_rolls_back_after_k_consecutive_rollback_verdicts(tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    write_summaries(traces, strict_close=1011)
+    flags = tmp_path / "features.json"
+    flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
+    done = guard("--traces", str(traces), "--flags", str(flags), "--interval", "0.2", "--windows", "3")
+    assert done.returncode == 1, done.stderr
+    judged = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    assert [r["consecutive_rollback_verdicts"] for r in judged] == [1, 2, 3]
+    assert all(r["verdict"] == "rollback" and r["needed"] == 3 for r in judged)
+    doc = json.loads(flags.read_text())
+    assert next(f for f in doc["features"] if f["name"] == "records.strict")["enabled"] is False
+
+
+def test_guard_once_on_a_healthy_window_changes_nothing_and_exits_0(tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    write_summaries(traces, strict_close=1000)
+    flags = tmp_path / "features.json"
+    flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
+    before = flags.read_text()
+    done = guard("--traces", str(traces), "--flags", str(flags), "--once")
+    assert done.returncode == 0, done.stderr
+    (judged,) = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    assert judged["verdict"] == "promote", judged["reasons"]
+    assert judged["connections"] == {"strict": 30, "lenient": 30}
+    assert flags.read_text() == before
+
+
+def test_guard_window_leaves_out_old_summaries(tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    write_summaries(traces, strict_close=1011)
+    time.sleep(1.2)
+    flags = tmp_path / "features.json"
+    flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
+    done = guard("--traces", str(traces), "--flags", str(flags), "--once", "--window", "1s")
+    assert done.returncode == 0, done.stderr
+    (judged,) = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    assert judged["verdict"] == "hold" and judged["connections"] == {"strict": 0, "lenient": 0}
+
+
+# ------------------------------------------------------------------- with an Unleash server
+
+
+@pytest.fixture(scope="module")
+def unleash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnleashServer]:
+    server = UnleashServer(tmp_path_factory.mktemp("unleash")).up()
+    try:
+        yield server
+    finally:
+        server.down(purge=True)
+
+
+def with_blanks(n: int) -> list[Any]:
+    return ["ok", f" v{n} ", "", "  "]
+
+
+def test_guard_disables_strict_on_the_unleash_server_and_open_connections_move(
+        tmp_path: Path, unleash: UnleashServer) -> None:
+    unleash.set_enabled("records.strict", True)
+    unleash.set_rollout("records.strict", 50)
+    env = {**unleash.service_env, "UNLEASH_REFRESH_INTERVAL": "1", "CANARYWS_SUMMARY_INTERVAL": "0.5"}
+    with Service(tmp_path, flags_doc(strict_rollout=0), env=env) as service:
+        service.wait_for_revision(lambda st: st.get("flags_from") == "server", timeout=15)
+
+        async def scenario() -> list[Any]:
+            stay_open = asyncio.Event()
+            tolerant = [asyncio.create_task(run_client(service, f"u-{i}", batches=3, records=with_blanks,
+                                                       stay_open=stay_open, interval=0.1)) for i in range(60, 76)]
+            await asyncio.gather(*(run_client(service, f"u-{i}", batches=6, records=with_blanks,
+                                              give_up_on_rejection=True, attempts=2) for i in range(60)))
+            await asyncio.sleep(1.5)
+            done = await asyncio.to_thread(guard, "--once", "--traces", str(service.data_dir / "traces.jsonl"),
+                                           env=unleash.admin_env)
+            assert done.returncode == 1, done.stderr
+            (rolled,) = [r for r in log_lines(done.stderr) if r["message"].startswith("rolled back")]
+            assert rolled["backend"].startswith(unleash.url)
+            await asyncio.sleep(3.5)  # the client API serves it (~1 s), the service polls (1 s), a batch goes
+            stay_open.set()
+            return await asyncio.gather(*tolerant)
+
+        runs = asyncio.run(scenario())
+    feature = next(f for f in unleash.client_features()["features"] if f["name"] == "records.strict")
+    assert feature["enabled"] is False
+    moved = [r for r in runs if r.strategies[0] == "strict"]
+    assert moved, "no tolerant client was strict"
+    for run in moved:
+        assert [f["cohort"]["strategy"] for f in run.cohort_frames] == ["lenient"], run
