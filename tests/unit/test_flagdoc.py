@@ -423,3 +423,135 @@ def test_edits_round_trip_through_encode_and_parse(steps: list[tuple[str, str, A
     for flag in expected_enabled:
         assert rows[flag].enabled is expected_enabled[flag]
         assert rows[flag].rollout == expected_rollout[flag]
+
+
+# ------------------------------------------------------------------ expected_share
+# (imports are local so that this section only appends to the module)
+
+
+def _expected_share(feature_data: dict[str, Any] | None) -> float | None:
+    from canaryws.core.flagdoc import expected_share
+
+    return expected_share(feature_data)
+
+
+def _harness_strict_feature(rollout: int, enabled: bool = True) -> dict[str, Any]:
+    from harness import flags_doc
+
+    strict_feature: dict[str, Any] = flags_doc(strict_rollout=rollout, strict_enabled=enabled)["features"][0]
+    assert strict_feature["name"] == "records.strict"
+    return strict_feature
+
+
+def _rollout(percent: Any, stickiness: str | None = "userId", **extra: Any) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"rollout": percent, "groupId": "records.strict"}
+    if stickiness is not None:
+        parameters["stickiness"] = stickiness
+    return {"name": "flexibleRollout", "parameters": parameters, "constraints": [], **extra}
+
+
+def _default(**extra: Any) -> dict[str, Any]:
+    return {"name": "default", "parameters": {}, "constraints": [], **extra}
+
+
+_CONSTRAINT = {"contextName": "userId", "operator": "IN", "values": ["a", "b"]}
+
+
+def test_expected_share_of_a_missing_or_disabled_feature_is_zero() -> None:
+    assert _expected_share(None) == 0.0
+    assert _expected_share(_harness_strict_feature(25, enabled=False)) == 0.0
+    assert _expected_share(feature("f", enabled=False, strategies=[_default()])) == 0.0
+    assert _expected_share(feature("f", enabled=False, strategies=[])) == 0.0
+
+
+def test_expected_share_of_an_enabled_feature_without_strategies_is_one() -> None:
+    assert _expected_share(feature("f", strategies=[])) == 1.0
+
+
+def test_expected_share_of_a_default_strategy_is_one() -> None:
+    assert _expected_share(feature("f", strategies=[_default()])) == 1.0
+    assert _expected_share(feature("f", strategies=[{"name": "default"}])) == 1.0
+
+
+@pytest.mark.parametrize(("rollout", "share"), [(0, 0.0), (25, 0.25), (50, 0.5), (100, 1.0)])
+def test_expected_share_of_the_harness_rollout(rollout: int, share: float) -> None:
+    assert _expected_share(_harness_strict_feature(rollout)) == share
+
+
+@pytest.mark.parametrize("stickiness", ["userId", "default", None])
+@pytest.mark.parametrize("percent", ["25", 25])
+def test_expected_share_of_a_single_rollout_sticky_on_user_id(stickiness: str | None, percent: Any) -> None:
+    assert _expected_share(feature("f", strategies=[_rollout(percent, stickiness)])) == 0.25
+
+
+@pytest.mark.parametrize("stickiness", ["sessionId", "random", "tenantId"])
+def test_expected_share_is_unknown_for_other_stickiness(stickiness: str) -> None:
+    assert _expected_share(feature("f", strategies=[_rollout("25", stickiness)])) is None
+
+
+def test_expected_share_is_unknown_with_constraints_or_segments() -> None:
+    assert _expected_share(feature("f", strategies=[_rollout("25", constraints=[_CONSTRAINT])])) is None
+    assert _expected_share(feature("f", strategies=[_rollout("25", segments=[1])])) is None
+    assert _expected_share(feature("f", strategies=[_default(constraints=[_CONSTRAINT])])) is None
+    assert _expected_share(feature("f", strategies=[_default(segments=[3])])) is None
+    # empty lists are no constraint
+    assert _expected_share(feature("f", strategies=[_rollout("25", constraints=[], segments=[])])) == 0.25
+
+
+def test_expected_share_is_unknown_with_several_strategies() -> None:
+    assert _expected_share(feature("f", strategies=[_rollout("25"), _rollout("50")])) is None
+    assert _expected_share(feature("f", strategies=[_rollout("25"), _default()])) is None
+
+
+def test_expected_share_is_unknown_for_other_strategies_and_bad_rollouts() -> None:
+    assert _expected_share(feature("f", strategies=[{"name": "userWithId", "parameters": {"userIds": "a,b"}}])) is None
+    gradual = {"name": "gradualRolloutUserId", "parameters": {"percentage": "25", "groupId": "f"}}
+    assert _expected_share(feature("f", strategies=[gradual])) is None
+    assert _expected_share(feature("f", strategies=[_rollout("abc")])) is None
+    assert _expected_share(feature("f", strategies=[_rollout("101")])) is None
+
+
+def test_expected_share_ignores_disabled_strategies() -> None:
+    assert _expected_share(feature("f", strategies=[_rollout("25"), _default(disabled=True)])) == 0.25
+    assert _expected_share(feature("f", strategies=[_rollout("25"), _rollout("50", disabled=False)])) is None
+    assert _expected_share(feature("f", strategies=[_rollout("25", disabled=True), _default()])) == 1.0
+    # only disabled strategies left: as if there were none
+    assert _expected_share(feature("f", strategies=[_rollout("25", disabled=True)])) == 1.0
+
+
+def test_expected_share_of_the_validated_document_matches_the_raw_feature() -> None:
+    data = document(feature("records.strict", strategies=[rollout_strategy(40, "records.strict")]))
+    doc = validate_flags_data(data)  # normalises the rollout to the string "40"
+    assert _expected_share(doc.feature("records.strict")) == 0.4
+    assert _expected_share(doc.feature("absent")) == 0.0
+
+
+def _observed_share(strategies: list[dict[str, Any]], users: int = 2000) -> float:
+    from canaryws.adapters.flags.engine import FlagSnapshot
+
+    doc = validate_flags_data(document(feature("records.strict", strategies=strategies)))
+    snap = FlagSnapshot.from_document(doc, source="test", loaded_at=0.0)
+    on = sum(snap.evaluate("records.strict", {"userId": f"client-{i}"}).enabled for i in range(users))
+    return on / users
+
+
+@pytest.mark.parametrize(
+    "strategies",
+    [[], [_default()], [_rollout("25")], [_rollout("60", "default")], [_rollout("0")], [_rollout("100")]],
+    ids=["none", "default", "rollout25", "rollout60-default-stickiness", "rollout0", "rollout100"],
+)
+def test_expected_share_matches_the_engine(strategies: list[dict[str, Any]]) -> None:
+    share = _expected_share(feature("records.strict", strategies=strategies))
+    assert share is not None
+    assert abs(_observed_share(strategies) - share) < 0.04
+
+
+@pytest.mark.parametrize(
+    "strategies",
+    [[_rollout("25", disabled=True)], [_rollout("25"), _default(disabled=True)]],
+    ids=["only-a-disabled-rollout", "rollout-plus-disabled-default"],
+)
+def test_expected_share_matches_the_engine_with_disabled_strategies(strategies: list[dict[str, Any]]) -> None:
+    share = _expected_share(feature("records.strict", strategies=strategies))
+    assert share is not None
+    assert abs(_observed_share(strategies) - share) < 0.04

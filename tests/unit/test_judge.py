@@ -205,10 +205,16 @@ def test_thin_cohort_holds_and_is_inconclusive() -> None:
 
 
 def test_thin_cohort_by_batches() -> None:
-    report = judge(cohort("strict", 30, batches=3) + cohort("lenient", 30, batches=3))
+    report = judge(cohort("strict", 30, batches=3) + cohort("lenient", 30, batches=3), Rules(min_batches=100))
     assert report["verdict"] == "hold"
     assert "strict cohort too thin: 90 batches < 100" in report["reasons"]
     assert "lenient cohort too thin: 90 batches < 100" in report["reasons"]
+
+
+def test_clients_who_give_up_after_one_batch_are_not_too_thin_to_judge() -> None:
+    strict = cohort("strict", 30, batches=1, close_code=4400)
+    report = judge(strict + cohort("lenient", 30, batches=1))
+    assert report["verdict"] == "rollback", report["reasons"]
 
 
 def test_empty_input_has_both_cohorts() -> None:

@@ -104,8 +104,7 @@ class ShadowRunner:
             item = self._queue.popleft()
             if isinstance(item, _Job):
                 self._done(item)
-                item.summary.shadow_skipped += 1
-                item.span.end(end_time=item.end_ns)
+                self._skip(item, "shutdown")
             else:
                 item()
 
@@ -124,10 +123,12 @@ class ShadowRunner:
         wakeup = self._wakeup
         if self._sample_rate < 1.0 and self._rng() >= self._sample_rate:
             reason = "sampled_out"
-        elif wakeup is None or self._pending_bytes + weight > self._max_pending_bytes:
+        elif wakeup is None:
+            reason = "not_started"
+        elif self._pending_bytes + weight > self._max_pending_bytes:
             reason = "queue_full"
         if reason is not None or wakeup is None:
-            reason = reason or "queue_full"
+            reason = reason or "not_started"
             summary.shadow_skipped += 1
             self._telemetry.shadow_skipped(span, outcome.strategy, reason)
             span.end()
@@ -174,13 +175,17 @@ class ShadowRunner:
             divergence = compare(job.outcome, shadow)
             work = time.perf_counter() - started
         except BaseException:
-            job.summary.shadow_skipped += 1
-            job.span.end(end_time=job.end_ns)
+            self._skip(job, "error")
             raise
         finally:
             self._done(job)
         job.summary.add_shadow(divergence)
         self._telemetry.shadow_done(job.span, job.outcome.strategy, other, divergence, work, job.end_ns)
+
+    def _skip(self, job: _Job, reason: str) -> None:
+        job.summary.shadow_skipped += 1
+        self._telemetry.shadow_skipped(job.span, job.outcome.strategy, reason)
+        job.span.end(end_time=job.end_ns)
 
     def _done(self, job: _Job) -> None:
         self._pending_bytes -= job.weight

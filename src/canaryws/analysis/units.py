@@ -137,9 +137,13 @@ def mark_retries(units: list[ConnectionUnit], window_s: float = DEFAULT_RETRY_WI
             continue
         client_units.sort(key=lambda u: u.start_ns)
         last_abnormal_end: int | None = None
+        seen: set[str] = set()
         for unit in client_units:
+            first_unit_of_connection = unit.connection_id not in seen
+            seen.add(unit.connection_id)
             gap = None if last_abnormal_end is None else unit.start_ns - last_abnormal_end
-            unit.retry = gap is not None and -_CLOCK_SLACK_NS <= gap <= window_ns
+            # a connection continued under another cohort is not a new attempt
+            unit.retry = first_unit_of_connection and gap is not None and -_CLOCK_SLACK_NS <= gap <= window_ns
             if unit.closed:
                 last_abnormal_end = unit.end_ns if unit.abnormal_close else None
 

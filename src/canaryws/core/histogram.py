@@ -3,9 +3,10 @@ connection) and the analysis (which merges and reads quantiles from it).
 
 Bucket ``i`` counts values in ``(BOUNDS_MS[i-1], BOUNDS_MS[i]]``; the last bucket,
 index ``len(BOUNDS_MS)``, counts everything above the top bound. Bounds grow by
-√2 from 50 µs to about 26 s, so a quantile read from the buckets is within about
-±20 % of the exact value: enough to compare cohorts, small enough (40 integers) to
-travel on every connection summary span.
+√2 from 50 µs to about 26 s, so a quantile read from the buckets lies in the same
+√2-wide bucket as the exact value (typically within ±20 %, at worst a factor √2):
+enough to compare cohorts, small enough (40 integers) to travel on every connection
+summary span.
 """
 
 from __future__ import annotations

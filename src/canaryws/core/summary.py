@@ -161,7 +161,7 @@ class ConnectionSummary:
             flags_revision=str(attrs.get(A_REVISION, "")),
             strict_share=None if share is None else float(share),
             seq=int(attrs.get(A_SEQ, 0)),
-            end=str(attrs.get(A_END, END_CLOSED)),
+            end=str(attrs.get(A_END) or (END_INTERVAL if close is None else END_CLOSED)),
             close_code=None if close is None else int(close),
         )
         for name in _TOTALS:
@@ -169,7 +169,7 @@ class ConnectionSummary:
         for name in _SHADOW_TOTALS:
             setattr(summary, "shadow_" + name, int(attrs.get(_S + name, 0)))
         buckets = attrs.get(A_LATENCY_BUCKETS)
-        if isinstance(buckets, list):
+        if isinstance(buckets, list | tuple):  # a list from JSON, a tuple from the SDK
             summary.latency = [int(n) for n in buckets[: histogram.SIZE]] + [0] * (histogram.SIZE - len(buckets))
         summary.latency_sum_s = float(attrs.get(A_LATENCY_SUM, 0.0))
         for key, value in attrs.items():

@@ -83,13 +83,16 @@ class FlagSnapshot:
     ) -> FlagSnapshot:
         """Load ``doc`` into a new Unleash engine.
 
+        Strategies marked ``"disabled": true`` are left out, as an Unleash server leaves
+        them out of its client API (the engine itself would evaluate them).
+
         Raises FlagsDocumentError if the engine does not take the whole document
         (a safety net: validation should already have rejected anything it cannot
         parse, since the engine drops such a state silently).
         """
         engine = UnleashEngine()
         try:
-            engine.take_state(json.dumps(doc.data, ensure_ascii=False))
+            engine.take_state(json.dumps(_active_strategies_only(doc.data), ensure_ascii=False))
             known = {definition.name for definition in engine.list_known_toggles()}
         except Exception as exc:  # noqa: BLE001 - the engine raises raw TypeError/KeyError/... on bad shapes
             raise FlagsDocumentError(f"the Unleash engine rejected the document: {exc}") from None
@@ -148,3 +151,17 @@ class FlagSnapshot:
             f"FlagSnapshot(revision={self.revision!r}, source={self._source!r}, "
             f"features={len(self._fixed) + len(self._outcomes)})"
         )
+
+
+def _active_strategies_only(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` without strategies marked ``"disabled": true`` (a copy only if there are any)."""
+    features = data.get("features") or []
+    if not any(s.get("disabled") is True for f in features for s in f.get("strategies") or []):
+        return data
+    return {
+        **data,
+        "features": [
+            {**f, "strategies": [s for s in f.get("strategies") or [] if s.get("disabled") is not True]}
+            for f in features
+        ],
+    }

@@ -1,0 +1,184 @@
+"""Shadow comparison: where the outcomes of strict and lenient for one batch diverge."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canaryws.core.compare import VALUE_MISMATCH, Divergence, accepted_only_kind, compare
+from canaryws.core.strategies import LENIENT, STRICT, Outcome, Strategy
+
+GUIDE_BATCH: list[Any] = [" a ", "", "  ", "b", None, 5]
+LENIENT_ONLY = "accepted_by_lenient_only"
+STRICT_ONLY = "accepted_by_strict_only"
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=8,
+)
+tricky_text = st.text(
+    alphabet=st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0",
+                              "\u2028", "a", "é", "😀", "Z"]),
+    max_size=12,
+)
+records_strategy = st.lists(json_values | tricky_text, max_size=40)
+max_lengths = st.none() | st.integers(min_value=0, max_value=12)
+
+
+def both(records: list[Any], max_length: int | None = 4096) -> tuple[Outcome, Outcome]:
+    return STRICT.process(records, max_length), LENIENT.process(records, max_length)
+
+
+def test_accepted_only_kind_names_the_accepting_strategy() -> None:
+    assert accepted_only_kind("lenient") == LENIENT_ONLY
+    assert accepted_only_kind("strict") == STRICT_ONLY
+
+
+@pytest.mark.parametrize("order", ["strict_primary", "lenient_primary"])
+def test_the_contract_batch_does_not_diverge(order: str) -> None:
+    strict_out, lenient_out = both(GUIDE_BATCH)
+    primary, shadow = (strict_out, lenient_out) if order == "strict_primary" else (lenient_out, strict_out)
+    assert compare(primary, shadow) == Divergence(records=6, divergent=0, counts={})
+
+
+@pytest.mark.parametrize(
+    ("records", "max_length", "reason"),
+    [
+        (["ok", "a\x00b"], 4096, "control_character"),
+        (["ok", " line\nbreak "], 4096, "control_character"),
+        (["ok", "c1\x9b"], 4096, "control_character"),
+        (["ok", "  toolong  "], 5, "too_long"),
+        (["ok", "é" * 6], 5, "too_long"),
+    ],
+)
+def test_strict_primary_lenient_shadow(records: list[Any], max_length: int, reason: str) -> None:
+    strict_out, lenient_out = both(records, max_length)
+    divergence = compare(strict_out, lenient_out)
+    assert divergence == Divergence(records=2, divergent=1, counts={(LENIENT_ONLY, reason): 1})
+
+
+@pytest.mark.parametrize(
+    ("records", "max_length", "reason"),
+    [
+        (["ok", "a\x00b"], 4096, "control_character"),
+        (["ok", "\x7fdel"], 4096, "control_character"),
+        (["ok", "  toolong  "], 5, "too_long"),
+    ],
+)
+def test_lenient_primary_strict_shadow(records: list[Any], max_length: int, reason: str) -> None:
+    strict_out, lenient_out = both(records, max_length)
+    divergence = compare(lenient_out, strict_out)
+    # The kind names the strategy that accepted, whichever side it was on.
+    assert divergence == Divergence(records=2, divergent=1, counts={(LENIENT_ONLY, reason): 1})
+
+
+def test_mixed_batch_counts_each_reason() -> None:
+    records = ["fine", "x\x00", "\x01y", "waytoolong", None, "", "  ", 3, "ok  "]
+    strict_out, lenient_out = both(records, 6)
+    divergence = compare(strict_out, lenient_out)
+    assert divergence.records == 9
+    assert divergence.divergent == 3
+    assert divergence.counts == {(LENIENT_ONLY, "control_character"): 2, (LENIENT_ONLY, "too_long"): 1}
+
+
+def test_rejected_versus_skipped_for_the_same_record_is_not_a_divergence() -> None:
+    strict_out, lenient_out = both([None, "", "   ", [1], {"a": 1}])
+    assert not strict_out.accepted and not lenient_out.accepted
+    assert compare(strict_out, lenient_out).divergent == 0
+    assert compare(lenient_out, strict_out).divergent == 0
+
+
+def test_different_values_are_a_value_mismatch() -> None:
+    primary = Outcome("strict", 1, [(0, "a"), (1, "b"), (2, "c")], [], [])
+    shadow = Outcome("lenient", 1, [(0, "a"), (1, "B"), (2, "C ")], [], [])
+    assert compare(primary, shadow) == Divergence(3, 2, {(VALUE_MISMATCH, "value"): 2})
+    assert compare(shadow, primary) == Divergence(3, 2, {(VALUE_MISMATCH, "value"): 2})
+
+
+def test_accepted_by_strict_only_uses_the_reason_lenient_gave() -> None:
+    # Not produced by the real strategies, but the comparison is generic.
+    primary = Outcome("strict", 1, [(0, "a"), (1, "b")], [], [])
+    shadow = Outcome("lenient", 1, [(0, "a")], [(1, "blank")], [])
+    assert compare(primary, shadow).counts == {(STRICT_ONLY, "blank"): 1}
+    assert compare(shadow, primary).counts == {(STRICT_ONLY, "blank"): 1}
+
+
+def test_both_directions_and_a_mismatch_in_one_batch() -> None:
+    primary = Outcome("strict", 1, [(0, "same"), (1, "p"), (3, "x")], [], [(2, "control_character")])
+    shadow = Outcome("lenient", 1, [(0, "same"), (2, "z"), (3, "y")], [(1, "blank")], [])
+    divergence = compare(primary, shadow)
+    assert divergence.records == 4
+    assert divergence.divergent == 3
+    assert divergence.counts == {
+        (STRICT_ONLY, "blank"): 1,
+        (LENIENT_ONLY, "control_character"): 1,
+        (VALUE_MISMATCH, "value"): 1,
+    }
+
+
+def test_outcomes_of_different_sizes_raise() -> None:
+    with pytest.raises(ValueError, match="different batches"):
+        compare(STRICT.process(["a", "b"], 10), LENIENT.process(["a"], 10))
+    with pytest.raises(ValueError):
+        compare(Outcome("strict", 1, [], [], []), Outcome("lenient", 1, [(0, "a")], [], []))
+
+
+def test_empty_batch() -> None:
+    strict_out, lenient_out = both([])
+    assert compare(strict_out, lenient_out) == Divergence(0, 0, {})
+
+
+def _compare(primary: Strategy, shadow: Strategy, records: list[Any], max_length: int | None) -> Divergence:
+    return compare(primary.process(records, max_length), shadow.process(records, max_length))
+
+
+@settings(max_examples=150, deadline=None)
+@given(records_strategy, max_lengths)
+def test_divergent_is_the_sum_of_the_counts_and_at_most_the_batch(records: list[Any], max_length: int | None) -> None:
+    for primary, shadow in ((STRICT, LENIENT), (LENIENT, STRICT), (STRICT, STRICT), (LENIENT, LENIENT)):
+        divergence = _compare(primary, shadow, records, max_length)
+        assert divergence.records == len(records)
+        assert divergence.divergent == sum(divergence.counts.values())
+        assert 0 <= divergence.divergent <= len(records)
+        assert all(n > 0 for n in divergence.counts.values())
+
+
+@settings(max_examples=150, deadline=None)
+@given(records_strategy, max_lengths)
+def test_strict_accepts_a_subset_of_lenient_with_identical_values(
+    records: list[Any], max_length: int | None
+) -> None:
+    strict_out, lenient_out = both(records, max_length)
+    divergence = compare(strict_out, lenient_out)
+    assert {kind for kind, _ in divergence.counts} <= {LENIENT_ONLY}
+    assert {reason for _, reason in divergence.counts} <= {"control_character", "too_long"}
+    # Exactly the records lenient accepts and strict rejects for those two reasons diverge.
+    strict_reasons = dict(strict_out.rejected)
+    expected: dict[tuple[str, str], int] = {}
+    for index, _ in lenient_out.accepted:
+        if index in strict_reasons:
+            key = (LENIENT_ONLY, strict_reasons[index])
+            expected[key] = expected.get(key, 0) + 1
+    assert divergence.counts == expected
+    assert divergence.divergent == len(lenient_out.accepted) - len(strict_out.accepted)
+    if max_length is None:
+        assert (LENIENT_ONLY, "too_long") not in divergence.counts
+
+
+@settings(max_examples=150, deadline=None)
+@given(records_strategy, max_lengths)
+def test_swapping_primary_and_shadow_gives_the_same_counts(records: list[Any], max_length: int | None) -> None:
+    forward = _compare(STRICT, LENIENT, records, max_length)
+    backward = _compare(LENIENT, STRICT, records, max_length)
+    assert forward == backward
+
+
+@settings(max_examples=100, deadline=None)
+@given(records_strategy, max_lengths)
+def test_a_strategy_never_diverges_from_itself(records: list[Any], max_length: int | None) -> None:
+    assert _compare(STRICT, STRICT, records, max_length).divergent == 0
+    assert _compare(LENIENT, LENIENT, records, max_length).divergent == 0
