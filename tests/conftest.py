@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+
+from harness import UnleashServer
 
 UNLEASH_VARIABLES = ("UNLEASH_URL", "UNLEASH_API_TOKEN", "UNLEASH_ADMIN_TOKEN", "UNLEASH_ENVIRONMENT",
                      "UNLEASH_REFRESH_INTERVAL", "UNLEASH_PROJECT")
@@ -15,3 +19,13 @@ def _no_ambient_unleash(monkeypatch: pytest.MonkeyPatch) -> None:
     pass its variables explicitly."""
     for name in UNLEASH_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(scope="module")
+def unleash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnleashServer]:
+    """A real unleash-server for the module (``deploy/unleash/up``), purged afterwards."""
+    server = UnleashServer(tmp_path_factory.mktemp("unleash")).up()
+    try:
+        yield server
+    finally:
+        server.down(purge=True)

@@ -210,6 +210,22 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``canaryws ARGS...`` as a subprocess, as an operator runs it (``env`` on top of ours)."""
+    return subprocess.run([sys.executable, "-m", "canaryws", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def json_log_lines(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log records in a command's stderr."""
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+def records_with_blanks(n: int) -> list[Any]:
+    """A batch with good values and an empty and a blank record: lenient skips, strict rejects."""
+    return ["ok", f" v{n} ", "", "  "]
+
+
 @dataclass
 class ClientRun:
     """What one simulated client saw."""

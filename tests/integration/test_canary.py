@@ -7,8 +7,6 @@ import functools
 import itertools
 import json
 import random
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -21,7 +19,16 @@ from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.core.cohorts import EvaluationContext, decide_cohort
 from canaryws.core.flagdoc import validate_flags_data
 from canaryws.core.strategies import VERSIONS
-from harness import ClientRun, Service, flags_doc, metric_value, run_client
+from harness import (
+    ClientRun,
+    Service,
+    flags_doc,
+    json_log_lines,
+    metric_value,
+    records_with_blanks,
+    run_cli,
+    run_client,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +45,8 @@ def synchronously(test: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..
 SUMMARY = "records.connection"
 
 
-def canaryws(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "canaryws", *args], capture_output=True, text=True, timeout=timeout)
-
-
 def report_json(service: Service, *extra: str) -> tuple[int, dict[str, Any]]:
-    done = canaryws("report", "--traces", str(service.data_dir / "traces.jsonl"), "--json", *extra)
+    done = run_cli("report", "--traces", str(service.data_dir / "traces.jsonl"), "--json", *extra)
     assert done.returncode in (0, 1, 2), done.stderr
     return done.returncode, json.loads(done.stdout)
 
@@ -59,11 +62,6 @@ def closed_connections(spans: list[dict[str, Any]], prefix: str) -> int:
 
 def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).isoformat()
-
-
-def with_blanks(n: int) -> list[Any]:
-    """What these clients send: mostly good values, and an empty and a blank record."""
-    return ["ok", f" v{n} ", "", "  "]
 
 
 def clean(n: int) -> list[Any]:
@@ -82,10 +80,10 @@ async def test_a_canary_whose_clients_give_up_is_rolled_back_and_the_guard_reach
         # 80 clients give up (close 4400) as soon as a result rejects something, and retry once;
         # 20 tolerate rejections and stay connected: the guard's rollback must reach them.
         fragile = [asyncio.create_task(run_client(
-            service, f"app-{i}", batches=10, records=with_blanks, give_up_on_rejection=True, attempts=2))
+            service, f"app-{i}", batches=10, records=records_with_blanks, give_up_on_rejection=True, attempts=2))
             for i in range(80)]
         tolerant = [asyncio.create_task(run_client(
-            service, f"app-{i}", batches=5, records=with_blanks, stay_open=stay_open, interval=0.05))
+            service, f"app-{i}", batches=5, records=records_with_blanks, stay_open=stay_open, interval=0.05))
             for i in range(80, 100)]
         fragile_runs = await asyncio.gather(*fragile)
         strict_fragile = [r for r in fragile_runs if r.strategies[0] == "strict"]
@@ -107,12 +105,12 @@ async def test_a_canary_whose_clients_give_up_is_rolled_back_and_the_guard_reach
         assert set(strict["rejected"]) == {"empty", "blank"} and set(lenient["skipped"]) == {"empty", "blank"}
 
         guard = await asyncio.to_thread(
-            canaryws, "guard", "--once", "--traces", str(service.data_dir / "traces.jsonl"),
+            run_cli, "guard", "--once", "--traces", str(service.data_dir / "traces.jsonl"),
             "--flags", str(service.flags_path))
         assert guard.returncode == 1, guard.stderr
         flags = json.loads(service.flags_path.read_text())
         assert next(f for f in flags["features"] if f["name"] == "records.strict")["enabled"] is False
-        logged = [json.loads(line) for line in guard.stderr.splitlines() if line.startswith("{")]
+        logged = json_log_lines(guard.stderr)
         rolled = [r for r in logged if r["message"].startswith("rolled back")]
         assert len(rolled) == 1 and rolled[0]["reasons"] and rolled[0]["backend"] == str(service.flags_path)
 
@@ -129,12 +127,12 @@ async def test_a_canary_whose_clients_give_up_is_rolled_back_and_the_guard_reach
 @synchronously
 async def test_guard_dry_run_changes_nothing(tmp_path: Path) -> None:
     with Service(tmp_path, flags_doc(strict_rollout=50)) as service:
-        await asyncio.gather(*(run_client(service, f"d-{i}", batches=6, records=with_blanks,
+        await asyncio.gather(*(run_client(service, f"d-{i}", batches=6, records=records_with_blanks,
                                           give_up_on_rejection=True, attempts=2) for i in range(80)))
         service.wait_for_spans(lambda s: closed_connections(s, "d-") >= 100)
         before = service.flags_path.read_text()
         guard = await asyncio.to_thread(
-            canaryws, "guard", "--once", "--dry-run", "--traces", str(service.data_dir / "traces.jsonl"),
+            run_cli, "guard", "--once", "--dry-run", "--traces", str(service.data_dir / "traces.jsonl"),
             "--flags", str(service.flags_path))
     assert guard.returncode == 1, guard.stderr
     assert "dry run: would disable records.strict" in guard.stderr
@@ -275,7 +273,8 @@ async def test_shadow_compares_off_the_response_path_and_records_divergence(tmp_
 @synchronously
 async def test_report_reads_collector_output_and_writes_table_and_html(tmp_path: Path) -> None:
     with Service(tmp_path, flags_doc(strict_rollout=50)) as service:
-        await asyncio.gather(*(run_client(service, f"f-{i}", batches=3, records=with_blanks) for i in range(30)))
+        await asyncio.gather(*(run_client(service, f"f-{i}", batches=3, records=records_with_blanks)
+                               for i in range(30)))
         service.wait_for_spans(lambda s: closed_connections(s, "f-") >= 30)
     # The Collector's file exporter writes the same OTLP/JSON, with 64-bit integers as strings
     # and several resources per line: rewrite the service's file that way.
@@ -287,13 +286,13 @@ async def test_report_reads_collector_output_and_writes_table_and_html(tmp_path:
             doc["resourceSpans"] += json.loads(second).get("resourceSpans", [])
             out.write(json.dumps(_ints_as_strings(doc)) + "\n")
     html = tmp_path / "report.html"
-    table = canaryws("report", "--traces", str(collector), "--html", str(html))
+    table = run_cli("report", "--traces", str(collector), "--html", str(html))
     assert table.returncode == 2, table.stderr  # 30 clients are too thin a sample to judge
     assert "hold" in table.stdout and "strict" in table.stdout and "lenient" in table.stdout
     assert "too thin" in table.stdout
     page = html.read_text()
     assert page.count("<svg") >= 2 and "https://" not in page.replace('xmlns="http://www.w3.org', "")
-    as_json = json.loads(canaryws("report", "--traces", str(collector), "--json").stdout)
+    as_json = json.loads(run_cli("report", "--traces", str(collector), "--json").stdout)
     from_service = report_json(service)[1]
     assert as_json["cohorts"] == from_service["cohorts"]
 
@@ -307,9 +306,9 @@ def _ints_as_strings(value: Any) -> Any:
 
 
 def test_report_errors_exit_3_not_a_verdict(tmp_path: Path) -> None:
-    missing = canaryws("report", "--traces", str(tmp_path / "nope.jsonl"))
+    missing = run_cli("report", "--traces", str(tmp_path / "nope.jsonl"))
     assert missing.returncode == 3 and "no such trace file" in missing.stderr
-    bad = canaryws("report", "--traces", str(tmp_path), "--since", "yesterday-ish")
+    bad = run_cli("report", "--traces", str(tmp_path), "--since", "yesterday-ish")
     assert bad.returncode == 3 and "not a time or duration" in bad.stderr
-    usage = canaryws("report")
+    usage = run_cli("report")
     assert usage.returncode == 3 and "--traces" in usage.stderr

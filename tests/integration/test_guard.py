@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,18 +17,13 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core.summary import END_CLOSED, ConnectionSummary
-from harness import Service, UnleashServer, flags_doc, run_client
+from harness import Service, UnleashServer, flags_doc, json_log_lines, records_with_blanks, run_cli, run_client
 
 pytestmark = pytest.mark.integration
 
 
-def guard(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "canaryws", "guard", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
-
-
-def log_lines(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+def guard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli("guard", *args, env=env)
 
 
 def write_summaries(path: Path, strict_close: int, connections: int = 30) -> None:
@@ -58,7 +50,7 @@ def test_guard_rolls_back_after_k_consecutive_rollback_verdicts(tmp_path: Path) 
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
     done = guard("--traces", str(traces), "--flags", str(flags), "--interval", "0.2", "--windows", "3")
     assert done.returncode == 1, done.stderr
-    judged = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    judged = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
     assert [r["consecutive_rollback_verdicts"] for r in judged] == [1, 2, 3]
     assert all(r["verdict"] == "rollback" and r["needed"] == 3 for r in judged)
     doc = json.loads(flags.read_text())
@@ -73,7 +65,7 @@ def test_guard_once_on_a_healthy_window_changes_nothing_and_exits_0(tmp_path: Pa
     before = flags.read_text()
     done = guard("--traces", str(traces), "--flags", str(flags), "--once")
     assert done.returncode == 0, done.stderr
-    (judged,) = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
     assert judged["verdict"] == "promote", judged["reasons"]
     assert judged["connections"] == {"strict": 30, "lenient": 30}
     assert flags.read_text() == before
@@ -87,24 +79,11 @@ def test_guard_window_leaves_out_old_summaries(tmp_path: Path) -> None:
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
     done = guard("--traces", str(traces), "--flags", str(flags), "--once", "--window", "1s")
     assert done.returncode == 0, done.stderr
-    (judged,) = [r for r in log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
     assert judged["verdict"] == "hold" and judged["connections"] == {"strict": 0, "lenient": 0}
 
 
 # ------------------------------------------------------------------- with an Unleash server
-
-
-@pytest.fixture(scope="module")
-def unleash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnleashServer]:
-    server = UnleashServer(tmp_path_factory.mktemp("unleash")).up()
-    try:
-        yield server
-    finally:
-        server.down(purge=True)
-
-
-def with_blanks(n: int) -> list[Any]:
-    return ["ok", f" v{n} ", "", "  "]
 
 
 def test_guard_disables_strict_on_the_unleash_server_and_open_connections_move(
@@ -117,15 +96,15 @@ def test_guard_disables_strict_on_the_unleash_server_and_open_connections_move(
 
         async def scenario() -> list[Any]:
             stay_open = asyncio.Event()
-            tolerant = [asyncio.create_task(run_client(service, f"u-{i}", batches=3, records=with_blanks,
+            tolerant = [asyncio.create_task(run_client(service, f"u-{i}", batches=3, records=records_with_blanks,
                                                        stay_open=stay_open, interval=0.1)) for i in range(60, 76)]
-            await asyncio.gather(*(run_client(service, f"u-{i}", batches=6, records=with_blanks,
+            await asyncio.gather(*(run_client(service, f"u-{i}", batches=6, records=records_with_blanks,
                                               give_up_on_rejection=True, attempts=2) for i in range(60)))
             await asyncio.sleep(1.5)
             done = await asyncio.to_thread(guard, "--once", "--traces", str(service.data_dir / "traces.jsonl"),
                                            env=unleash.admin_env)
             assert done.returncode == 1, done.stderr
-            (rolled,) = [r for r in log_lines(done.stderr) if r["message"].startswith("rolled back")]
+            (rolled,) = [r for r in json_log_lines(done.stderr) if r["message"].startswith("rolled back")]
             assert rolled["backend"].startswith(unleash.url)
             await asyncio.sleep(3.5)  # the client API serves it (~1 s), the service polls (1 s), a batch goes
             stay_open.set()

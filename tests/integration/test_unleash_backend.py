@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,6 @@ from harness import Service, UnleashServer, cohorts_of, flags_doc, free_port, se
 pytestmark = pytest.mark.integration
 
 REFRESH = 1.0
-
-
-@pytest.fixture(scope="module")
-def unleash(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UnleashServer]:
-    server = UnleashServer(tmp_path_factory.mktemp("unleash")).up()
-    try:
-        yield server
-    finally:
-        server.down(purge=True)
 
 
 def _service(root: Path, unleash: UnleashServer, **env: str) -> Service:

@@ -10,22 +10,11 @@ from hypothesis import strategies as st
 
 from canaryws.core.compare import VALUE_MISMATCH, Divergence, accepted_only_kind, compare
 from canaryws.core.strategies import LENIENT, STRICT, Outcome, Strategy
+from records_data import GUIDE_BATCH, records_strategy
 
-GUIDE_BATCH: list[Any] = [" a ", "", "  ", "b", None, 5]
 LENIENT_ONLY = "accepted_by_lenient_only"
 STRICT_ONLY = "accepted_by_strict_only"
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-    max_leaves=8,
-)
-tricky_text = st.text(
-    alphabet=st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0",
-                              "\u2028", "a", "é", "😀", "Z"]),
-    max_size=12,
-)
-records_strategy = st.lists(json_values | tricky_text, max_size=40)
 max_lengths = st.none() | st.integers(min_value=0, max_value=12)
 
 

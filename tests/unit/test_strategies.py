@@ -9,21 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canaryws.core.strategies import LENIENT, STRICT, lenient, strict
-
-GUIDE_BATCH: list[Any] = [" a ", "", "  ", "b", None, 5]
-
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
-    max_leaves=8,
-)
-# Records biased towards the interesting strings: whitespace, controls, long values.
-tricky_text = st.text(
-    alphabet=st.sampled_from([" ", "\t", "\n", "\r", "\x00", "\x1f", "\x7f", "\x85", "\x9f", "\xa0",
-                              "\u2028", "a", "é", "😀", "Z"]),
-    max_size=12,
-)
-records_strategy = st.lists(json_values | tricky_text, max_size=40)
+from records_data import GUIDE_BATCH, records_strategy
 
 
 def test_strict_matches_the_contract_example() -> None:

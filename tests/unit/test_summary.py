@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from canaryws.core import histogram
+from canaryws.core.cohorts import Cohort
 from canaryws.core.compare import Divergence, compare
 from canaryws.core.strategies import LENIENT, STRICT
 from canaryws.core.summary import (
@@ -358,8 +359,7 @@ def test_from_attributes_defaults_and_pads_short_buckets() -> None:
 
 def test_next_slice_keeps_ids_and_increments_seq() -> None:
     summary = busy_summary()
-    nxt = summary.next_slice(strategy="lenient", strategy_version=1, shadow=False, flags_revision="rev2",
-                             strict_share=None)
+    nxt = summary.next_slice(Cohort("lenient", 1, False, "rev2"), None)
     assert (nxt.connection_id, nxt.client_id) == ("conn-1", "client-1")
     assert nxt.seq == summary.seq + 1 == 4
     assert (nxt.strategy, nxt.strategy_version, nxt.shadow, nxt.flags_revision, nxt.strict_share) == (
@@ -369,7 +369,6 @@ def test_next_slice_keeps_ids_and_increments_seq() -> None:
     assert nxt.reasons == {} and nxt.error_codes == {} and nxt.divergence == {}
     assert nxt.latency == histogram.empty()
     assert nxt.latency is not summary.latency
-    again = nxt.next_slice(strategy="lenient", strategy_version=1, shadow=False, flags_revision="rev2",
-                           strict_share=0.5)
+    again = nxt.next_slice(Cohort("lenient", 1, False, "rev2"), 0.5)
     assert again.seq == 5 and again.strict_share == 0.5
     assert summary.seq == 3 and summary.batches == 2  # the old slice is untouched

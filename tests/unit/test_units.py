@@ -37,6 +37,7 @@ def summary(connection: str = "c1", client: str = "u1", strategy: str = "strict"
 def span(attrs: dict[str, Any], start_ns: int = T0, end_ns: int = T0 + S, role: str | None = "connection",
          name: str = "records.connection") -> dict[str, Any]:
     attributes = dict(attrs)
+    attributes.pop("canaryws.span.role", None)  # the role is the one given here
     if role is not None:
         attributes["canaryws.span.role"] = role
     return {"name": name, "start_ns": start_ns, "end_ns": end_ns, "attributes": attributes}

@@ -129,15 +129,7 @@ class RecordsEndpoint:
         conn = _Connection(
             context,
             span_context(connect_span),
-            ConnectionSummary(
-                connection_id,
-                client_id,
-                cohort.strategy,
-                cohort.strategy_version,
-                cohort.shadow,
-                cohort.flags_revision,
-                snapshot.expected_share(STRICT_FLAG),
-            ),
+            ConnectionSummary.opening(connection_id, client_id, cohort, snapshot.expected_share(STRICT_FLAG)),
             time.time_ns(),
             time.perf_counter(),
         )
@@ -174,13 +166,7 @@ class RecordsEndpoint:
         telemetry = self._telemetry
         self._shadow.after_pending(summary, lambda: telemetry.emit_summary(summary, start_ns, end_ns, connect))
         if next_cohort is not None:
-            conn.summary = summary.next_slice(
-                strategy=next_cohort.strategy,
-                strategy_version=next_cohort.strategy_version,
-                shadow=next_cohort.shadow,
-                flags_revision=next_cohort.flags_revision,
-                strict_share=strict_share,
-            )
+            conn.summary = summary.next_slice(next_cohort, strict_share)
             conn.slice_start_ns = end_ns
             conn.slice_started = time.perf_counter()
 

@@ -22,16 +22,20 @@ log = logging.getLogger("canaryws.analysis")
 Slice = tuple[ConnectionSummary, int, int]  # a summary with its span's start and end (ns)
 
 
+def _trace_files(path: Path) -> list[Path]:
+    """A file as itself; a directory as its ``*.json``/``*.jsonl`` files, sorted; else nothing."""
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file())
+    return [path] if path.is_file() else []
+
+
 def expand_paths(paths: Iterable[Path]) -> list[Path]:
     """Files as given; a directory as its ``*.json``/``*.jsonl`` files, sorted. Missing paths raise."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file()))
-        elif path.is_file():
-            files.append(path)
-        else:
+        if not path.exists():
             raise FileNotFoundError(f"no such trace file or directory: {path}")
+        files.extend(_trace_files(path))
     return files
 
 
@@ -41,22 +45,6 @@ def in_window(slices: Iterable[Slice], since_ns: int | None, until_ns: int | Non
         end = item[2]
         if (since_ns is None or end >= since_ns) and (until_ns is None or end <= until_ns):
             yield item
-
-
-@dataclass
-class WindowInfo:
-    """What a report was computed from."""
-
-    files: list[str]
-    spans: int = 0  # summary spans used
-    start_ns: int | None = None
-    end_ns: int | None = None
-
-    def note(self, slices: Sequence[Slice]) -> None:
-        self.spans = len(slices)
-        if slices:
-            self.start_ns = min(s[1] for s in slices)
-            self.end_ns = max(s[2] for s in slices)
 
 
 def load_slices(files: Sequence[Path], since_ns: int | None = None, until_ns: int | None = None) -> list[Slice]:
@@ -85,18 +73,10 @@ class TraceTail:
 
     def poll(self) -> list[Slice]:
         spans: list[dict[str, Any]] = []
-        for path in self._files():
-            spans.extend(self._read_new(path))
+        for root in self.paths:  # files and directories may appear later: no error for missing ones
+            for path in _trace_files(root):
+                spans.extend(self._read_new(path))
         return list(summaries(spans))
-
-    def _files(self) -> list[Path]:
-        files: list[Path] = []
-        for path in self.paths:
-            if path.is_dir():
-                files.extend(sorted(p for p in path.iterdir() if p.suffix in (".json", ".jsonl") and p.is_file()))
-            elif path.exists():
-                files.append(path)
-        return files
 
     def _read_new(self, path: Path) -> list[dict[str, Any]]:
         cursor = self._cursors.setdefault(path, _Cursor())
@@ -128,4 +108,4 @@ class TraceTail:
         return spans
 
 
-__all__ = ["Slice", "TraceTail", "WindowInfo", "expand_paths", "in_window", "load_slices"]
+__all__ = ["Slice", "TraceTail", "expand_paths", "in_window", "load_slices"]

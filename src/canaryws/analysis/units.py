@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaryws.core import histogram
-from canaryws.core.summary import END_CLOSED, ConnectionSummary
+from canaryws.core.summary import A_ROLE, END_CLOSED, ROLE, ConnectionSummary
 
-ROLE_ATTRIBUTE = "canaryws.span.role"
-SUMMARY_ROLE = "connection"
 # A close is normal when the client said goodbye (1000), went away (1001) or the
 # service restarted (1012: not the strategy's doing, and it hits both cohorts alike).
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1012})
@@ -93,7 +91,7 @@ def summaries(spans: Iterable[Mapping[str, Any]]) -> Iterable[tuple[ConnectionSu
     """The connection summaries among ``spans``, with each span's start and end (ns)."""
     for span in spans:
         attrs = span.get("attributes") or {}
-        if attrs.get(ROLE_ATTRIBUTE) != SUMMARY_ROLE:
+        if attrs.get(A_ROLE) != ROLE:
             continue
         try:
             summary = ConnectionSummary.from_attributes(attrs)

@@ -25,14 +25,14 @@ import click
 
 from canaryws.adapters.flags.unleash_admin import UnleashError
 from canaryws.analysis.judge import Rules, judge
-from canaryws.analysis.traces import Slice, TraceTail, WindowInfo, expand_paths, in_window, load_slices
+from canaryws.analysis.traces import Slice, TraceTail, expand_paths, in_window, load_slices
 from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
 from canaryws.cli.flags import FlagBackend
+from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import FlagsDocumentError
 
 EXIT_CODES = {"promote": 0, "rollback": 1, "hold": 2}
 EXIT_ERROR = 3  # unreadable input, bad options: never confused with a verdict
-STRICT_FLAG = "records.strict"
 
 log = logging.getLogger("canaryws.guard")
 
@@ -179,13 +179,11 @@ def report(
     except (ValueError, OSError) as error:
         raise _Failure(str(error)) from None
     result = _evaluate(slices, _rules(alpha, min_connections, min_batches), rollout, retry_window_s)
-    info = WindowInfo([str(f) for f in files])
-    info.note(slices)
     result["window"] = {
-        "start": _iso(since_ns if since_ns is not None else info.start_ns),
-        "end": _iso(until_ns if until_ns is not None else info.end_ns),
-        "files": info.files,
-        "spans": info.spans,
+        "start": _iso(since_ns if since_ns is not None else min((s[1] for s in slices), default=None)),
+        "end": _iso(until_ns if until_ns is not None else max((s[2] for s in slices), default=None)),
+        "files": [str(f) for f in files],
+        "spans": len(slices),
         "connections": sum(result["cohorts"][c]["connections"] for c in ("strict", "lenient")),
     }
     if html_path is not None:

@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaryws.core import histogram
+from canaryws.core.cohorts import Cohort
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
+
+A_ROLE = "canaryws.span.role"  # what a span is: connect, batch, connection (samplers and readers key on it)
+ROLE = "connection"  # the role of a summary span
 
 END_INTERVAL = "interval"
 END_COHORT_CHANGED = "cohort_changed"
@@ -100,24 +104,22 @@ class ConnectionSummary:
             for key, n in divergence.counts.items():
                 totals[key] = totals.get(key, 0) + n
 
-    def next_slice(self, *, strategy: str, strategy_version: int, shadow: bool, flags_revision: str,
-                   strict_share: float | None) -> ConnectionSummary:
+    @classmethod
+    def opening(cls, connection_id: str, client_id: str, cohort: Cohort, strict_share: float | None,
+                seq: int = 0) -> ConnectionSummary:
+        """An empty summary for a connection's slice under ``cohort``."""
+        return cls(connection_id, client_id, cohort.strategy, cohort.strategy_version, cohort.shadow,
+                   cohort.flags_revision, strict_share, seq=seq)
+
+    def next_slice(self, cohort: Cohort, strict_share: float | None) -> ConnectionSummary:
         """A fresh, empty summary for the same connection's next slice."""
-        return ConnectionSummary(
-            self.connection_id,
-            self.client_id,
-            strategy,
-            strategy_version,
-            shadow,
-            flags_revision,
-            strict_share,
-            seq=self.seq + 1,
-        )
+        return self.opening(self.connection_id, self.client_id, cohort, strict_share, self.seq + 1)
 
     # -- the span's attributes -------------------------------------------------
 
     def to_attributes(self) -> dict[str, Any]:
         attrs: dict[str, Any] = {
+            A_ROLE: ROLE,
             A_CONNECTION_ID: self.connection_id,
             A_CLIENT_ID: self.client_id,
             A_STRATEGY: self.strategy,
@@ -186,8 +188,10 @@ class ConnectionSummary:
 
 
 __all__ = [
+    "A_ROLE",
     "END_CLOSED",
     "END_COHORT_CHANGED",
     "END_INTERVAL",
+    "ROLE",
     "ConnectionSummary",
 ]

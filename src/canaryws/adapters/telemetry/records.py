@@ -24,10 +24,9 @@ from opentelemetry.trace.status import Status, StatusCode
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
-from canaryws.core.summary import ConnectionSummary
+from canaryws.core.summary import A_ROLE, ConnectionSummary
 
 SCOPE = "canaryws.records"
-ROLE = "canaryws.span.role"
 PROVIDER_NAME = "Unleash"
 _EMPTY_CONTEXT = otel_context.Context()
 
@@ -110,7 +109,7 @@ class RecordsTelemetry:
             "records.connect",
             kind=SpanKind.INTERNAL,
             attributes={
-                ROLE: "connect",
+                A_ROLE: "connect",
                 "canaryws.connection.id": connection_id,
                 "canaryws.client.id": client_id,
             },
@@ -165,14 +164,12 @@ class RecordsTelemetry:
     def emit_summary(self, summary: ConnectionSummary, start_ns: int, end_ns: int, connect: SpanContext | None) -> None:
         """One ``records.connection`` span: a slice of a connection's life under one cohort."""
         links = [Link(connect)] if connect is not None and connect.is_valid else None
-        attributes = summary.to_attributes()
-        attributes[ROLE] = "connection"
         span = self.tracer.start_span(
             "records.connection",
             context=_EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
             links=links,
-            attributes=attributes,
+            attributes=summary.to_attributes(),
             start_time=start_ns,
         )
         if summary.close_code is not None and summary.close_code not in (1000, 1001):
@@ -189,7 +186,7 @@ class RecordsTelemetry:
             context=_EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
             links=links,
-            attributes={ROLE: "batch"},
+            attributes={A_ROLE: "batch"},
         )
 
     def batch_done(

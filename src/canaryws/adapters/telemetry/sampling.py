@@ -27,6 +27,8 @@ from opentelemetry.trace import Link, SpanKind, get_current_span
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 
+from canaryws.core.summary import A_ROLE
+
 __all__ = [
     "CONNECTION_ROLES",
     "ROLE_ATTRIBUTE",
@@ -36,7 +38,7 @@ __all__ = [
 
 _logger = logging.getLogger("canaryws.telemetry")
 
-ROLE_ATTRIBUTE = "canaryws.span.role"
+ROLE_ATTRIBUTE = A_ROLE
 """Start attribute naming a span's role; set it in ``start_span(attributes=...)``."""
 
 CONNECTION_ROLES = frozenset({"connect", "connection"})
