@@ -22,7 +22,7 @@ from canaryws.adapters.http import AccessTokenScrubber, probes_router
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
-from canaryws.adapters.websocket import EndpointLimits, RecordsEndpoint
+from canaryws.adapters.websocket import EndpointLimits, ExposeAbort, RecordsEndpoint
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws")
@@ -99,13 +99,24 @@ def build_service(settings: Settings) -> Service:
         flags=lambda: flags.current,
         tokens=tokens,
         telemetry=records_telemetry,
-        limits=EndpointLimits(settings.max_records, settings.max_record_length, settings.summary_interval),
+        limits=EndpointLimits(
+            max_records=settings.max_records,
+            max_record_length=settings.max_record_length,
+            summary_interval=settings.summary_interval,
+            max_messages_per_second=settings.max_messages_per_second,
+            message_burst=settings.message_burst,
+            max_connections_per_client=settings.max_connections_per_client,
+            send_timeout=settings.send_timeout,
+            duplicate_id_window=settings.duplicate_id_window,
+        ),
         shadow=shadow,
+        allowed_origins=settings.allowed_origins,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
+        sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
         shadow.start()
         log.info(
             "canaryws ready",
@@ -119,9 +130,10 @@ def build_service(settings: Settings) -> Service:
         try:
             yield
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, sweeper):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await shadow.stop()
             # bounded flush of spans and metrics, off the event loop
             await asyncio.to_thread(telemetry.shutdown)
@@ -140,7 +152,7 @@ def build_service(settings: Settings) -> Service:
         excluded_urls=PROBE_PATHS,
         exclude_spans=["receive", "send"],
     )
-    service = Service(settings, flags, tokens, telemetry, records, app, AccessTokenScrubber(app))
+    service = Service(settings, flags, tokens, telemetry, records, app, ExposeAbort(AccessTokenScrubber(app)))
     app.state.service = service
     return service
 

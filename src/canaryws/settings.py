@@ -4,7 +4,7 @@ and handed to the app factory."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +14,21 @@ from canaryws.core.strategies.strict import DEFAULT_MAX_LENGTH
 
 DEFAULT_FLAGS = Path("flags/features.json")
 DEFAULT_DATA_DIR = Path("data")
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {raw!r} (use true or false)")
+
+
+def _origins(raw: str) -> frozenset[str] | None:
+    """``CANARYWS_ALLOWED_ORIGINS``: comma-separated origins (``https://app.example``); ``*`` means any."""
+    origins = frozenset(part.strip() for part in raw.split(",") if part.strip())
+    return None if "*" in origins else origins
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,14 @@ class Settings:
     summary_interval: float = 60.0
     shadow_sample_rate: float = 1.0
     shadow_max_pending_bytes: int = 8 * 1024 * 1024
+    # per-connection limits and fairness (see docs/contract.md, "Limits")
+    max_messages_per_second: float = 500.0
+    message_burst: int = 1000
+    max_connections_per_client: int = 16
+    send_timeout: float = 10.0
+    duplicate_id_window: int = 1024
+    per_message_deflate: bool = False
+    allowed_origins: frozenset[str] | None = None  # None: any Origin
     service_name: str = "canaryws"
     # Unleash server backend (used when url and api token are both set)
     unleash_url: str | None = None
@@ -49,7 +72,7 @@ class Settings:
         """``CANARYWS_*`` variables, then explicit overrides (CLI options) on top."""
         env = dict(os.environ if environ is None else environ)
         values: dict[str, object] = {"environ": env}
-        conv: dict[str, tuple[str, type]] = {
+        conv: dict[str, tuple[str, Callable[[str], object]]] = {
             "host": ("CANARYWS_HOST", str),
             "port": ("CANARYWS_PORT", int),
             "flags_path": ("CANARYWS_FLAGS", Path),
@@ -62,6 +85,13 @@ class Settings:
             "summary_interval": ("CANARYWS_SUMMARY_INTERVAL", float),
             "shadow_sample_rate": ("CANARYWS_SHADOW_SAMPLE_RATE", float),
             "shadow_max_pending_bytes": ("CANARYWS_SHADOW_MAX_PENDING_BYTES", int),
+            "max_messages_per_second": ("CANARYWS_MAX_MESSAGES_PER_SECOND", float),
+            "message_burst": ("CANARYWS_MESSAGE_BURST", int),
+            "max_connections_per_client": ("CANARYWS_MAX_CONNECTIONS_PER_CLIENT", int),
+            "send_timeout": ("CANARYWS_SEND_TIMEOUT", float),
+            "duplicate_id_window": ("CANARYWS_DUPLICATE_ID_WINDOW", int),
+            "per_message_deflate": ("CANARYWS_PER_MESSAGE_DEFLATE", _boolean),
+            "allowed_origins": ("CANARYWS_ALLOWED_ORIGINS", _origins),
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import stat
+import time
 from pathlib import Path
 
 import jwt
@@ -31,7 +32,11 @@ def test_secret_is_created_once_and_owner_only(tmp_path: Path) -> None:
 
 def test_issue_and_verify_round_trip(tmp_path: Path) -> None:
     authority = TokenAuthority.from_data_dir(tmp_path)
-    assert authority.verify(authority.issue("client-7")) == "client-7"
+    identity = authority.verify(authority.issue("client-7", ttl_seconds=60, now=time.time()))
+    assert identity.client_id == "client-7"
+    assert identity.expires_at - identity.issued_at == 60
+    assert len(identity.token_id) == 16
+    assert authority.verify(authority.issue("client-7")).token_id != identity.token_id
 
 
 def test_tampered_subject_is_refused(tmp_path: Path) -> None:

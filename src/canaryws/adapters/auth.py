@@ -34,6 +34,17 @@ class InvalidClientId(ValueError):
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a verified token proves: the client id, and the token's id and lifetime
+    (for revocation and for ending a connection when its token expires)."""
+
+    client_id: str
+    token_id: str  # the ``jti`` claim; "" for a token that carries none
+    issued_at: int  # Unix seconds
+    expires_at: int  # Unix seconds
+
+
 def validate_client_id(client_id: str) -> str:
     if not CLIENT_ID_PATTERN.fullmatch(client_id):
         raise InvalidClientId(
@@ -86,8 +97,8 @@ class TokenAuthority:
         }
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
-    def verify(self, token: str) -> str:
-        """Return the client id the token proves, or raise :class:`TokenError`."""
+    def verify(self, token: str) -> Identity:
+        """Return the identity the token proves, or raise :class:`TokenError`."""
         try:
             claims = jwt.decode(
                 token,
@@ -101,7 +112,13 @@ class TokenAuthority:
             raise TokenError("token expired") from None
         except jwt.InvalidTokenError:
             raise TokenError("token is not valid") from None
-        client_id = claims["sub"]
-        if not isinstance(client_id, str) or not CLIENT_ID_PATTERN.fullmatch(client_id):
+        client_id, jti, iat, exp = claims["sub"], claims.get("jti", ""), claims["iat"], claims["exp"]
+        if (
+            not isinstance(client_id, str)
+            or not CLIENT_ID_PATTERN.fullmatch(client_id)
+            or not isinstance(jti, str)
+            or not isinstance(iat, int)
+            or not isinstance(exp, int)
+        ):
             raise TokenError("token is not valid")
-        return client_id
+        return Identity(client_id, jti, iat, exp)

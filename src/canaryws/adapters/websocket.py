@@ -8,32 +8,48 @@ changes (a string comparison per batch, no SDK call).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from opentelemetry import trace
 from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from canaryws.adapters.auth import TokenAuthority, TokenError
+from canaryws.adapters.auth import Identity, TokenAuthority, TokenError
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.logs import client_id_var, connection_id_var
 from canaryws.adapters.telemetry.records import RecordsTelemetry, span_context
 from canaryws.core import contract
 from canaryws.core.cohorts import STRICT_FLAG, Cohort, EvaluationContext, FlagSnapshotView, decide_cohort
+from canaryws.core.limits import RecentIds, TokenBucket
 from canaryws.core.strategies import STRATEGIES, VERSIONS
 from canaryws.core.summary import END_CLOSED, END_COHORT_CHANGED, END_INTERVAL, ConnectionSummary
 
 log = logging.getLogger("canaryws.records")
 
 ACCESS_TOKEN_SCOPE_KEY = "canaryws.access_token"
+ABORT_SCOPE_KEY = "canaryws.abort"
 CLIENT_VERSION_HEADER = b"x-canaryws-client-version"
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
+
+# Why the service ended a connection itself (the ``reason`` label of
+# ``canaryws_connections_terminated_total``; the close frame carries a readable reason).
+SLOW_CONSUMER = "slow_consumer"
+TOKEN_EXPIRED = "token_expired"
+TOKEN_REVOKED = "token_revoked"
+_CLOSE_REASONS = {
+    SLOW_CONSUMER: "slow consumer: the client stopped reading results",
+    TOKEN_EXPIRED: "token expired",
+    TOKEN_REVOKED: "token revoked",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,10 +57,42 @@ class EndpointLimits:
     max_records: int
     max_record_length: int
     summary_interval: float = 60.0  # seconds between summary spans of a long-lived connection
+    max_messages_per_second: float = 500.0  # per connection; 0 turns the rate limit off
+    message_burst: int = 1000
+    max_connections_per_client: int = 16  # per process; 0 turns the cap off
+    send_timeout: float = 10.0  # a result blocked this long (the peer stopped reading) ends the connection
+    duplicate_id_window: int = 1024  # answered batch ids remembered per connection; 0 turns the check off
+    sweep_interval: float = 1.0  # how often open connections are checked (slow reader, token, idle slice)
+
+
+def no_revocations(_identity: Identity) -> str | None:
+    return None
+
+
+class ExposeAbort:
+    """Outermost ASGI wrapper: lets the endpoint drop a WebSocket's TCP connection.
+
+    A peer that stops reading fills its socket buffer; then not even a close frame gets
+    through, and closing the transport gracefully would wait for that buffer forever. ASGI
+    has no message for "abort", so this exposes ``transport.abort`` of the server protocol
+    whose bound ``send`` the server hands to the application (uvicorn's WebSocket
+    protocols). Under a server without one, the endpoint falls back to a close frame.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            abort = getattr(transport, "abort", None)
+            if callable(abort):
+                scope[ABORT_SCOPE_KEY] = abort
+        await self.app(scope, receive, send)
 
 
 class RecordsEndpoint:
-    """Serves one WebSocket connection per ``handle`` call."""
+    """Serves one WebSocket connection per ``handle`` call; :meth:`run` watches the open ones."""
 
     def __init__(
         self,
@@ -54,12 +102,24 @@ class RecordsEndpoint:
         telemetry: RecordsTelemetry,
         limits: EndpointLimits,
         shadow: ShadowRunner,
+        allowed_origins: frozenset[str] | None = None,
+        revoked: Callable[[Identity], str | None] = no_revocations,
     ) -> None:
         self._flags = flags
         self._tokens = tokens
         self._telemetry = telemetry
         self._limits = limits
         self._shadow = shadow
+        self._allowed_origins = (
+            None if allowed_origins is None else frozenset(o.lower().rstrip("/") for o in allowed_origins)
+        )
+        self._revoked = revoked
+        self._open: dict[str, _Connection] = {}
+        self._per_client: dict[str, int] = {}
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._open)
 
     # -- handshake -----------------------------------------------------------
 
@@ -71,24 +131,34 @@ class RecordsEndpoint:
         )
 
     @staticmethod
-    def _bearer(websocket: WebSocket) -> str | None:
+    def _header(websocket: WebSocket, wanted: bytes) -> str | None:
         name: bytes
         value: bytes
         for name, value in websocket.scope["headers"]:
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    return token.strip()
-                return None
+            if name == wanted:
+                return value.decode("latin-1")
+        return None
+
+    def _bearer(self, websocket: WebSocket) -> str | None:
+        authorization = self._header(websocket, b"authorization")
+        if authorization is not None:
+            scheme, _, token = authorization.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
         from_query: object = websocket.scope.get(ACCESS_TOKEN_SCOPE_KEY)
         return from_query if isinstance(from_query, str) and from_query else None
 
-    @staticmethod
-    def _properties(websocket: WebSocket) -> dict[str, str]:
-        for name, value in websocket.scope["headers"]:
-            if name == CLIENT_VERSION_HEADER:
-                return {"clientVersion": value.decode("latin-1")[:64]}
-        return {}
+    def _properties(self, websocket: WebSocket) -> dict[str, str]:
+        version = self._header(websocket, CLIENT_VERSION_HEADER)
+        return {} if version is None else {"clientVersion": version[:64]}
+
+    def _origin_refused(self, websocket: WebSocket) -> str | None:
+        """The refused Origin, or None. Clients that send no Origin (not browsers) pass."""
+        if self._allowed_origins is None:
+            return None
+        origin = self._header(websocket, b"origin")
+        if origin is None or origin.lower().rstrip("/") in self._allowed_origins:
+            return None
+        return origin
 
     async def handle(self, websocket: WebSocket) -> None:
         ok, subprotocol = contract.negotiate_subprotocol(list(websocket.scope.get("subprotocols") or ()))
@@ -100,16 +170,45 @@ class RecordsEndpoint:
                 f"supported subprotocols: {', '.join(contract.SUPPORTED_PROTOCOLS)}",
             )
             return
+        origin = self._origin_refused(websocket)
+        if origin is not None:
+            await self._refuse(websocket, 403, "origin_not_allowed", f"origin {origin[:200]!r} is not allowed")
+            return
         token = self._bearer(websocket)
         if token is None:
             await self._refuse(websocket, 401, "missing_token", "send Authorization: Bearer <token>")
             return
         try:
-            client_id = self._tokens.verify(token)
+            identity = self._tokens.verify(token)
         except TokenError as exc:
             await self._refuse(websocket, 401, "invalid_token", str(exc))
             return
+        if self._revoked(identity) is not None:
+            await self._refuse(websocket, 401, "invalid_token", "token revoked")
+            return
+        client_id = identity.client_id
+        cap = self._limits.max_connections_per_client
+        held = self._per_client.get(client_id, 0)
+        if cap and held >= cap:
+            await self._refuse(
+                websocket,
+                429,
+                "too_many_connections",
+                f"client {client_id!r} already holds {held} connections; the limit is {cap}",
+            )
+            return
+        self._per_client[client_id] = held + 1  # counted before the first await: no race past the cap
+        try:
+            await self._accepted(websocket, subprotocol, identity)
+        finally:
+            left = self._per_client[client_id] - 1
+            if left:
+                self._per_client[client_id] = left
+            else:
+                del self._per_client[client_id]
 
+    async def _accepted(self, websocket: WebSocket, subprotocol: str | None, identity: Identity) -> None:
+        client_id = identity.client_id
         connection_id = uuid.uuid4().hex
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
@@ -126,28 +225,48 @@ class RecordsEndpoint:
                 extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision},
             )
         cohort = decision.cohort
+        limits = self._limits
+        now = time.perf_counter()
         conn = _Connection(
-            context,
-            span_context(connect_span),
-            ConnectionSummary.opening(connection_id, client_id, cohort, snapshot.expected_share(STRICT_FLAG)),
-            time.time_ns(),
-            time.perf_counter(),
+            context=context,
+            identity=identity,
+            cohort=cohort,
+            connect=span_context(connect_span),
+            summary=ConnectionSummary.opening(connection_id, client_id, cohort, snapshot.expected_share(STRICT_FLAG)),
+            slice_start_ns=time.time_ns(),
+            slice_started=now,
+            task=asyncio.current_task(),
+            abort=websocket.scope.get(ABORT_SCOPE_KEY),
+            bucket=(
+                TokenBucket(limits.max_messages_per_second, limits.message_burst, now)
+                if limits.max_messages_per_second > 0
+                else None
+            ),
         )
+        self._open[connection_id] = conn
         self._telemetry.opened(cohort)
         close_code = 1006
         try:
             await websocket.send_text(
                 contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort)
             )
-            close_code = await self._serve(websocket, cohort, conn)
-        except WebSocketDisconnect as gone:  # the peer vanished while we were sending
-            close_code = gone.code
+            close_code = await self._serve(websocket, conn)
+        except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
+            close_code = conn.ended[0] if conn.ended else gone.code
+        except asyncio.CancelledError:
+            if conn.ended is None:  # not ours: the server is stopping
+                raise
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            close_code = await self._close_ended(websocket, conn)
         except Exception:
             log.exception("connection failed")
             close_code = CLOSE_INTERNAL_ERROR
             with contextlib.suppress(Exception):  # the socket may already be gone
                 await websocket.close(CLOSE_INTERNAL_ERROR)
         finally:
+            del self._open[connection_id]
             summary = conn.summary
             summary.close_code = close_code
             self._telemetry.closed(summary, close_code)
@@ -156,6 +275,60 @@ class RecordsEndpoint:
                 "connection closed",
                 extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
             )
+
+    # -- ending connections from outside the batch loop -------------------------
+
+    async def run(self) -> None:
+        """Every ``sweep_interval``: end connections whose peer stopped reading, whose token
+        expired or was revoked, and emit the interval summary of idle connections."""
+        period = self._limits.sweep_interval
+        while True:
+            await asyncio.sleep(period)
+            try:
+                self.sweep(time.perf_counter(), time.time())
+            except Exception:  # a sweep must never stop the next one
+                log.exception("connection sweep failed")
+
+    def sweep(self, now: float, wall: float) -> None:
+        limits = self._limits
+        share: float | None = None
+        for conn in list(self._open.values()):
+            if conn.ended is not None:
+                continue
+            if conn.sending_since and now - conn.sending_since > limits.send_timeout:
+                self._end(conn, SLOW_CONSUMER)
+            elif wall >= conn.identity.expires_at:
+                self._end(conn, TOKEN_EXPIRED)
+            elif self._revoked(conn.identity) is not None:
+                self._end(conn, TOKEN_REVOKED)
+            elif conn.receiving and now - conn.slice_started >= limits.summary_interval:
+                if share is None:
+                    share = self._flags().expected_share(STRICT_FLAG)
+                self._end_slice(conn, END_INTERVAL, conn.cohort, share)
+
+    def _end(self, conn: _Connection, why: str) -> None:
+        conn.ended = (CLOSE_POLICY_VIOLATION, why)
+        self._telemetry.terminated(why)
+        log.warning("ending connection", extra={"reason": why, "connection": conn.context.connection_id})
+        if why == SLOW_CONSUMER and conn.abort is not None:
+            # Nothing gets through a full buffer, not even a close frame: drop the TCP
+            # connection. The blocked send then fails and the loop ends with ``conn.ended``.
+            conn.abort()
+        elif conn.task is not None:
+            conn.task.cancel()
+
+    async def _close_ended(self, websocket: WebSocket, conn: _Connection) -> int:
+        """Close a connection the sweep ended: a close frame if it gets out within a second,
+        else drop the TCP connection. Returns the close code recorded."""
+        assert conn.ended is not None
+        code, why = conn.ended
+        try:
+            async with asyncio.timeout(1.0):
+                await websocket.close(code, _CLOSE_REASONS[why])
+        except (TimeoutError, WebSocketDisconnect, RuntimeError, OSError):
+            if conn.abort is not None:
+                conn.abort()
+        return code
 
     def _end_slice(self, conn: _Connection, why: str, next_cohort: Cohort | None = None,
                    strict_share: float | None = None) -> None:
@@ -172,27 +345,39 @@ class RecordsEndpoint:
 
     # -- batches -------------------------------------------------------------
 
-    async def _serve(self, websocket: WebSocket, cohort: Cohort, conn: _Connection) -> int:
+    async def _serve(self, websocket: WebSocket, conn: _Connection) -> int:
         """The batch loop; returns the close code."""
         receive = websocket.receive
         send = websocket.send
         telemetry = self._telemetry
         shadow_runner = self._shadow
         flags = self._flags
-        max_records = self._limits.max_records
-        max_length = self._limits.max_record_length
-        slice_seconds = self._limits.summary_interval
+        limits = self._limits
+        max_records = limits.max_records
+        max_length = limits.max_record_length
+        slice_seconds = limits.summary_interval
+        bucket = conn.bucket
+        window = limits.duplicate_id_window
+        recent = RecentIds(window) if window else None
+        cohort = conn.cohort
         strategy = STRATEGIES[cohort.strategy]
         context = conn.context
         connection_id = context.connection_id
         while True:
+            conn.receiving = True
             message = await receive()
+            conn.receiving = False
             if message["type"] == "websocket.disconnect":
                 return int(message.get("code") or 1005)
             text = message.get("text")
             if text is None:
                 await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
                 return CLOSE_UNSUPPORTED_DATA
+            if bucket is not None:
+                wait = bucket.take(time.perf_counter())
+                if wait:
+                    telemetry.throttled(cohort.strategy)
+                    await asyncio.sleep(wait)
 
             started = time.perf_counter()
             snapshot = flags()
@@ -209,27 +394,37 @@ class RecordsEndpoint:
                             "flags_revision": new.flags_revision,
                         },
                     )
+                    conn.sending_since = started
                     await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
+                    conn.sending_since = 0.0
                     strategy = STRATEGIES[new.strategy]
-                cohort = new
+                cohort = conn.cohort = new
             elif started - conn.slice_started >= slice_seconds:
-                self._end_slice(conn, END_INTERVAL, cohort, conn.summary.strict_share)
+                self._end_slice(conn, END_INTERVAL, cohort, snapshot.expected_share(STRICT_FLAG))
             summary = conn.summary
 
             span = telemetry.start_batch(conn.connect)
             try:
                 batch = contract.decode_batch(text, max_records)
+                if recent is not None and batch.id in recent:
+                    raise contract.duplicate_id(batch.id, window)
             except contract.MessageError as err:
                 summary.add_error(err.code)
                 telemetry.batch_error(span, err.code, err.detail, cohort.strategy, connection_id)
+                conn.sending_since = started
                 await send({"type": "websocket.send", "text": contract.encode_error(err)})
+                conn.sending_since = 0.0
                 continue
             try:
                 outcome = strategy.process(batch.records, max_length)
+                conn.sending_since = started
                 await send({"type": "websocket.send", "text": contract.encode_result(batch.id, outcome)})
+                conn.sending_since = 0.0
             except BaseException:
                 span.end()
                 raise
+            if recent is not None:
+                recent.add(batch.id)
             elapsed = time.perf_counter() - started
             counts = outcome.reason_counts()  # once per batch, for the summary, the metrics and the span
             summary.add(outcome, counts, elapsed)
@@ -238,12 +433,20 @@ class RecordsEndpoint:
                 shadow_runner.submit(summary, span, batch.records, outcome, len(text))
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, kw_only=True)
 class _Connection:
     """The endpoint's state for one open connection."""
 
     context: EvaluationContext
+    identity: Identity
+    cohort: Cohort
     connect: trace.SpanContext | None
     summary: ConnectionSummary  # the current slice
     slice_start_ns: int
     slice_started: float  # time.perf_counter() at the slice's start
+    task: asyncio.Task[None] | None
+    abort: Callable[[], None] | None  # drops the TCP connection (see ExposeAbort)
+    bucket: TokenBucket | None
+    receiving: bool = False  # parked in receive(): between batches
+    sending_since: float = 0.0  # perf_counter() when the pending send started; 0.0 when none is pending
+    ended: tuple[int, str] | None = field(default=None)  # (close code, reason) once the sweep ended it

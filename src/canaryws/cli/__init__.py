@@ -56,7 +56,7 @@ def serve(
         port=settings.port,
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=settings.per_message_deflate,
         lifespan="on",
         access_log=False,
         log_config=None,

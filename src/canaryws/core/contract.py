@@ -22,7 +22,8 @@ INVALID_JSON: Final = "invalid_json"
 INVALID_MESSAGE: Final = "invalid_message"
 UNKNOWN_TYPE: Final = "unknown_type"
 TOO_MANY_RECORDS: Final = "too_many_records"
-ERROR_CODES: Final = (INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_MANY_RECORDS)
+DUPLICATE_ID: Final = "duplicate_id"
+ERROR_CODES: Final = (INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_MANY_RECORDS, DUPLICATE_ID)
 
 CLIENT_MESSAGE_TYPES: Final = ("batch",)
 MAX_BATCH_ID_LENGTH: Final = 256
@@ -70,6 +71,16 @@ def decode_batch(frame: str | bytes, max_records: int = DEFAULT_MAX_RECORDS) -> 
             batch.id,
         )
     return batch
+
+
+def duplicate_id(batch_id: str, window: int) -> MessageError:
+    """The error for a batch whose id repeats one of the connection's last ``window`` answered ids."""
+    return MessageError(
+        DUPLICATE_ID,
+        f"batch id {batch_id[:64]!r} was already answered on this connection (ids must be unique among "
+        f"the last {window} batches); the batch was not processed",
+        batch_id,
+    )
 
 
 def _classify(frame: str | bytes, exc: Exception) -> MessageError:

@@ -53,6 +53,16 @@ class RecordsTelemetry:
             unit="{connection}",
             description="Handshakes refused before accept, by reason",
         )
+        self._terminated = meter.create_counter(
+            "canaryws.connections.terminated",
+            unit="{connection}",
+            description="Connections the service ended itself, by reason (slow_consumer, token_expired, token_revoked)",
+        )
+        self._throttled = meter.create_counter(
+            "canaryws.frames.throttled",
+            unit="{frame}",
+            description="Frames held back by the per-connection rate limit, by strategy",
+        )
         self._batches = meter.create_counter(
             "canaryws.batches", unit="{batch}", description="Batches answered with a result, by strategy"
         )
@@ -102,6 +112,12 @@ class RecordsTelemetry:
 
     def refused(self, reason: str) -> None:
         self._refused.add(1, self._attrs("reason", reason))
+
+    def terminated(self, reason: str) -> None:
+        self._terminated.add(1, self._attrs("reason", reason))
+
+    def throttled(self, strategy: str) -> None:
+        self._throttled.add(1, self._attrs("strategy", strategy))
 
     def start_connect(self, connection_id: str, client_id: str) -> Span:
         """The connect span is a child of the handshake (ASGI) span, if any."""

@@ -1,0 +1,63 @@
+"""The per-connection token bucket and the window of recent batch ids (core/limits.py)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from canaryws.core.limits import RecentIds, TokenBucket
+
+
+def test_bucket_admits_a_burst_then_paces_at_the_rate() -> None:
+    bucket = TokenBucket(rate=10.0, burst=3, now=0.0)
+    assert [bucket.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(0.0) == pytest.approx(0.1)  # one token short: wait 1/rate
+    assert bucket.take(0.0) == pytest.approx(0.2)  # the debt grows with each frame
+
+
+def test_waiting_repays_the_debt() -> None:
+    bucket = TokenBucket(rate=10.0, burst=1, now=0.0)
+    assert bucket.take(0.0) == 0.0
+    wait = bucket.take(0.0)
+    assert wait == pytest.approx(0.1)
+    assert bucket.take(0.0 + wait + 0.1) == pytest.approx(0.0, abs=1e-9)  # waited, then a token accrued
+
+
+def test_an_idle_bucket_refills_only_up_to_the_burst() -> None:
+    bucket = TokenBucket(rate=100.0, burst=5, now=0.0)
+    waits = [bucket.take(1000.0) for _ in range(6)]
+    assert waits[:5] == [0.0] * 5 and waits[5] > 0
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.05), min_size=1, max_size=300))
+def test_a_flood_is_paced_to_the_rate(gaps: list[float]) -> None:
+    """Whatever the arrival pattern, a sender that honours the waits gets at most
+    burst + rate x elapsed frames through."""
+    rate, burst = 50.0, 4
+    bucket = TokenBucket(rate, burst, now=0.0)
+    now = 0.0
+    for gap in gaps:
+        now += gap
+        now += bucket.take(now)  # the server waits before handling the frame
+    assert len(gaps) <= burst + rate * now + 1e-6
+
+
+def test_bucket_rejects_nonsense_settings() -> None:
+    with pytest.raises(ValueError):
+        TokenBucket(0.0, 1, 0.0)
+    with pytest.raises(ValueError):
+        TokenBucket(1.0, 0, 0.0)
+
+
+def test_recent_ids_forget_the_oldest_beyond_the_window() -> None:
+    recent = RecentIds(3)
+    for batch_id in ("a", "b", "c"):
+        recent.add(batch_id)
+    assert "a" in recent and len(recent) == 3
+    recent.add("d")
+    assert "a" not in recent and {"b", "c", "d"} == {i for i in "abcd" if i in recent}
+    recent.add("d")  # adding a remembered id changes nothing
+    assert len(recent) == 3 and "b" in recent
+    with pytest.raises(ValueError):
+        RecentIds(0)
