@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from canaryws.core import histogram
-from canaryws.core.summary import A_ROLE, END_CLOSED, ROLE, ConnectionSummary
+from canaryws.core.summary import A_ROLE, END_CLOSED, NORMAL_CLOSE_CODES, ROLE, ConnectionSummary
 
 # A close is normal when the client said goodbye (1000), went away (1001) or the
 # service restarted (1012: not the strategy's doing, and it hits both cohorts alike).
-NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1012})
 DEFAULT_RETRY_WINDOW_S = 30.0
 # The old connection's summary is emitted after its close is processed, so a quick
 # reconnect may start a moment before the old span's end.

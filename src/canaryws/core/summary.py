@@ -25,6 +25,9 @@ from canaryws.core.strategies.outcome import Outcome
 A_ROLE = "canaryws.span.role"  # what a span is: connect, batch, connection (samplers and readers key on it)
 ROLE = "connection"  # the role of a summary span
 
+# Closes that say nothing about the strategy: normal closure, going away, service restart.
+NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1012})
+
 END_INTERVAL = "interval"
 END_COHORT_CHANGED = "cohort_changed"
 END_CLOSED = "closed"

@@ -24,7 +24,7 @@ from opentelemetry.trace.status import Status, StatusCode
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
-from canaryws.core.summary import A_ROLE, ConnectionSummary
+from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
 
 SCOPE = "canaryws.records"
 PROVIDER_NAME = "Unleash"
@@ -188,7 +188,7 @@ class RecordsTelemetry:
             attributes=summary.to_attributes(),
             start_time=start_ns,
         )
-        if summary.close_code is not None and summary.close_code not in (1000, 1001):
+        if summary.close_code is not None and summary.close_code not in NORMAL_CLOSE_CODES:
             span.set_status(Status(StatusCode.ERROR, f"close code {summary.close_code}"))
         span.end(end_time=max(end_ns, start_ns))
 
