@@ -368,3 +368,25 @@ class UnleashServer:
         response.raise_for_status()
         result: dict[str, Any] = response.json()
         return result
+
+
+# -- shutdown ---------------------------------------------------------------------
+
+
+def send_signal(service: Service, sig: int = signal.SIGTERM) -> float:
+    """Send ``sig`` to the service process; returns the ``time.monotonic()`` it was sent."""
+    assert service.proc is not None and service.proc.poll() is None, "the service is not running"
+    service.proc.send_signal(sig)
+    return time.monotonic()
+
+
+def wait_exit(service: Service, timeout: float) -> int | None:
+    """The service's exit status, or None if it is still running after ``timeout`` seconds
+    (it is then killed, so that the test can report it)."""
+    assert service.proc is not None
+    try:
+        return service.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        service.proc.kill()
+        service.proc.wait()
+        return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,11 +15,13 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.types import ASGIApp
 from starlette.websockets import WebSocket
 
+from canaryws.adapters.admin import ADMIN_KEY_FILE, admin_router, load_or_create_admin_key
 from canaryws.adapters.auth import TokenAuthority
 from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_source import FileFlagSource
 from canaryws.adapters.flags.unleash_source import UnleashFlagSource
 from canaryws.adapters.http import AccessTokenScrubber, probes_router
+from canaryws.adapters.revocation import RevocationList
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
@@ -27,7 +30,22 @@ from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws")
 
+APP_SHUTDOWN_MAX_SECONDS = 5.0
+
+
+def app_shutdown_budget(shutdown_timeout: float) -> float:
+    """Seconds the app's own shutdown (shadow comparisons, then the telemetry flush) gets
+    of the shutdown bound: a third of it, at most 5 s. The connections get the rest
+    (``canaryws.cli.serving``)."""
+    return min(APP_SHUTDOWN_MAX_SECONDS, shutdown_timeout / 3)
+
 PROBE_PATHS = "healthz,readyz,metrics"
+# Headers whose values the OTel header capture (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SERVER_*)
+# records as [REDACTED] (regexes, searched, case-insensitive); the instrumentation would take only
+# OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS (default: none), which adds to these.
+SANITIZED_HEADERS = ("authorization", "cookie", ".*token.*", ".*secret.*", ".*api[-_]?key.*", ".*password.*",
+                     ".*session.*")
+SANITIZE_FIELDS_VAR = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
 
 
 class FlagSource(Protocol):
@@ -88,6 +106,11 @@ def build_service(settings: Settings) -> Service:
     flags = build_flag_source(settings, lambda result: flags_telemetry.reloaded(settings.flags_backend, result))
     flags.load()
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
+    revocations = RevocationList(settings.data_dir)
+    revocations.load()
+    admin_credential = load_or_create_admin_key(
+        settings.admin_token_file or settings.data_dir / ADMIN_KEY_FILE, create=settings.admin_token_file is None
+    )
     records_telemetry = RecordsTelemetry(telemetry.tracer_provider, telemetry.meter_provider)
     shadow = ShadowRunner(
         records_telemetry,
@@ -111,11 +134,13 @@ def build_service(settings: Settings) -> Service:
         ),
         shadow=shadow,
         allowed_origins=settings.allowed_origins,
+        revoked=revocations.revoked,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
+        revocations_watcher = asyncio.create_task(revocations.run(), name="revocations-watcher")
         sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
         shadow.start()
         log.info(
@@ -130,16 +155,32 @@ def build_service(settings: Settings) -> Service:
         try:
             yield
         finally:
-            for task in (watcher, sweeper):
+            # The app's share of the shutdown bound, counted from here (the connections are closed).
+            shutdown_budget = app_shutdown_budget(settings.shutdown_timeout)
+            shutdown_deadline = time.monotonic() + shutdown_budget
+            for task in (watcher, revocations_watcher, sweeper):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await shadow.stop()
-            # bounded flush of spans and metrics, off the event loop
-            await asyncio.to_thread(telemetry.shutdown)
+            await shadow.stop(timeout=shutdown_budget / 4)
+            # bounded flush of spans and metrics, off the event loop, in what is left of the budget
+            await asyncio.to_thread(telemetry.shutdown, max(shutdown_deadline - time.monotonic(), 0.0))
 
     app = FastAPI(title="canaryws", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.include_router(probes_router(flags_status=flags.status, metrics_text=telemetry.metrics_text))
+    app.include_router(
+        probes_router(
+            flags_status=flags.status, metrics_text=telemetry.metrics_text, telemetry_status=telemetry.status
+        )
+    )
+
+    app.include_router(
+        admin_router(
+            credential=admin_credential,
+            tokens=tokens,
+            revocations=revocations,
+            connections=records.connections_by_strategy,
+        )
+    )
 
     @app.websocket("/records")
     async def records_endpoint(websocket: WebSocket) -> None:
@@ -151,6 +192,10 @@ def build_service(settings: Settings) -> Service:
         meter_provider=telemetry.meter_provider,
         excluded_urls=PROBE_PATHS,
         exclude_spans=["receive", "send"],
+        http_capture_headers_sanitize_fields=[
+            *SANITIZED_HEADERS,
+            *(field.strip() for field in settings.environ.get(SANITIZE_FIELDS_VAR, "").split(",") if field.strip()),
+        ],
     )
     service = Service(settings, flags, tokens, telemetry, records, app, ExposeAbort(AccessTokenScrubber(app)))
     app.state.service = service

@@ -53,6 +53,8 @@ class Settings:
     duplicate_id_window: int = 1024
     per_message_deflate: bool = False
     allowed_origins: frozenset[str] | None = None  # None: any Origin
+    admin_token_file: Path | None = None  # None: <data-dir>/admin.key, created on first start
+    shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see cli.serving)
     service_name: str = "canaryws"
     # Unleash server backend (used when url and api token are both set)
     unleash_url: str | None = None
@@ -92,6 +94,8 @@ class Settings:
             "duplicate_id_window": ("CANARYWS_DUPLICATE_ID_WINDOW", int),
             "per_message_deflate": ("CANARYWS_PER_MESSAGE_DEFLATE", _boolean),
             "allowed_origins": ("CANARYWS_ALLOWED_ORIGINS", _origins),
+            "admin_token_file": ("CANARYWS_ADMIN_TOKEN_FILE", Path),
+            "shutdown_timeout": ("CANARYWS_SHUTDOWN_TIMEOUT", float),
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),
@@ -101,6 +105,9 @@ class Settings:
         }
         for attr, (var, typ) in conv.items():
             if var in env and env[var] != "":
-                values[attr] = typ(env[var])
+                try:
+                    values[attr] = typ(env[var])
+                except ValueError as exc:
+                    raise ValueError(f"{var}={env[var]!r}: {exc}") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

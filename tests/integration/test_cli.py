@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -81,3 +82,26 @@ def test_serve_refuses_an_invalid_flags_file_with_a_clear_message(tmp_path: Path
     done = canaryws("serve", "--flags", str(flags), "--data-dir", str(tmp_path / "d"), "--port", "1")
     assert done.returncode != 0
     assert "nope" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "revoked", "expected"),
+    [
+        ({"CANARYWS_MAX_MESSAGES_PER_SECOND": "lots"}, None, "CANARYWS_MAX_MESSAGES_PER_SECOND='lots'"),
+        ({"CANARYWS_PER_MESSAGE_DEFLATE": "maybe"}, None, "CANARYWS_PER_MESSAGE_DEFLATE='maybe'"),
+        ({}, "{not json", "revoked.json"),
+    ],
+)
+def test_serve_refuses_bad_configuration_with_a_clear_message(
+    tmp_path: Path, env: dict[str, str], revoked: str | None, expected: str
+) -> None:
+    data = tmp_path / "d"
+    data.mkdir()
+    if revoked is not None:
+        (data / "revoked.json").write_text(revoked)
+    done = subprocess.run(
+        [sys.executable, "-m", "canaryws", "serve", "--data-dir", str(data), "--port", "1"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )
+    assert done.returncode == 1
+    assert "cannot start" in done.stderr and expected in done.stderr and "Traceback" not in done.stderr

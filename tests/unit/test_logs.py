@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from uvicorn.config import LOGGING_CONFIG
 
 from canaryws.adapters.telemetry.logs import (
+    REDACTED,
     RedactingFilter,
     client_id_var,
     configure_logging,
@@ -171,3 +172,25 @@ def test_redaction_never_leaks_the_token_and_is_idempotent(prefix: str, token: s
         redacted = redact(text)
         assert f"Bearer {token}{suffix}" not in redacted and f"access_token={token}{suffix}" not in redacted
         assert redact(redacted) == redacted
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "< cookie: session=s3cr3t",
+        "< Authorization: Basic s3cr3t",
+        "> set-cookie: id=s3cr3t; Path=/",
+        "< x-api-key: s3cr3t",
+        "< X-Upstream-Token: s3cr3t",
+        "< proxy-authorization: Digest s3cr3t",
+    ],
+)
+def test_credential_header_lines_are_redacted_whatever_the_scheme(line: str) -> None:
+    redacted = redact(f"< host: example.org\n{line}\n< upgrade: websocket")
+    assert "s3cr3t" not in redacted and REDACTED in redacted
+    assert "< host: example.org" in redacted and "< upgrade: websocket" in redacted
+
+
+def test_ordinary_header_lines_are_kept() -> None:
+    text = "< sec-websocket-protocol: canaryws.records.v1\n< x-canaryws-client-version: 1.2"
+    assert redact(text) == text

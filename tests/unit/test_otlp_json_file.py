@@ -398,3 +398,61 @@ def test_appends_to_an_existing_file_and_refuses_exports_after_shutdown(tmp_path
     assert second.dropped_spans == len(spans) and not second.healthy
     assert not second.force_flush()
     assert len(list(read_otlp_json_lines(path))) == 2 * len(spans)
+
+
+def test_while_writes_fail_a_replaced_path_is_reopened_and_writes_recover(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Disk full (a symlink to /dev/full); the operator points the path at a file with
+    space; the next export opens it and succeeds, without a restart."""
+    assert Path("/dev/full").exists(), "this test needs Linux's /dev/full (every write fails with ENOSPC)"
+    path = tmp_path / "traces.jsonl"
+    path.symlink_to("/dev/full")
+    exporter = OtlpJsonFileSpanExporter(path)
+    spans = _spans()
+    assert exporter.last_error is None
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        assert exporter.export(spans) is SpanExportResult.FAILURE
+        assert exporter.export(spans) is SpanExportResult.FAILURE  # same file: not reopened
+        assert exporter.last_error == "No space left on device" and not exporter.healthy
+        replacement = tmp_path / "new.jsonl"
+        replacement.write_bytes(b"")
+        replacement.replace(path)
+        assert exporter.export(spans) is SpanExportResult.SUCCESS
+        assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert exporter.healthy is False  # shut down
+    assert exporter.dropped_spans == 2 * len(spans)
+    assert exporter.last_error == "No space left on device"  # kept for the record
+    assert not path.is_symlink()
+    assert len(list(read_otlp_json_lines(path, strict=True))) == len(spans) + 1
+    messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "canaryws.telemetry"]
+    assert [level for level, _ in messages] == ["WARNING", "INFO", "INFO"], messages
+    assert "reopened" in messages[1][1] and f"after {2 * len(spans)} dropped spans" in messages[2][1]
+
+
+def test_a_file_deleted_while_writes_fail_is_created_again(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    spans = _spans()
+    line_size = len(json.dumps(encode_otlp_json(spans), separators=(",", ":"))) + 1
+    exporter = OtlpJsonFileSpanExporter(path, max_bytes=line_size + 10)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    assert exporter.export(spans) is SpanExportResult.FAILURE  # the cap
+    assert exporter.last_error == f"the file would exceed max_bytes={line_size + 10}"
+    path.rename(tmp_path / "traces.1.jsonl")  # rotated away
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert len(list(read_otlp_json_lines(path, strict=True))) == len(spans)
+    assert len(list(read_otlp_json_lines(tmp_path / "traces.1.jsonl", strict=True))) == len(spans)
+
+
+def test_a_healthy_exporter_keeps_the_file_it_has_open(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    spans = _spans()
+    exporter = OtlpJsonFileSpanExporter(path)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    path.rename(tmp_path / "moved.jsonl")
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert not path.exists()
+    assert len(list(read_otlp_json_lines(tmp_path / "moved.jsonl", strict=True))) == 2 * len(spans)

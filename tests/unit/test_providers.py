@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import http.server
+import logging
+import re
+import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -13,10 +16,17 @@ import prometheus_client
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
 from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
-from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
+from canaryws.adapters.telemetry.providers import (
+    SpanExportMonitor,
+    TelemetryProviders,
+    _MonitoredBatchSpanProcessor,
+    setup_telemetry,
+)
 
 ROLE = "canaryws.span.role"
 
@@ -276,3 +286,195 @@ def test_batch_settings_from_the_mapping_are_used(make: Make) -> None:
         time.sleep(0.02)  # no flush: the 50 ms schedule delay writes them
     assert len(_file_spans(telemetry)) == 11
     assert telemetry.trace_file is not None and len(telemetry.trace_file.read_text().splitlines()) >= 6
+
+
+# ------------------------------------------------------------ failing exporters
+
+
+class _GatedExporter(SpanExporter):
+    """Blocks every export until released, then answers with the scripted results."""
+
+    def __init__(self, results: list[SpanExportResult | Exception] | None = None) -> None:
+        self.gate = threading.Event()
+        self.results = list(results or [])
+        self.exported = 0
+        self.calls = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.calls += 1
+        self.gate.wait(10)
+        outcome = self.results.pop(0) if self.results else SpanExportResult.SUCCESS
+        if isinstance(outcome, Exception):
+            raise outcome
+        if outcome is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        return outcome
+
+
+def _monitored(
+    exporter: SpanExporter, monitor: SpanExportMonitor, *, queue: int, batch: int, delay_ms: int = 5000
+) -> TracerProvider:
+    provider = TracerProvider(shutdown_on_exit=False)
+    settings = {
+        "max_queue_size": queue,
+        "schedule_delay_millis": delay_ms,
+        "max_export_batch_size": batch,
+        "export_timeout_millis": 30000,
+    }
+    provider.add_span_processor(_MonitoredBatchSpanProcessor(exporter, monitor, settings))  # type: ignore[arg-type]
+    return provider
+
+
+def _end_spans(provider: TracerProvider, count: int) -> None:
+    tracer = provider.get_tracer("canaryws.test")
+    for i in range(count):
+        tracer.start_span(f"s{i}").end()
+
+
+def _telemetry_records(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "canaryws.telemetry"]
+
+
+def test_queue_overflow_is_counted_once_warned_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    """Pins the SDK hook used to count queue drops: if opentelemetry-sdk moves it, this fails."""
+    exporter = _GatedExporter()
+    monitor = SpanExportMonitor("test", "somewhere")
+    provider = _monitored(exporter, monitor, queue=8, batch=4, delay_ms=10)
+    with caplog.at_level(logging.INFO):
+        _end_spans(provider, 4)  # the worker takes these and blocks in export
+        deadline = time.monotonic() + 5
+        while exporter.calls == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _end_spans(provider, 30)  # 8 fit in the queue, 22 are dropped
+        assert monitor.dropped == {"queue_full": 22, "export_failed": 0, "shutdown": 0}
+        assert monitor.degraded and monitor.status()["state"] == "degraded"
+        exporter.gate.set()
+        provider.force_flush()  # the overflowed export succeeds: still degraded; the next ones recover
+        provider.shutdown()
+    assert exporter.exported == 12 and exporter.exported + monitor.dropped_spans == 34
+    assert not monitor.degraded
+    status = monitor.status()
+    assert status["last_error"] == "export queue full: spans end faster than the exporter sends them"
+    assert status["last_error_at"].endswith("Z") and status["dropped_spans"] == 22
+    assert _telemetry_records(caplog) == [
+        ("WARNING", "traces: exporter test (somewhere) is falling behind (export queue full: spans end faster "
+                    "than the exporter sends them); dropping spans until it catches up"),
+        ("INFO", "traces: exporter test (somewhere) works again after 22 dropped spans"),
+    ]
+    sdk = [r for r in caplog.records if r.name.startswith("opentelemetry")]
+    assert sdk == []  # the SDK's "Queue full" warning is folded into the monitor's
+
+
+def test_failed_and_raising_exports_are_counted_warned_once_then_recover(caplog: pytest.LogCaptureFixture) -> None:
+    exporter = _GatedExporter([SpanExportResult.FAILURE, RuntimeError("collector exploded"), SpanExportResult.SUCCESS])
+    exporter.gate.set()
+    monitor = SpanExportMonitor("test")
+    provider = _monitored(exporter, monitor, queue=64, batch=4)
+    with caplog.at_level(logging.INFO):
+        _end_spans(provider, 3)
+        provider.force_flush()
+        assert monitor.status()["last_error"] == "the exporter reported a failure"
+        _end_spans(provider, 2)
+        provider.force_flush()
+        assert monitor.dropped == {"queue_full": 0, "export_failed": 5, "shutdown": 0}
+        assert monitor.degraded and monitor.status()["last_error"] == "RuntimeError: collector exploded"
+        _end_spans(provider, 1)
+        provider.force_flush()
+        assert not monitor.degraded and exporter.exported == 1
+        provider.shutdown()
+        _end_spans(provider, 2)  # after shutdown: counted, not a health problem
+    assert monitor.dropped == {"queue_full": 0, "export_failed": 5, "shutdown": 2} and not monitor.degraded
+    records = _telemetry_records(caplog)
+    assert [level for level, _ in records] == ["WARNING", "INFO"], records
+    assert "exporter test failed (the exporter reported a failure)" in records[0][1]
+    assert "after 5 dropped spans" in records[1][1]
+    assert "Traceback" not in caplog.text
+
+
+def test_an_unreachable_collector_is_counted_on_metrics_and_in_status(
+    make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    telemetry = make({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_TIMEOUT": "0.5"})
+    assert telemetry.status() == {
+        "traces": "ok",
+        "dropped_spans": 0,
+        "exporters": [
+            {
+                "exporter": "otlp",
+                "target": f"http://127.0.0.1:{port}/v1/traces",
+                "state": "ok",
+                "dropped_spans": 0,
+                "dropped": {"queue_full": 0, "export_failed": 0, "shutdown": 0},
+                "last_error": None,
+                "last_error_at": None,
+            }
+        ],
+    }
+    with caplog.at_level(logging.INFO):
+        for _ in range(3):
+            _emit(telemetry)
+            telemetry.tracer_provider.force_flush()
+    status = telemetry.status()
+    (exporter,) = status["exporters"]
+    assert status["traces"] == "degraded" and status["dropped_spans"] == 33
+    assert exporter["dropped"] == {"queue_full": 0, "export_failed": 33, "shutdown": 0}
+    assert "Connection refused" in exporter["last_error"]  # no time to retry: from the exporter-metrics hook
+    text = telemetry.metrics_text()[0].decode()
+    assert re.search(
+        r'canaryws_telemetry_spans_dropped_total\{exporter="otlp",[^}]*reason="export_failed"\} 33\.0', text
+    ), text
+    assert re.search(r'canaryws_telemetry_spans_dropped_total\{exporter="otlp",[^}]*reason="queue_full"\} 0\.0', text)
+    records = _telemetry_records(caplog)
+    assert [level for level, _ in records] == ["WARNING"], records
+    assert f"exporter otlp (http://127.0.0.1:{port}/v1/traces) failed" in records[0][1]
+    assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]  # no per-retry/per-batch records
+
+
+def test_sdk_records_outside_monitored_exporters_are_left_alone(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    make()  # installs the filter on the SDK loggers
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("opentelemetry.exporter.otlp.proto.http.trace_exporter").warning("someone else's exporter")
+        logging.getLogger("opentelemetry.sdk._shared_internal").warning("someone else's queue")
+    assert [r.getMessage() for r in caplog.records] == ["someone else's exporter", "someone else's queue"]
+
+
+def test_a_full_disk_is_degraded_with_one_warning_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "traces.jsonl").symlink_to("/dev/full")
+    telemetry = setup_telemetry(data_dir=data_dir, environ={})
+    try:
+        with caplog.at_level(logging.INFO):
+            _emit(telemetry)
+            telemetry.tracer_provider.force_flush()
+            _emit(telemetry)
+            telemetry.tracer_provider.force_flush()
+            status = telemetry.status()
+            (exporter,) = status["exporters"]
+            assert status["traces"] == "degraded" and exporter["exporter"] == "file"
+            assert exporter["dropped"]["export_failed"] == 22 and exporter["last_error"] == "No space left on device"
+            replacement = data_dir / "new"
+            replacement.write_bytes(b"")
+            replacement.replace(data_dir / "traces.jsonl")
+            _emit(telemetry)
+            telemetry.tracer_provider.force_flush()
+            assert telemetry.status()["traces"] == "ok"
+    finally:
+        telemetry.shutdown()
+    assert len(_file_spans(telemetry)) == 11
+    records = _telemetry_records(caplog)
+    warnings = [message for level, message in records if level == "WARNING"]
+    assert len(warnings) == 1 and "No space left on device" in warnings[0], records  # the file exporter's own
+    assert any("writes succeed again after 22 dropped spans" in message for _, message in records), records
+
+
+def test_no_trace_exporter_is_disabled_telemetry(make: Make) -> None:
+    none = make({"OTEL_TRACES_EXPORTER": "none"})
+    assert none.status() == {"traces": "disabled", "dropped_spans": 0, "exporters": []}
+    both = make({"OTEL_TRACES_EXPORTER": "otlp,file", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    assert [e["exporter"] for e in both.status()["exporters"]] == ["otlp", "file"]

@@ -45,7 +45,14 @@ def probes_router(
     *,
     flags_status: Callable[[], dict[str, Any]],
     metrics_text: Callable[[], tuple[bytes, str]],
+    telemetry_status: Callable[[], dict[str, Any]] | None = None,
 ) -> APIRouter:
+    """``/healthz``, ``/readyz`` and ``/metrics``.
+
+    Readiness depends on the flags only. ``telemetry_status`` (traces state and dropped
+    spans) is reported by ``/readyz`` but never makes it fail: losing telemetry must not
+    take a replica out of the load balancer.
+    """
     router = APIRouter()
 
     @router.get("/healthz")
@@ -55,13 +62,14 @@ def probes_router(
 
     @router.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Readiness: flags are loaded; reports the flag source, revision and state."""
+        """Readiness: flags are loaded; reports the flag source, revision and state, and
+        the state of telemetry export (informational)."""
         status = flags_status()
         ready = bool(status.get("revision"))
-        return JSONResponse(
-            {"status": "ready" if ready else "not_ready", "flags": status},
-            status_code=200 if ready else 503,
-        )
+        body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "flags": status}
+        if telemetry_status is not None:
+            body["telemetry"] = telemetry_status()
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics")
     async def metrics() -> Response:

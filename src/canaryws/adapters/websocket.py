@@ -39,6 +39,7 @@ CLIENT_VERSION_HEADER = b"x-canaryws-client-version"
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
+CLOSE_SERVICE_RESTART = 1012
 
 # Why the service ended a connection itself (the ``reason`` label of
 # ``canaryws_connections_terminated_total``; the close frame carries a readable reason).
@@ -120,6 +121,13 @@ class RecordsEndpoint:
     @property
     def open_connections(self) -> int:
         return len(self._open)
+
+    def connections_by_strategy(self) -> dict[str, int]:
+        """Open connections per strategy of their current cohort (read-only, for the admin API)."""
+        counts = dict.fromkeys(STRATEGIES, 0)
+        for conn in self._open.values():
+            counts[conn.cohort.strategy] = counts.get(conn.cohort.strategy, 0) + 1
+        return counts
 
     # -- handshake -----------------------------------------------------------
 
@@ -254,7 +262,8 @@ class RecordsEndpoint:
         except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
             close_code = conn.ended[0] if conn.ended else gone.code
         except asyncio.CancelledError:
-            if conn.ended is None:  # not ours: the server is stopping
+            if conn.ended is None:  # not ours: the server is stopping, and it sent 1012
+                close_code = CLOSE_SERVICE_RESTART
                 raise
             current = asyncio.current_task()
             if current is not None:

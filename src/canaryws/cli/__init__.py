@@ -33,25 +33,57 @@ def main() -> None:
     help=f"Secret, trace file (default ./{DEFAULT_DATA_DIR}).",
 )
 @click.option("--log-level", default=None, help="Log level (default INFO).")
+@click.option(
+    "--shutdown-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Longest time from SIGTERM/SIGINT to exit (default 10).",
+)
 def serve(
-    host: str | None, port: int | None, flags_path: Path | None, data_dir: Path | None, log_level: str | None
+    host: str | None,
+    port: int | None,
+    flags_path: Path | None,
+    data_dir: Path | None,
+    log_level: str | None,
+    shutdown_timeout: float | None,
 ) -> None:
     """Run the service (uvicorn) on the embedded flags file."""
     import uvicorn
 
+    from canaryws.adapters.admin import AdminKeyError
+    from canaryws.adapters.revocation import RevocationFileError
     from canaryws.adapters.telemetry.logs import configure_logging
     from canaryws.app import build_service
+    from canaryws.cli import serving
     from canaryws.core.flagdoc import FlagsDocumentError
     from canaryws.settings import Settings
 
-    settings = Settings.from_env(host=host, port=port, flags_path=flags_path, data_dir=data_dir, log_level=log_level)
+    try:
+        settings = Settings.from_env(
+            host=host,
+            port=port,
+            flags_path=flags_path,
+            data_dir=data_dir,
+            log_level=log_level,
+            shutdown_timeout=shutdown_timeout,
+        )
+    except ValueError as exc:
+        raise click.ClickException(f"cannot start: invalid configuration: {exc}") from None
+    try:
+        serving.check_shutdown_timeout(settings.shutdown_timeout)
+    except ValueError as exc:
+        raise click.ClickException(f"CANARYWS_SHUTDOWN_TIMEOUT: {exc}") from None
     configure_logging(level=settings.log_level)
     try:
         service = build_service(settings)
     except FlagsDocumentError as exc:
         raise click.ClickException(f"cannot start: flags document {settings.flags_path}: {exc}") from None
+    except (RevocationFileError, AdminKeyError) as exc:
+        raise click.ClickException(f"cannot start: {exc}") from None
+    drain = serving.ConnectionDrain(service.asgi)
     config = uvicorn.Config(
-        service.asgi,
+        drain,
         host=settings.host,
         port=settings.port,
         ws="websockets-sansio",
@@ -60,10 +92,9 @@ def serve(
         lifespan="on",
         access_log=False,
         log_config=None,
-        timeout_graceful_shutdown=10,
         server_header=False,
     )
-    uvicorn.Server(config).run()
+    serving.run(config, drain, settings.shutdown_timeout)
 
 
 @main.group()
@@ -98,7 +129,9 @@ def token_issue(client_id: str, data_dir: Path | None, ttl: int | None) -> None:
 def _register_commands() -> None:
     from canaryws.cli.flags import flags_group
     from canaryws.cli.report import guard, report
+    from canaryws.cli.tokens import register
 
+    register(token)
     main.add_command(flags_group)
     main.add_command(report)
     main.add_command(guard)

@@ -7,7 +7,8 @@ a valid span is current; and whatever ``extra=`` fields the call passed.
 
 Secrets are redacted on the way out, as defence in depth (the HTTP layer already keeps
 ``access_token`` out of logged URLs): ``access_token=<value>``, ``Bearer <token>`` and
-JWT-shaped strings become ``[REDACTED]`` in the message, in string extras and in
+JWT-shaped strings, and the values of credential headers in DEBUG header lines
+(``< cookie: …``), become ``[REDACTED]`` in the message, in string extras and in
 exception text.
 
 uvicorn: call :func:`configure_logging` first and give uvicorn ``log_config=None``
@@ -50,16 +51,20 @@ _SECRET = re.compile(
     r"(?P<param>(?i:access_token)(?:%3D|[\"']?\s*[:=]\s*[\"']?))[^&\s\"'#;,}]+"
     r"|(?P<bearer>\b(?i:bearer)\s+)(?!(?i:bearer)\b)[A-Za-z0-9\-._~+/]+=*"
     r"|\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    # header lines logged at DEBUG ("< cookie: ..."): credential headers of any scheme
+    r"|(?P<header>(?im:^[<>]\s+(?:authorization|proxy-authorization|cookie|set-cookie"
+    r"|[a-z0-9-]*(?:token|secret|api-?key|password|session)[a-z0-9-]*):[ \t]*))[^\r\n]+"
 )
 
 
 def _replace_secret(match: re.Match[str]) -> str:
-    prefix = match.group("param") or match.group("bearer") or ""
+    prefix = match.group("param") or match.group("bearer") or match.group("header") or ""
     return prefix + REDACTED
 
 
 def redact(text: str) -> str:
-    """``text`` with access tokens, bearer tokens and JWTs replaced by ``[REDACTED]``."""
+    """``text`` with access tokens, bearer tokens, JWTs and credential header values
+    replaced by ``[REDACTED]``."""
     return _SECRET.sub(_replace_secret, text)
 
 

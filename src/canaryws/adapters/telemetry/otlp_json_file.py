@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import io
 import json
 import logging
@@ -286,6 +287,11 @@ class OtlpJsonFileSpanExporter(SpanExporter):
     ``max_bytes`` caps the file size: a batch that would grow the file beyond it is
     dropped (and counted) instead of written, so a runaway trace file cannot fill the
     disk the service itself needs. ``None`` means no cap.
+
+    While writes fail, each export first checks whether ``path`` still names the open
+    file; when it was replaced, re-pointed (a symlink) or deleted, the exporter opens
+    the path again, so an operator can recover without a restart by moving the trace
+    file somewhere with space. (A healthy exporter keeps the file it has open.)
     """
 
     def __init__(self, path: Path, *, max_bytes: int | None = None) -> None:
@@ -302,6 +308,7 @@ class OtlpJsonFileSpanExporter(SpanExporter):
         self._dropped = 0
         self._failing = False
         self._streak_dropped = 0
+        self._last_error: str | None = None
         self._needs_newline = False
         self._closed = False
 
@@ -323,6 +330,12 @@ class OtlpJsonFileSpanExporter(SpanExporter):
         """False from a failed write until the next successful one, and after shutdown."""
         return not self._failing and not self._closed
 
+    @property
+    def last_error(self) -> str | None:
+        """Why the last failed export failed (e.g. ``No space left on device``); None
+        before the first failure. Kept after recovery, for the record."""
+        return self._last_error
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if not spans:
             return SpanExportResult.SUCCESS
@@ -331,6 +344,7 @@ class OtlpJsonFileSpanExporter(SpanExporter):
         except (TypeError, ValueError, msgspec.EncodeError) as error:
             with self._lock:
                 self._dropped += len(spans)
+                self._last_error = f"could not encode {len(spans)} spans: {error}"
             _logger.warning(
                 "trace file %s: could not encode %d spans: %s",
                 self._path,
@@ -342,10 +356,14 @@ class OtlpJsonFileSpanExporter(SpanExporter):
         failure: str | None = None
         warn = False
         recovered_after: int | None = None
+        reopened = False
         with self._lock:
             if self._closed:
                 self._dropped += len(spans)
+                self._last_error = "the exporter is shut down"
                 return SpanExportResult.FAILURE
+            if self._failing:
+                reopened = self._reopen_if_replaced()
             if self._max_bytes is not None and self._size + len(line) > self._max_bytes:
                 failure = f"the file would exceed max_bytes={self._max_bytes}"
             else:
@@ -361,9 +379,12 @@ class OtlpJsonFileSpanExporter(SpanExporter):
             else:
                 self._dropped += len(spans)
                 self._streak_dropped += len(spans)
+                self._last_error = failure
                 warn = not self._failing  # one warning per failure streak
                 self._failing = True
         # Log outside the lock: a log handler must never wait on (or re-enter) export.
+        if reopened:
+            _logger.info("trace file %s: the path names another file now; reopened it", self._path)
         if failure is not None:
             if warn:
                 _logger.warning(
@@ -402,6 +423,29 @@ class OtlpJsonFileSpanExporter(SpanExporter):
             raise
         self._needs_newline = False
         self._size = start + len(data)
+
+    def _reopen_if_replaced(self) -> bool:
+        """Open ``path`` again when it no longer names the open file (called under the
+        lock while writes fail). True when the file was reopened."""
+        try:
+            opened = os.fstat(self._file.fileno())
+            named = os.stat(self._path)
+            if (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino):
+                return False
+        except FileNotFoundError:
+            pass  # deleted: create it again
+        except OSError:
+            return False
+        try:
+            replacement: io.FileIO = open(self._path, "ab", buffering=0)  # noqa: SIM115 - closed in shutdown
+        except OSError:
+            return False  # still unusable; the write below fails on the old file and counts
+        previous, self._file = self._file, replacement
+        self._size = self._current_size()
+        self._needs_newline = False
+        with contextlib.suppress(OSError):  # the old file was failing anyway
+            previous.close()
+        return True
 
     def _current_size(self) -> int:
         try:

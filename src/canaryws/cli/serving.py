@@ -1,0 +1,331 @@
+"""``canaryws serve``'s uvicorn server, with a bounded graceful shutdown.
+
+On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
+(``CANARYWS_SHUTDOWN_TIMEOUT``, ``--shutdown-timeout``), counted from the signal:
+
+1. **Stop accepting** (the listening sockets close) and **drain** (:class:`ConnectionDrain`):
+   each WebSocket connection stops reading new frames, answers the frames it had already
+   read, and is then closed with 1012 and a closing handshake, on its own, as soon as it
+   has answered (its app task waits in ``receive()`` with nothing queued).
+2. **Close the rest**: at the end of the drain, uvicorn's own shutdown sends 1012 to the
+   connections still open (and drops them), waits for the connections and their tasks,
+   and cancels what is left at the end of the connections' share of the bound.
+3. **The app's shutdown** (the lifespan): background tasks stop, queued shadow comparisons
+   finish, spans and metrics are flushed, in :func:`canaryws.app.app_shutdown_budget`
+   (a third of the bound, at most 5 s).
+4. A **watchdog** thread, armed by the signal, ends the process with ``os._exit(1)`` when
+   the bound passes and it is still alive, whatever is stuck (a client that never reads, an
+   OTLP endpoint that never answers, a task that blocks the event loop, an exit handler).
+
+A graceful shutdown exits 0 (uvicorn would re-raise the signal after its shutdown, which
+kills the process with the signal's status instead); a forced one exits 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.server import HANDLED_SIGNALS
+
+from canaryws.app import app_shutdown_budget
+
+log = logging.getLogger("canaryws.shutdown")
+
+FORCED_EXIT_STATUS = 1
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownPlan:
+    """How a shutdown bound is split; all in seconds from the signal.
+
+    The connections get what the app's shutdown and a reserve leave; of their share the
+    last part is kept for uvicorn's wait after the 1012 closes, so that connections that
+    drained in time can finish even when another one used up the drain.
+    """
+
+    bound: float
+    app: float  # the lifespan's shutdown: shadow comparisons, then the telemetry flush
+    reserve: float  # interpreter exit and scheduling noise, before the watchdog fires
+    connections: float  # drain + close, from the signal
+    settle: float  # the end of ``connections`` kept for uvicorn's wait after the closes
+
+    @classmethod
+    def for_bound(cls, bound: float) -> ShutdownPlan:
+        app = app_shutdown_budget(bound)
+        reserve = min(1.0, bound / 5)
+        connections = max(bound - app - reserve, 0.0)
+        return cls(bound, app, reserve, connections, min(1.0, connections / 4))
+
+    @property
+    def drain(self) -> float:
+        """When the drain gives up on busy connections, from the signal."""
+        return self.connections - self.settle
+
+
+def _log_detached(level: int, message: str, extra: dict[str, Any]) -> threading.Thread:
+    """Log from a daemon thread of its own: a log write that blocks (a full stderr pipe)
+    must not hold up the watchdog."""
+    thread = threading.Thread(
+        target=log.log, args=(level, message), kwargs={"extra": extra}, name="canaryws-shutdown-log", daemon=True
+    )
+    thread.start()
+    return thread
+
+
+class ShutdownWatchdog:
+    """A daemon thread that ends the process ``bound`` seconds after :meth:`arm`.
+
+    :meth:`arm` is called from the signal handler: it only stores the time and sets an
+    event (re-entry safe: a second signal returns before touching the event). The thread
+    logs the start of the shutdown, sleeps until the bound, and if the process is still
+    there logs an error and calls ``os._exit``. It is never disarmed: the interpreter's
+    exit (thread joins, atexit handlers) is covered too, and a process that has exited
+    takes its daemon threads with it.
+    """
+
+    def __init__(self, plan: ShutdownPlan) -> None:
+        self.plan = plan
+        self.started_at: float | None = None  # time.monotonic() of the first signal
+        self.signal_name = ""
+        self._armed = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="canaryws-shutdown-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def arm(self, sig: int) -> None:
+        if self.started_at is not None:
+            return
+        self.started_at = time.monotonic()
+        self.signal_name = signal.Signals(sig).name
+        self._armed.set()
+
+    def _run(self) -> None:
+        self._armed.wait()
+        assert self.started_at is not None
+        plan = self.plan
+        _log_detached(
+            logging.INFO,
+            "shutdown started",
+            {
+                "signal": self.signal_name,
+                "shutdown_timeout": plan.bound,
+                "connections_seconds": round(plan.connections, 3),
+                "app_seconds": round(plan.app, 3),
+            },
+        )
+        deadline = self.started_at + plan.bound
+        while (remaining := deadline - time.monotonic()) > 0:
+            time.sleep(min(remaining, 3600.0))  # time.sleep refuses very long sleeps
+        last_words = _log_detached(
+            logging.ERROR,
+            "shutdown did not finish within the shutdown timeout; forcing exit",
+            {"signal": self.signal_name, "shutdown_timeout": plan.bound, "exit_status": FORCED_EXIT_STATUS},
+        )
+        last_words.join(0.5)
+        os._exit(FORCED_EXIT_STATUS)
+
+
+class _Tracked:
+    """One WebSocket connection as the drain sees it: its server protocol (with the inbound
+    queue and the transport), its ``send``, and where its app task is."""
+
+    __slots__ = ("closing", "parked", "protocol", "queue", "send", "transport")
+
+    def __init__(self, protocol: object, queue: asyncio.Queue[Any], transport: asyncio.Transport, send: Send) -> None:
+        self.protocol = protocol
+        self.queue = queue
+        self.transport = transport
+        self.send = send
+        self.parked = False  # the app task waits in receive()
+        self.closing = False  # the drain sent its close frame
+
+    @property
+    def idle(self) -> bool:
+        """Everything it read is answered: the app waits for more and nothing is queued."""
+        return self.parked and self.queue.empty()
+
+    def stop_reading(self) -> None:
+        if self.transport.is_reading():
+            self.transport.pause_reading()
+
+
+class ConnectionDrain:
+    """Outermost ASGI wrapper that drains the WebSocket connections at shutdown.
+
+    :meth:`drain` stops reading on every connection; each one, once it has answered every
+    frame it had read, is closed with 1012 through its own ``send`` (the ASGI
+    ``websocket.close``), so the server protocol runs the closing handshake: it reads
+    again, discards data frames that arrive after the close, and closes the TCP connection
+    when the client's close frame arrives. (Closing the socket while unread frames sit in
+    it would reset the connection and destroy the results still on their way.)
+
+    It needs the server protocol behind ``receive`` (uvicorn's WebSocket protocols hand the
+    application their bound ``receive``, with the inbound ``queue`` and the ``transport``);
+    connections under another server are left to the server's own shutdown.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self._open: set[_Tracked] = set()
+        self.closed: set[object] = set()  # server protocols the drain sent a close frame to
+        self._draining = False
+        self._closers: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        protocol = getattr(receive, "__self__", None)
+        queue = getattr(protocol, "queue", None)
+        transport = getattr(protocol, "transport", None)
+        if scope["type"] != "websocket" or not isinstance(queue, asyncio.Queue) or transport is None:
+            await self.app(scope, receive, send)
+            return
+        tracked = _Tracked(protocol, queue, transport, send)
+
+        async def tracked_receive() -> Message:
+            if self._draining and not tracked.closing and queue.empty():
+                await self._close(tracked)  # all it read is answered; receive() returns the disconnect
+            tracked.parked = True
+            try:
+                message = await receive()
+            finally:
+                tracked.parked = False
+            if self._draining and not tracked.closing:
+                # The protocol resumes reading when its queue empties; while draining, nothing new is read.
+                tracked.stop_reading()
+            return message
+
+        self._open.add(tracked)
+        try:
+            await self.app(scope, tracked_receive, send)
+        finally:
+            self._open.discard(tracked)
+
+    async def _close(self, tracked: _Tracked) -> None:
+        tracked.closing = True
+        self.closed.add(tracked.protocol)
+        # Already closed or gone (the app closed it, the peer left): nothing to do.
+        with contextlib.suppress(Exception):
+            await tracked.send({"type": "websocket.close", "code": 1012})
+        # Read again so that the protocol sees the client's close frame (it discards data frames).
+        if not tracked.transport.is_closing():
+            tracked.transport.resume_reading()
+
+    @property
+    def busy(self) -> int:
+        """Connections not closed yet (they still owe answers)."""
+        return sum(not tracked.closing for tracked in self._open)
+
+    async def drain(self, timeout: float, give_up: Callable[[], bool] = lambda: False) -> bool:
+        """Stop reading on every connection and close each with 1012 once it has answered
+        what it read; wait at most ``timeout`` seconds (or until ``give_up()``, checked every
+        50 ms) until all are closed. True when all were. (The closing handshakes may still
+        be running: see :attr:`closed`.)"""
+        self._draining = True
+        for tracked in self._open:
+            tracked.stop_reading()
+        deadline = time.monotonic() + timeout
+        while True:
+            for tracked in self._open:
+                if tracked.idle and not tracked.closing:
+                    # The app waits in receive(): close on its behalf, off this loop (send may wait to write).
+                    closer = asyncio.create_task(self._close(tracked))
+                    self._closers.add(closer)
+                    closer.add_done_callback(self._closers.discard)
+            if not self.busy:
+                return True
+            if time.monotonic() >= deadline or give_up():
+                return False
+            await asyncio.sleep(0.05)
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn's server with :class:`ConnectionDrain` before its shutdown, the connections'
+    wait bounded by the :class:`ShutdownPlan` and the :class:`ShutdownWatchdog` armed by
+    the first signal. The config's app must be wrapped in ``drain``."""
+
+    def __init__(self, config: uvicorn.Config, drain: ConnectionDrain, watchdog: ShutdownWatchdog) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self.watchdog = watchdog
+        self.drained: bool | None = None  # None: no drain ran
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.watchdog.arm(sig)
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        """uvicorn's, without raising the captured signal again afterwards: after a graceful
+        shutdown the process exits 0."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original_handlers = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original_handlers.items():
+                signal.signal(sig, handler)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        plan = self.watchdog.plan
+        started = self.watchdog.started_at if self.watchdog.started_at is not None else time.monotonic()
+        drain_deadline = started + plan.drain
+        for server in self.servers:  # stop accepting first (uvicorn closes them again, harmlessly)
+            server.close()
+        drained = await self.drain.drain(drain_deadline - time.monotonic(), lambda: self.force_exit)
+        # The closing handshakes: each protocol closes its TCP connection at the client's close frame.
+        while (
+            self.drain.closed & self.server_state.connections
+            and time.monotonic() < drain_deadline
+            and not self.force_exit
+        ):
+            await asyncio.sleep(0.05)
+        self.drained = drained and not self.drain.closed & self.server_state.connections
+        if not self.drained:
+            log.warning(
+                "connections not closed at the end of the drain; closing them now",
+                extra={
+                    "busy_connections": self.drain.busy,
+                    "closing_connections": len(self.drain.closed & self.server_state.connections),
+                },
+            )
+        # uvicorn's shutdown: 1012 to the connections left, then its wait (bounded by the rest of
+        # the connections' share; uvicorn awaits it with asyncio.wait_for, which takes float seconds).
+        self.config.timeout_graceful_shutdown = max(started + plan.connections - time.monotonic(), 0.0)  # type: ignore[assignment]
+        await super().shutdown(sockets)
+
+
+def check_shutdown_timeout(seconds: float) -> None:
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"the shutdown timeout must be a positive number of seconds, not {seconds!r}")
+
+
+def run(config: uvicorn.Config, drain: ConnectionDrain, shutdown_timeout: float) -> None:
+    """Run ``config`` (whose app is ``drain``) until a signal, then shut down within the bound."""
+    watchdog = ShutdownWatchdog(ShutdownPlan.for_bound(shutdown_timeout))
+    watchdog.start()
+    server = GracefulServer(config, drain, watchdog)
+    server.run()
+    if watchdog.started_at is not None:
+        log.info(
+            "shutdown complete",
+            extra={
+                "signal": watchdog.signal_name,
+                "seconds": round(time.monotonic() - watchdog.started_at, 3),
+                "connections_drained": server.drained,
+            },
+        )

@@ -1,0 +1,139 @@
+"""``canaryws token revoke`` and ``canaryws token revoked``: the revocation list of a data dir.
+
+Both work on ``<data-dir>/revoked.json`` (see :mod:`canaryws.adapters.revocation`); a running
+service using that data dir applies a change within about a second, and ends the open
+connections of revoked tokens with close code 1008. Token values are never printed.
+
+Exit codes: 0 success (also for an expired token, which needs no revocation), 2 usage
+errors, 1 a token this data dir's secret did not sign, or an unreadable/unwritable list.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from canaryws.settings import DEFAULT_DATA_DIR
+
+
+def _when(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _data_dir(data_dir: Path | None) -> Path:
+    from canaryws.settings import Settings
+
+    return Settings.from_env(data_dir=data_dir).data_dir
+
+
+_DATA_DIR_OPTION = click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help=f"The service's data dir, with secret.key and revoked.json (default ./{DEFAULT_DATA_DIR}).",
+)
+
+
+@click.command("revoke")
+@click.argument("token", required=False)
+@click.option("--client", "client_id", default=None, help="Revoke every token of this client id issued up to now.")
+@_DATA_DIR_OPTION
+def revoke(token: str | None, client_id: str | None, data_dir: Path | None) -> None:
+    """Revoke TOKEN (`-` reads it from stdin, keeping it out of shell history), or with
+    --client every token of a client issued up to now (tokens issued afterwards work)."""
+    from canaryws.adapters.auth import InvalidClientId, TokenAuthority, TokenError, validate_client_id
+    from canaryws.adapters.revocation import (
+        RevocationFileError,
+        inspect_token,
+        revocations_path,
+        revoke_client,
+        revoke_token,
+        wait_past,
+    )
+
+    if (token is None) == (client_id is None):
+        raise click.UsageError("give either a TOKEN (or - to read it from stdin) or --client CLIENT_ID")
+    directory = _data_dir(data_dir)
+    path = revocations_path(directory)
+    try:
+        if client_id is not None:
+            try:
+                validate_client_id(client_id)
+            except InvalidClientId as exc:
+                raise click.UsageError(str(exc)) from None
+            cutoff, _ = revoke_client(path, client_id)
+            wait_past(cutoff)  # a token issued after this command returns is not caught
+            click.echo(f"revoked every token of client {client_id!r} issued up to {_when(cutoff)} ({cutoff}); "
+                       "tokens issued from now on work")
+            return
+        assert token is not None
+        value = sys.stdin.read().strip() if token == "-" else token.strip()
+        if not value:
+            raise click.UsageError("no token given (stdin was empty)")
+        if not (directory / "secret.key").exists():
+            raise click.ClickException(f"{directory} holds no secret.key: not the data dir of a service")
+        try:
+            presented = inspect_token(TokenAuthority.from_data_dir(directory), value)
+        except TokenError as exc:
+            raise click.ClickException(f"not a token of the service using {directory}: {exc}") from None
+        identity = presented.identity
+        if presented.expired:
+            click.echo(f"token {identity.token_id or '(no id)'} of client {identity.client_id!r} expired at "
+                       f"{_when(identity.expires_at)}: it is refused anyway, so revoking it changes nothing; "
+                       "nothing written")
+            return
+        if not identity.token_id:
+            raise click.ClickException(f"the token has no token id (jti); use --client {identity.client_id}")
+        entry, _ = revoke_token(path, identity)
+        click.echo(f"revoked token {entry.token_id} of client {entry.client_id!r} (it would have expired at "
+                   f"{_when(entry.expires_at)})")
+    except RevocationFileError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.command("revoked")
+@_DATA_DIR_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
+def revoked(data_dir: Path | None, as_json: bool) -> None:
+    """List the revoked tokens (id, client, expiry) and clients; never token values."""
+    from canaryws.adapters.revocation import RevocationFileError, read_revocations, revocations_path
+
+    path = revocations_path(_data_dir(data_dir))
+    try:
+        current = read_revocations(path)
+    except RevocationFileError as exc:
+        raise click.ClickException(str(exc)) from None
+    tokens = sorted(current.tokens.values(), key=lambda e: (e.revoked_at, e.token_id))
+    clients = sorted(current.clients.items())
+    if as_json:
+        click.echo(json.dumps({
+            "path": str(path),
+            "tokens": [{"token_id": e.token_id, "client_id": e.client_id, "expires_at": e.expires_at,
+                        "revoked_at": e.revoked_at} for e in tokens],
+            "clients": [{"client_id": cid, "issued_up_to": at} for cid, at in clients],
+        }, indent=2))
+        return
+    click.echo(f"# {path}", err=True)
+    if not tokens and not clients:
+        click.echo("nothing revoked")
+        return
+    if tokens:
+        click.echo(f"{'token id':<18} {'client':<30} {'expires':<21} revoked")
+        for e in tokens:
+            click.echo(f"{e.token_id:<18} {e.client_id:<30} {_when(e.expires_at):<21} {_when(e.revoked_at)}")
+    if clients:
+        if tokens:
+            click.echo()
+        click.echo(f"{'client':<40} every token issued up to")
+        for cid, at in clients:
+            click.echo(f"{cid:<40} {_when(at)}")
+
+
+def register(group: click.Group) -> None:
+    """Add ``revoke`` and ``revoked`` to the ``token`` group."""
+    group.add_command(revoke)
+    group.add_command(revoked)
