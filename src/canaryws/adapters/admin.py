@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import stat
 import time
@@ -32,6 +31,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
 
 from canaryws.adapters.auth import InvalidClientId, TokenAuthority, TokenError, validate_client_id
+from canaryws.adapters.files import create_secret_file
 from canaryws.adapters.revocation import RevocationFileError, RevocationList, inspect_token
 
 ADMIN_KEY_FILE = "admin.key"
@@ -51,19 +51,8 @@ def load_or_create_admin_key(path: Path, *, create: bool) -> str:
     must exist. AdminKeyError when it cannot be read or holds fewer than 16 characters."""
     try:
         if create:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                pass
-            else:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(secrets.token_urlsafe(32) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+            if create_secret_file(path, lambda: secrets.token_urlsafe(32)):
                 log.info("admin credential created", extra={"path": str(path)})
-            if stat.S_IMODE(path.stat().st_mode) & 0o077:
-                os.chmod(path, 0o600)
         elif stat.S_IMODE(path.stat().st_mode) & 0o077:
             log.warning("the admin credential file is readable by others than its owner", extra={"path": str(path)})
         key = path.read_text().strip()

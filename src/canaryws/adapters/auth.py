@@ -8,15 +8,15 @@ so a client cannot choose another identity, and so cannot choose its cohort.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
-import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import jwt
+
+from canaryws.adapters.files import create_secret_file
 
 SECRET_FILE = "secret.key"
 ISSUER = "canaryws"
@@ -55,20 +55,8 @@ def validate_client_id(client_id: str) -> str:
 
 def load_or_create_secret(data_dir: Path) -> bytes:
     """Read the signing secret, creating it (owner-only) on first use."""
-    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / SECRET_FILE
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(secrets.token_hex(32) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(path, 0o600)
+    create_secret_file(path, lambda: secrets.token_hex(32))
     secret = path.read_text().strip()
     if len(secret) < 32:
         raise TokenError(f"{path} holds no usable secret; delete it to create a new one")

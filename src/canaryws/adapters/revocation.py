@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import stat
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -50,6 +47,7 @@ import msgspec
 from watchfiles import Change, awatch
 
 from canaryws.adapters.auth import ALGORITHM, AUDIENCE, ISSUER, Identity, TokenAuthority, TokenError
+from canaryws.adapters.files import locked, write_atomic
 
 REVOKED_FILE = "revoked.json"
 FORMAT_VERSION = 1
@@ -199,46 +197,12 @@ def update_revocations(path: Path, edit: Callable[[Revocations], Revocations],
     target = Path(os.path.realpath(path))
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(target):
+        with locked(target):
             new = edit(read_revocations(target)).pruned(time.time() if now is None else now)
-            _write_atomic(target, new.encode())
+            write_atomic(target, new.encode(), new_file_mode=_NEW_FILE_MODE)
     except OSError as exc:
         raise RevocationFileError(f"{path}: cannot write the revocation list: {exc.strerror or exc}") from None
     return new
-
-
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
-    with open(target.parent / f".{target.name}.lock", "a+b") as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
-def _write_atomic(target: Path, payload: bytes) -> None:
-    try:
-        mode = stat.S_IMODE(os.stat(target).st_mode)
-    except FileNotFoundError:
-        mode = _NEW_FILE_MODE
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(payload)
-            tmp.flush()
-            os.fchmod(tmp.fileno(), mode)
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 # -- revoking -------------------------------------------------------------------

@@ -10,14 +10,12 @@ do not lose each other's updates.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import stat
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from canaryws.adapters.files import locked, write_atomic
 from canaryws.core.flagdoc import (
     FlagsDocument,
     FlagsDocumentError,
@@ -82,23 +80,7 @@ def write_document_atomic(path: Path, doc: FlagsDocument) -> None:
     target = Path(os.path.realpath(path))
     payload = encode_flags_document(doc)
     try:
-        try:
-            mode = stat.S_IMODE(os.stat(target).st_mode)
-        except FileNotFoundError:
-            mode = _NEW_FILE_MODE
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(payload)
-                tmp.flush()
-                os.fchmod(tmp.fileno(), mode)
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_directory(target.parent)
+        write_atomic(target, payload, new_file_mode=_NEW_FILE_MODE)
     except OSError as exc:
         raise FlagsDocumentError(f"{path}: cannot write flags file: {_os_reason(exc)}") from None
 
@@ -121,25 +103,12 @@ def update_document(path: Path, edit: Callable[[FlagsDocument], FlagsDocument]) 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     target = Path(os.path.realpath(path))
-    lock_path = target.parent / f".{target.name}.lock"
-    try:
-        lock_file = open(lock_path, "a+b")  # noqa: SIM115 - held across the yield
-    except OSError as exc:
-        raise FlagsDocumentError(f"{path}: cannot open lock file {lock_path}: {_os_reason(exc)}") from None
-    with lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+            stack.enter_context(locked(target))
+        except OSError as exc:
+            raise FlagsDocumentError(f"{path}: cannot lock {target}: {_os_reason(exc)}") from None
+        yield
 
 
 def _os_reason(exc: OSError) -> str:
