@@ -270,10 +270,14 @@ class RecordsEndpoint:
                 current.uncancel()
             close_code = await self._close_ended(websocket, conn)
         except Exception:
-            log.exception("connection failed")
-            close_code = CLOSE_INTERNAL_ERROR
-            with contextlib.suppress(Exception):  # the socket may already be gone
-                await websocket.close(CLOSE_INTERNAL_ERROR)
+            protocol_close = await self._queued_close(websocket)
+            if protocol_close is not None:
+                close_code = protocol_close
+            else:
+                log.exception("connection failed")
+                close_code = CLOSE_INTERNAL_ERROR
+                with contextlib.suppress(Exception):  # the socket may already be gone
+                    await websocket.close(CLOSE_INTERNAL_ERROR)
         finally:
             del self._open[connection_id]
             summary = conn.summary
@@ -284,6 +288,21 @@ class RecordsEndpoint:
                 "connection closed",
                 extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
             )
+
+    @staticmethod
+    async def _queued_close(websocket: WebSocket) -> int | None:
+        """After a send failed: the close code when the server had already closed the
+        connection for a protocol error the client made (e.g. 1007 for invalid UTF-8 read
+        in the same chunk as the batch being answered; uvicorn then refuses the send with a
+        RuntimeError, not a disconnect). None when no disconnect is waiting: our failure."""
+        try:
+            async with asyncio.timeout(0.05):
+                message = await websocket.receive()
+        except Exception:  # noqa: BLE001 - nothing usable queued
+            return None
+        if message["type"] != "websocket.disconnect":
+            return None
+        return int(message.get("code") or 1005)
 
     # -- ending connections from outside the batch loop -------------------------
 

@@ -62,7 +62,7 @@ def decode_batch(frame: str | bytes, max_records: int = DEFAULT_MAX_RECORDS) -> 
     """Decode a client text frame into a :class:`Batch` or raise :class:`MessageError`."""
     try:
         batch = _batch_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:  # too deep
         raise _classify(frame, exc) from None
     if len(batch.records) > max_records:
         raise MessageError(
@@ -89,8 +89,8 @@ def _classify(frame: str | bytes, exc: Exception) -> MessageError:
         return MessageError(INVALID_JSON, f"frame is not valid JSON: {exc}")
     try:
         value = _any_decoder.decode(frame)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as inner:
-        # Syntactically JSON but not representable (e.g. a number out of range).
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as inner:
+        # Syntactically JSON but not representable (e.g. a number out of range, nesting too deep).
         return MessageError(INVALID_JSON, f"frame is not usable JSON: {inner}")
     if not isinstance(value, dict):
         return MessageError(INVALID_MESSAGE, f"a message is a JSON object, got {_json_type(value)}")
@@ -107,7 +107,7 @@ def _classify(frame: str | bytes, exc: Exception) -> MessageError:
             f"unknown message type {msg_type[:64]!r}; known: {', '.join(CLIENT_MESSAGE_TYPES)}",
             batch_id,
         )
-    return MessageError(INVALID_MESSAGE, str(exc), batch_id)
+    return MessageError(INVALID_MESSAGE, str(exc)[:200], batch_id)  # msgspec may quote a value (duplicate keys)
 
 
 def _json_type(value: Any) -> str:

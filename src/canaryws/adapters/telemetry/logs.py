@@ -136,6 +136,23 @@ class _CanarywsHandler(logging.StreamHandler[IO[str]]):
     """Marker class, so that configure_logging can find and replace its own handler."""
 
 
+class _ClientErrorsAreNotServerErrors(logging.Filter):
+    """uvicorn logs invalid UTF-8 from a client with ``logger.exception``: an ERROR with a
+    traceback per frame, which any client could use to flood the log. It is the client's
+    error (the connection is closed with 1007 and counted): keep one INFO line, no traceback."""
+
+    MESSAGES = frozenset({"Invalid UTF-8 sequence received from client."})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.msg in self.MESSAGES:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_CLIENT_ERRORS = _ClientErrorsAreNotServerErrors()
+
+
 def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> None:
     """Send all logging (root logger and uvicorn's) as JSON lines to ``stream``.
 
@@ -167,6 +184,8 @@ def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> 
         uvicorn_logger.propagate = True
         uvicorn_logger.setLevel(logging.NOTSET)
         uvicorn_logger.disabled = False
+    if _CLIENT_ERRORS not in logging.getLogger("uvicorn.error").filters:
+        logging.getLogger("uvicorn.error").addFilter(_CLIENT_ERRORS)
 
     # watchfiles logs "N changes detected" at INFO for every change in the flags directory.
     logging.getLogger("watchfiles").setLevel(max(numeric_level, logging.WARNING))
