@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from canaryws.adapters.files import stat_signature
 from canaryws.adapters.flags.file_store import (
     read_document,
     read_flags_bytes,
-    stat_signature,
     update_document,
     write_document_atomic,
 )

@@ -1,21 +1,111 @@
 """Small file primitives shared by the adapters that keep state in files: atomic
-replacement under an advisory lock (flags file, revocation list) and owner-only secret
-files created once (token secret, admin credential).
+replacement under an advisory lock and a watcher (flags file, revocation list), and
+owner-only secret files created once (token secret, admin credential).
 
 They raise ``OSError``; each caller turns it into its own error that names its file.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from watchfiles import awatch
+
 SECRET_FILE_MODE = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class FileSignature:
+    """What identifies one version of a file cheaply (a stat, no read)."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+    device: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileSignature:
+        return cls(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
+
+
+def stat_signature(path: Path) -> FileSignature | None:
+    """The signature of ``path`` (symlinks followed), or None if it cannot be stat'ed."""
+    try:
+        return FileSignature.of(os.stat(path))
+    except OSError:
+        return None
+
+
+async def watch_file(
+    path: Path,
+    *,
+    signature: Callable[[], FileSignature | None],
+    reload: Callable[[], object],
+    log: logging.Logger,
+    poll_interval: float,
+    debounce_ms: int,
+    step_ms: int,
+) -> None:
+    """Call ``reload()`` whenever ``path`` changes, until cancelled.
+
+    The directory is watched (so atomic replaces are seen). An event naming the file
+    reloads; any other wake-up (another entry changing, or the ``poll_interval`` timeout)
+    reloads only if the file's stat signature differs from ``signature()``, the version
+    last read. If the directory cannot be watched (missing, no inotify) this polls every
+    ``poll_interval`` and retries, with one warning; if it is replaced, the new one is
+    watched. An exception from ``reload`` is logged and watching goes on.
+    """
+
+    def wakeup(names: set[str]) -> None:
+        try:
+            if path.name in names or stat_signature(path) != signature():
+                reload()
+        except Exception:
+            log.exception("unexpected error while reloading %s", path)
+
+    directory = path.parent
+    warned = False
+    while True:
+        try:
+            watched = _identity(directory)
+            watcher = awatch(
+                directory,
+                watch_filter=None,
+                debounce=debounce_ms,
+                step=step_ms,
+                rust_timeout=max(1, int(poll_interval * 1000)),
+                yield_on_timeout=True,
+                recursive=False,
+            )
+            async with contextlib.aclosing(watcher):
+                async for changes in watcher:
+                    warned = False
+                    wakeup({Path(changed).name for _, changed in changes})
+                    if _identity(directory) != watched:
+                        break  # the directory was replaced: watch the new one
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep watching whatever happens; the service relies on it
+            if not warned:
+                log.warning("cannot watch %s (%s); polling every %.1fs until it can", directory, exc, poll_interval)
+                warned = True
+            await asyncio.sleep(poll_interval)
+            wakeup(set())
+
+
+def _identity(directory: Path) -> tuple[int, int]:
+    """(device, inode) of a directory; OSError when it is missing."""
+    st = os.stat(directory)
+    return st.st_dev, st.st_ino
 
 
 @contextlib.contextmanager

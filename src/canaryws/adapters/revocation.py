@@ -32,7 +32,6 @@ handshake and for every open connection once a second.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -44,10 +43,9 @@ from typing import Any
 
 import jwt
 import msgspec
-from watchfiles import Change, awatch
 
 from canaryws.adapters.auth import ALGORITHM, AUDIENCE, ISSUER, Identity, TokenAuthority, TokenError
-from canaryws.adapters.files import locked, write_atomic
+from canaryws.adapters.files import FileSignature, locked, stat_signature, watch_file, write_atomic
 
 REVOKED_FILE = "revoked.json"
 FORMAT_VERSION = 1
@@ -148,31 +146,12 @@ def revocations_path(data_dir: Path) -> Path:
 # -- reading and writing the file ---------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Signature:
-    mtime_ns: int
-    size: int
-    inode: int
-    device: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> _Signature:
-        return cls(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-
-
-def _stat_signature(path: Path) -> _Signature | None:
-    try:
-        return _Signature.of(os.stat(path))
-    except OSError:
-        return None
-
-
-def _read(path: Path) -> tuple[Revocations, _Signature | None]:
+def _read(path: Path) -> tuple[Revocations, FileSignature | None]:
     """The list in the file and the signature of the version read; a missing file is
     the empty list. RevocationFileError when it cannot be read or parsed."""
     try:
         with open(path, "rb") as file:
-            signature = _Signature.of(os.fstat(file.fileno()))
+            signature = FileSignature.of(os.fstat(file.fileno()))
             raw = file.read()
     except FileNotFoundError:
         return EMPTY, None
@@ -282,9 +261,9 @@ class RevocationList:
         self._step_ms = step_ms
         self._log = logging.getLogger(LOGGER_NAME)
         self._current = EMPTY
-        self._signature: _Signature | None = None  # of the version last read; None: missing
+        self._signature: FileSignature | None = None  # of the version last read; None: missing
         self._last_error: str | None = None  # set while the file on disk is unusable
-        self._failed_version: _Signature | None = None  # the unusable version warned about
+        self._failed_version: FileSignature | None = None  # the unusable version warned about
 
     @property
     def path(self) -> Path:
@@ -317,7 +296,7 @@ class RevocationList:
 
     def reload(self) -> bool:
         """Read the file again; True when it was usable (the list in force was replaced)."""
-        signature = _stat_signature(self._path)
+        signature = stat_signature(self._path)
         try:
             current, self._signature = _read(self._path)
         except RevocationFileError as exc:
@@ -354,37 +333,12 @@ class RevocationList:
         """Watch the file until cancelled (the same scheme as the flags file: the directory
         is watched, so atomic replaces are seen, and a stat comparison on every wake-up and
         every ``poll_interval`` catches a missed event)."""
-        directory = self._path.parent
-        warned = False
-        while True:
-            try:
-                watcher = awatch(
-                    directory,
-                    watch_filter=None,
-                    debounce=self._debounce_ms,
-                    step=self._step_ms,
-                    rust_timeout=max(1, int(self._poll_interval * 1000)),
-                    yield_on_timeout=True,
-                    recursive=False,
-                )
-                async with contextlib.aclosing(watcher):
-                    async for changes in watcher:
-                        warned = False
-                        self._on_wakeup(changes)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens
-                if not warned:
-                    self._log.warning("cannot watch %s (%s); polling every %.1fs until it can",
-                                      directory, exc, self._poll_interval)
-                    warned = True
-                await asyncio.sleep(self._poll_interval)
-                self._on_wakeup(set())
-
-    def _on_wakeup(self, changes: set[tuple[Change, str]]) -> None:
-        try:
-            named = any(Path(changed).name == self._path.name for _, changed in changes)
-            if named or _stat_signature(self._path) != self._signature:
-                self.reload()
-        except Exception:  # noqa: BLE001 - a bug must not stop the watcher
-            self._log.exception("unexpected error while reloading the revocation list %s", self._path)
+        await watch_file(
+            self._path,
+            signature=lambda: self._signature,
+            reload=self.reload,
+            log=self._log,
+            poll_interval=self._poll_interval,
+            debounce_ms=self._debounce_ms,
+            step_ms=self._step_ms,
+        )

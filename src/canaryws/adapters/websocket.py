@@ -401,13 +401,13 @@ class RecordsEndpoint:
             if text is None:
                 await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
                 return CLOSE_UNSUPPORTED_DATA
+            started = time.perf_counter()
             if bucket is not None:
-                wait = bucket.take(time.perf_counter())
+                wait = bucket.take(started)
                 if wait:
                     telemetry.throttled(cohort.strategy)
                     await asyncio.sleep(wait)
-
-            started = time.perf_counter()
+                    started = time.perf_counter()
             snapshot = flags()
             if snapshot.revision != cohort.flags_revision:
                 new = decide_cohort(snapshot, context, VERSIONS).cohort

@@ -14,24 +14,16 @@ so a missed event cannot leave the service stale.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from watchfiles import Change, awatch
-
+from canaryws.adapters.files import FileSignature, watch_file
 from canaryws.adapters.flags.engine import FlagSnapshot
-from canaryws.adapters.flags.file_store import (
-    FileSignature,
-    read_flags_bytes,
-    stat_signature,
-)
+from canaryws.adapters.flags.file_store import read_flags_bytes
+from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.core.flagdoc import FlagsDocumentError, parse_flags_document
 
 ReloadResult = Literal["ok", "unchanged", "invalid"]
@@ -163,47 +155,15 @@ class FileFlagSource:
         is replaced, the new directory is watched.
         """
         self.current  # noqa: B018 - fail fast when load() was not called
-        directory = self._path.parent
-        warned = False
-        while True:
-            try:
-                watched = _identity(directory)
-                watcher = awatch(
-                    directory,
-                    watch_filter=None,
-                    debounce=self._debounce_ms,
-                    step=self._step_ms,
-                    rust_timeout=max(1, int(self._poll_interval * 1000)),
-                    yield_on_timeout=True,
-                    recursive=False,
-                )
-                async with contextlib.aclosing(watcher):
-                    async for changes in watcher:
-                        warned = False
-                        self._on_wakeup(changes)
-                        if _identity(directory) != watched:
-                            break  # the directory was replaced: watch the new one
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - keep watching whatever happens; the service relies on it
-                if not warned:
-                    self._log.warning(
-                        "cannot watch %s (%s); polling every %.1fs until it can",
-                        self._path.parent,
-                        exc,
-                        self._poll_interval,
-                    )
-                    warned = True
-                await asyncio.sleep(self._poll_interval)
-                self._on_wakeup(set())
-
-    def _on_wakeup(self, changes: set[tuple[Change, str]]) -> None:
-        try:
-            named = any(Path(changed).name == self._path.name for _, changed in changes)
-            if named or stat_signature(self._path) != self._signature:
-                self.reload()
-        except Exception:  # noqa: BLE001 - a bug must not stop the watcher
-            self._log.exception("unexpected error while reloading flags from %s", self._path)
+        await watch_file(
+            self._path,
+            signature=lambda: self._signature,
+            reload=self.reload,
+            log=self._log,
+            poll_interval=self._poll_interval,
+            debounce_ms=self._debounce_ms,
+            step_ms=self._step_ms,
+        )
 
     def _reject(self, message: str) -> ReloadResult:
         self._degraded = True
@@ -224,15 +184,3 @@ class FileFlagSource:
             except Exception:  # noqa: BLE001 - a metrics hook must not stop reloading
                 self._log.exception("flags on_reload callback failed")
         return result
-
-
-def _identity(directory: Path) -> tuple[int, int]:
-    """(device, inode) of a directory; OSError when it is missing."""
-    st = os.stat(directory)
-    return st.st_dev, st.st_ino
-
-
-def iso_utc(timestamp: float) -> str:
-    """ISO-8601 UTC with milliseconds and a ``Z`` suffix."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -12,10 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from canaryws.adapters.files import locked, write_atomic
+from canaryws.adapters.files import FileSignature, locked, write_atomic
 from canaryws.core.flagdoc import (
     FlagsDocument,
     FlagsDocumentError,
@@ -25,28 +24,6 @@ from canaryws.core.flagdoc import (
 )
 
 _NEW_FILE_MODE = 0o644
-
-
-@dataclass(frozen=True, slots=True)
-class FileSignature:
-    """What identifies one version of a file cheaply (a stat, no read)."""
-
-    mtime_ns: int
-    size: int
-    inode: int
-    device: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> FileSignature:
-        return cls(st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
-
-
-def stat_signature(path: Path) -> FileSignature | None:
-    """The signature of ``path`` (symlinks followed), or None if it cannot be stat'ed."""
-    try:
-        return FileSignature.of(os.stat(path))
-    except OSError:
-        return None
 
 
 def read_flags_bytes(path: Path) -> tuple[bytes, FileSignature]:

@@ -32,8 +32,8 @@ from UnleashClient.clients.async_unleash_client import AsyncUnleashClient
 from UnleashClient.constants import FEATURES_URL
 
 from canaryws.adapters.flags.engine import FlagSnapshot
-from canaryws.adapters.flags.file_source import iso_utc
 from canaryws.adapters.flags.file_store import read_document
+from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.core.flagdoc import FlagsDocumentError, parse_flags_document
 
 LOGGER_NAME = "canaryws.flags"

@@ -44,6 +44,12 @@ client_id_var: ContextVar[str | None] = ContextVar("canaryws_client_id", default
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
+def iso_utc(timestamp: float) -> str:
+    """ISO-8601 UTC with milliseconds and a ``Z`` suffix: the service's one time format
+    (log records, and the times /readyz reports)."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 REDACTED = "[REDACTED]"
 # One pass over the text for the three shapes; the groups keep the harmless prefixes.
 # access_token=v, access_token%3Dv, access_token: v, "access_token": "v"
@@ -87,9 +93,7 @@ class JsonLogFormatter(JsonFormatter):
         record: logging.LogRecord,
         message_dict: dict[str, Any],
     ) -> None:
-        log_data["time"] = (
-            datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        )
+        log_data["time"] = iso_utc(record.created)
         log_data["level"] = record.levelname
         log_data["logger"] = record.name
         log_data["message"] = record.message  # set by format(); "" for a dict msg

@@ -59,7 +59,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypedDict
 from urllib.parse import unquote
@@ -83,6 +82,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from opentelemetry.util.re import parse_env_headers
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
 from canaryws.adapters.telemetry.sampling import (
     ConnectionSpansSampler,
@@ -123,11 +123,6 @@ class _OtlpOptions(TypedDict, total=False):
 
 DROP_REASONS = ("queue_full", "export_failed", "shutdown")
 _MAX_ERROR_TEXT = 500
-
-
-def _iso_utc(timestamp: float) -> str:
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class SpanExportMonitor:
@@ -242,7 +237,7 @@ class SpanExportMonitor:
                 "dropped_spans": sum(self._dropped.values()),
                 "dropped": dict(self._dropped),
                 "last_error": self._last_error,
-                "last_error_at": None if self._last_error_at is None else _iso_utc(self._last_error_at),
+                "last_error_at": None if self._last_error_at is None else iso_utc(self._last_error_at),
             }
 
 
