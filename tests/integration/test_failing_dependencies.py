@@ -253,14 +253,17 @@ def test_a_failing_collector_costs_spans_never_latency_memory_or_readiness(
         assert not [r for r in after if r.get("logger", "").startswith("opentelemetry")], after[-5:]
         assert "Traceback" not in service.logs()
 
-        # Recovery: the collector answers again; the exporter is ok and spans arrive.
+        # Recovery: the collector answers again; the exporter is ok and spans arrive. Recovery
+        # is seen at the next successful export, so there must be spans to export: the failed
+        # exports may already have emptied the queue (2048 spans, 512 per export, up to
+        # OTLP_TIMEOUT_S each), so new batches follow the restart.
         if failure == "unreachable":
             collector.start()
         else:
             collector.fast()
+        run_batches(service, "after", 100)
         wait_for(lambda: telemetry_status(service)["traces"] == "ok", 4 * OTLP_TIMEOUT_S + 15,
                  "the exporter recovered")
-        run_batches(service, "after", 100)
         wait_for(lambda: any(b.startswith("after-") for b in collector.batch_ids), 10,
                  "spans of batches after the recovery reached the collector")
         assert telemetry_status(service)["traces"] == "ok"
