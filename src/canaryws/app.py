@@ -111,7 +111,9 @@ def build_service(settings: Settings) -> Service:
     admin_credential = load_or_create_admin_key(
         settings.admin_token_file or settings.data_dir / ADMIN_KEY_FILE, create=settings.admin_token_file is None
     )
-    records_telemetry = RecordsTelemetry(telemetry.tracer_provider, telemetry.meter_provider)
+    records_telemetry = RecordsTelemetry(
+        telemetry.tracer_provider, telemetry.meter_provider, duration_registry=telemetry.duration_registry
+    )
     shadow = ShadowRunner(
         records_telemetry,
         max_length=settings.max_record_length,

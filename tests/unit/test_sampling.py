@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import pytest
 from opentelemetry import trace
@@ -21,7 +22,12 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import Link, SpanKind
 
-from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler, sampler_from_environ
+from canaryws.adapters.telemetry.sampling import (
+    PRESAMPLED_BATCH_ROLE,
+    ConnectionSpansSampler,
+    root_ratio,
+    sampler_from_environ,
+)
 
 ROLE = "canaryws.span.role"
 
@@ -116,3 +122,48 @@ def test_sampler_from_environ_ratios_and_fallbacks(caplog: pytest.LogCaptureFixt
     assert isinstance(out_of_range, TraceIdRatioBased) and out_of_range.rate == 1.0
     assert unknown is DEFAULT_ON
     assert len(caplog.records) == 3
+
+
+@pytest.mark.parametrize(
+    ("sampler", "ratio"),
+    [
+        (ALWAYS_ON, 1.0),
+        (DEFAULT_ON, 1.0),
+        (ALWAYS_OFF, 0.0),
+        (DEFAULT_OFF, 0.0),
+        (TraceIdRatioBased(0.01), 0.01),
+        (ParentBasedTraceIdRatio(0.25), 0.25),  # reads ParentBased's private _root: pinned here
+        (ParentBased(ALWAYS_OFF), 0.0),
+    ],
+)
+def test_root_ratio_of_the_sdk_samplers(sampler: Sampler, ratio: float) -> None:
+    assert root_ratio(sampler) == ratio
+    assert ConnectionSpansSampler(sampler).batch_ratio == ratio
+
+
+def test_root_ratio_of_another_sampler_is_unknown() -> None:
+    assert root_ratio(ParentBased(DEFAULT_ON, remote_parent_sampled=ALWAYS_OFF)) == 1.0
+    assert ConnectionSpansSampler(_Unknown()).batch_ratio is None
+
+
+class _Unknown(Sampler):
+    def should_sample(self, *args: object, **kwargs: object) -> Any:
+        raise AssertionError("not called")
+
+    def get_description(self) -> str:
+        return "unknown"
+
+
+def test_a_presampled_batch_span_is_recorded_with_the_batch_role_whatever_the_ratio() -> None:
+    tracer, memory = _provider(TraceIdRatioBased(0.0))
+    span = tracer.start_span("records.batch", attributes={ROLE: PRESAMPLED_BATCH_ROLE, "x": 1})
+    assert span.is_recording()
+    span.end()
+    (finished,) = memory.get_finished_spans()
+    assert dict(finished.attributes or {}) == {ROLE: "batch", "x": 1}
+
+
+def test_tracing_off_records_no_presampled_batch_either() -> None:
+    tracer, memory = _provider(ALWAYS_OFF)
+    tracer.start_span("records.batch", attributes={ROLE: PRESAMPLED_BATCH_ROLE}).end()
+    assert memory.get_finished_spans() == ()

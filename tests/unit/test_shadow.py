@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Span
 
+from canaryws.adapters import shadow as shadow_module
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core.strategies import LENIENT, STRICT, Outcome
@@ -385,3 +386,39 @@ def test_sample_rate_outside_zero_one_is_refused(telemetry: Telemetry, rate: flo
 @pytest.mark.parametrize("rate", [0.0, 1.0])
 def test_sample_rate_bounds_are_allowed(telemetry: Telemetry, rate: float) -> None:
     assert ShadowRunner(telemetry.records, max_length=MAX_LENGTH, sample_rate=rate).pending_batches == 0
+
+
+def test_submissions_after_stop_are_refused_and_their_spans_end(telemetry: Telemetry) -> None:
+    async def scenario() -> None:
+        runner = runner_for(telemetry)
+        runner.start()
+        await runner.stop()
+        summary = new_summary()
+        span, outcome = answer(telemetry, summary)
+        assert not runner.submit(summary, span, RECORDS, outcome, weight=10)
+        assert summary.shadow_skipped == 1 and len(telemetry.finished()) == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_drain_yields_to_the_event_loop_after_its_time_slice(
+    telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shadow_module, "BURST_SECONDS", 0.0)  # every drain takes one batch, then yields
+
+    async def scenario() -> None:
+        runner = runner_for(telemetry)
+        runner.start()
+        summary = new_summary()
+        for _ in range(5):
+            span, outcome = answer(telemetry, summary)
+            assert runner.submit(summary, span, RECORDS, outcome, weight=10)
+        assert summary.shadow_batches == 0  # nothing runs inside submit
+        compared = []
+        for _ in range(5):
+            await asyncio.sleep(0)  # one turn of the loop: one drain
+            compared.append(summary.shadow_batches)
+        assert compared == [1, 2, 3, 4, 5]
+        await runner.stop()
+
+    asyncio.run(scenario())

@@ -1,7 +1,7 @@
 """Shadow runs: the other strategy processes a batch too, off the response path.
 
-The endpoint sends its answer first, then hands the batch to :class:`ShadowRunner`. One
-background task per process takes the batches in arrival order, runs the other
+The endpoint sends its answer first, then hands the batch to :class:`ShadowRunner`. An
+event-loop callback per process takes the batches in arrival order, runs the other
 strategy, compares the two outcomes (:func:`canaryws.core.compare.compare`) and records
 the divergence on the connection's summary, in the metrics and on the batch span. The
 answer never waits for it and never depends on it.
@@ -24,7 +24,6 @@ are complete.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -45,6 +44,7 @@ log = logging.getLogger("canaryws.shadow")
 DEFAULT_SAMPLE_RATE = 1.0
 DEFAULT_MAX_PENDING_BYTES = 8 * 1024 * 1024
 OTHER_STRATEGY = {"strict": "lenient", "lenient": "strict"}
+BURST_SECONDS = 0.0005  # the longest the runner holds the event loop before letting answers out
 
 
 @dataclass(slots=True)
@@ -79,27 +79,24 @@ class ShadowRunner:
         self._queue: deque[_Job | Callable[[], None]] = deque()
         self._pending_bytes = 0
         self._pending: dict[int, int] = {}  # id(summary) -> batches waiting
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start(), cleared by stop()
+        self._scheduled = False  # a drain is queued on the loop
 
     @property
     def pending_batches(self) -> int:
         return sum(self._pending.values())
 
     def start(self) -> None:
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="shadow-runner")
+        self._loop = asyncio.get_running_loop()
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Finish the queued comparisons (within ``timeout``), then stop; what is left is
-        flushed without its shadow run so that no summary is lost."""
+        flushed without its shadow run so that no summary is lost. Later submissions are
+        refused (``not_started``)."""
         deadline = time.monotonic() + timeout
-        while self._queue and time.monotonic() < deadline and self._task is not None and not self._task.done():
-            await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        while self._queue and time.monotonic() < deadline and self._loop is not None:
+            await asyncio.sleep(0.01)  # the drains run meanwhile
+        self._loop = None
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, _Job):
@@ -120,14 +117,14 @@ class ShadowRunner:
     ) -> bool:
         """Queue a shadow run for an answered batch; False (span ended, skip counted) if not taken."""
         reason = None
-        wakeup = self._wakeup
+        loop = self._loop
         if self._sample_rate < 1.0 and self._rng() >= self._sample_rate:
             reason = "sampled_out"
-        elif wakeup is None:
+        elif loop is None:
             reason = "not_started"
         elif self._pending_bytes + weight > self._max_pending_bytes:
             reason = "queue_full"
-        if reason is not None or wakeup is None:
+        if reason is not None or loop is None:
             reason = reason or "not_started"
             summary.shadow_skipped += 1
             self._telemetry.shadow_skipped(span, outcome.strategy, reason)
@@ -137,7 +134,9 @@ class ShadowRunner:
         self._pending_bytes += weight
         key = id(summary)
         self._pending[key] = self._pending.get(key, 0) + 1
-        wakeup.set()
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
         return True
 
     def after_pending(self, summary: ConnectionSummary, action: Callable[[], None]) -> None:
@@ -147,17 +146,22 @@ class ShadowRunner:
         else:
             action()
 
-    # -- the background task ---------------------------------------------------
+    # -- the drain -------------------------------------------------------------
 
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        wakeup = self._wakeup
-        while True:
-            if not self._queue:
-                wakeup.clear()
-                await wakeup.wait()
-                continue
-            item = self._queue.popleft()
+    def _drain(self) -> None:
+        """A plain event-loop callback (no task, no future to wake): the queued items, for
+        at most ``BURST_SECONDS``, then again on the loop's next round if any are left.
+        It runs after the submitting task yields, so answers already sent never wait; one
+        callback serves every batch queued in the meantime (docs/benchmarks.md)."""
+        self._scheduled = False
+        loop = self._loop
+        if loop is None:  # stopped: stop() flushed the queue
+            return
+        queue = self._queue
+        clock = time.perf_counter
+        until = clock() + BURST_SECONDS
+        while queue:
+            item = queue.popleft()
             try:
                 if isinstance(item, _Job):
                     self._process(item)
@@ -165,7 +169,11 @@ class ShadowRunner:
                     item()
             except Exception:
                 log.exception("shadow comparison failed")
-            await asyncio.sleep(0)  # let the response path run between comparisons
+            if clock() >= until:
+                break
+        if queue and not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
 
     def _process(self, job: _Job) -> None:
         try:

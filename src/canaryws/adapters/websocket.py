@@ -35,6 +35,7 @@ log = logging.getLogger("canaryws.records")
 
 ACCESS_TOKEN_SCOPE_KEY = "canaryws.access_token"
 ABORT_SCOPE_KEY = "canaryws.abort"
+CHANNEL_SCOPE_KEY = "canaryws.channel"
 CLIENT_VERSION_HEADER = b"x-canaryws-client-version"
 CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
@@ -71,13 +72,19 @@ def no_revocations(_identity: Identity) -> str | None:
 
 
 class ExposeAbort:
-    """Outermost ASGI wrapper: lets the endpoint drop a WebSocket's TCP connection.
+    """Outermost ASGI wrapper of the app: hands the endpoint the server's own channel.
 
-    A peer that stops reading fills its socket buffer; then not even a close frame gets
-    through, and closing the transport gracefully would wait for that buffer forever. ASGI
-    has no message for "abort", so this exposes ``transport.abort`` of the server protocol
-    whose bound ``send`` the server hands to the application (uvicorn's WebSocket
-    protocols). Under a server without one, the endpoint falls back to a close frame.
+    - **Abort.** A peer that stops reading fills its socket buffer; then not even a close
+      frame gets through, and closing the transport gracefully would wait for that buffer
+      forever. ASGI has no message for "abort", so this exposes ``transport.abort`` of the
+      server protocol whose bound ``send`` the server hands to the application (uvicorn's
+      WebSocket protocols). Under a server without one, the endpoint falls back to a close
+      frame.
+    - **The batch loop's channel.** The ``receive``/``send`` this wrapper gets, before the
+      middleware stack wraps them once per message (Starlette's exception and state
+      wrappers, OpenTelemetry's ASGI middleware, which does work on every ``send`` even
+      with its per-message spans excluded). The handshake still goes through the whole
+      stack; the batch loop reads and writes frames on this channel (docs/benchmarks.md).
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -89,6 +96,7 @@ class ExposeAbort:
             abort = getattr(transport, "abort", None)
             if callable(abort):
                 scope[ABORT_SCOPE_KEY] = abort
+            scope[CHANNEL_SCOPE_KEY] = (receive, send)
         await self.app(scope, receive, send)
 
 
@@ -261,6 +269,8 @@ class RecordsEndpoint:
             close_code = await self._serve(websocket, conn)
         except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
             close_code = conn.ended[0] if conn.ended else gone.code
+        except OSError:  # the same on the server's channel (uvicorn's ClientDisconnected)
+            close_code = conn.ended[0] if conn.ended else 1006
         except asyncio.CancelledError:
             if conn.ended is None:  # not ours: the server is stopping, and it sent 1012
                 close_code = CLOSE_SERVICE_RESTART
@@ -375,8 +385,7 @@ class RecordsEndpoint:
 
     async def _serve(self, websocket: WebSocket, conn: _Connection) -> int:
         """The batch loop; returns the close code."""
-        receive = websocket.receive
-        send = websocket.send
+        receive, send = websocket.scope.get(CHANNEL_SCOPE_KEY) or (websocket.receive, websocket.send)
         telemetry = self._telemetry
         shadow_runner = self._shadow
         flags = self._flags

@@ -24,8 +24,9 @@ Environment (read from the ``environ`` mapping given, ``os.environ`` by default)
 - ``OTEL_METRICS_EXPORTER`` containing ``otlp`` (with an endpoint configured): OTLP
   metrics every ``OTEL_METRIC_EXPORT_INTERVAL`` ms, besides the Prometheus endpoint,
   which is always there.
-- ``OTEL_SDK_DISABLED=true``: no spans are sampled or exported (metrics stay on, since
-  ``/metrics`` is part of the service's probes).
+- ``OTEL_SDK_DISABLED=true``: no spans are sampled or exported; the SDK's meter provider
+  reads the same variable from the process environment and then records no metrics
+  either (``/metrics`` answers with an empty exposition).
 - ``CANARYWS_TRACE_FILE_MAX_BYTES``: optional cap on the trace file's size.
 
 Failing exporters. Losing telemetry must never slow down or stop the service: spans
@@ -448,6 +449,11 @@ class TelemetryProviders:
     """Full URL spans are posted to, when exporting OTLP."""
     span_export_monitors: list[SpanExportMonitor] = field(default_factory=list)
     """One per trace exporter: dropped spans and health (see the module doc)."""
+    duration_registry: CollectorRegistry | None = None
+    """Where the batch-duration histogram is aggregated in-process and served from
+    (:class:`canaryws.adapters.telemetry.records.DurationHistograms`): the Prometheus
+    registry, unless metrics also leave by OTLP (then the OTel histogram carries it to
+    both) or the SDK is disabled."""
 
     def status(self) -> dict[str, Any]:
         """For ``/readyz``: ``{"traces": "ok"|"degraded"|"disabled", "dropped_spans": N,
@@ -568,6 +574,7 @@ def setup_telemetry(
         file_exporter=file_exporter,
         otlp_traces_endpoint=otlp_endpoint,
         span_export_monitors=monitors,
+        duration_registry=registry if otlp_metrics is None and not sdk_disabled else None,
     )
 
 

@@ -13,14 +13,20 @@
 
 from __future__ import annotations
 
+import random
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import HistogramMetricFamily
 
+from canaryws.adapters.telemetry.sampling import PRESAMPLED_BATCH_ROLE, ConnectionSpansSampler
+from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
@@ -34,8 +40,16 @@ _EMPTY_CONTEXT = otel_context.Context()
 class RecordsTelemetry:
     """Instruments of the records endpoint; one per app."""
 
-    def __init__(self, tracer_provider: TracerProvider, meter_provider: MeterProvider) -> None:
+    def __init__(self, tracer_provider: TracerProvider, meter_provider: MeterProvider,
+                 rng: Callable[[], float] = random.random, *,
+                 duration_registry: CollectorRegistry | None = None) -> None:
+        """``duration_registry``: serve the batch-duration histogram from this Prometheus
+        registry, aggregated in-process (:class:`DurationHistograms`), instead of recording
+        each batch in an OTel histogram (5 µs a batch; see docs/benchmarks.md)."""
         self.tracer: Tracer = tracer_provider.get_tracer(SCOPE)
+        sampler = getattr(tracer_provider, "sampler", None)
+        self._batch_ratio = sampler.batch_ratio if isinstance(sampler, ConnectionSpansSampler) else None
+        self._random = rng
         meter: Meter = meter_provider.get_meter(SCOPE)
         self._connections_active = meter.create_up_down_counter(
             "canaryws.connections.active", unit="{connection}", description="Open connections by strategy"
@@ -63,23 +77,45 @@ class RecordsTelemetry:
             unit="{frame}",
             description="Frames held back by the per-connection rate limit, by strategy",
         )
-        self._batches = meter.create_counter(
-            "canaryws.batches", unit="{batch}", description="Batches answered with a result, by strategy"
+        # Per-batch counts add up in plain dicts; observable counters report the totals when
+        # metrics are collected (a scrape, an OTLP export), not on every batch (docs/benchmarks.md).
+        self._batch_totals: dict[tuple[str, ...], int] = {}
+        self._record_totals: dict[tuple[str, ...], int] = {}
+        meter.create_observable_counter(
+            "canaryws.batches",
+            callbacks=[self._observer(self._batch_totals)],
+            unit="{batch}",
+            description="Batches answered with a result, by strategy",
         )
-        self._records = meter.create_counter(
-            "canaryws.records", unit="{record}", description="Records by strategy, outcome and reason"
+        meter.create_observable_counter(
+            "canaryws.records",
+            callbacks=[self._observer(self._record_totals)],
+            unit="{record}",
+            description="Records by strategy, outcome and reason",
         )
-        self._duration = meter.create_histogram(
-            "canaryws.batch.duration", unit="s", description="Time from frame received to result sent"
-        )
+        self._durations: DurationHistograms | None = None
+        if duration_registry is not None:
+            self._durations = DurationHistograms()
+            duration_registry.register(self._durations)
+        else:
+            self._duration = meter.create_histogram(
+                "canaryws.batch.duration", unit="s", description=DURATION_DESCRIPTION
+            )
         self._errors = meter.create_counter(
             "canaryws.errors", unit="{frame}", description="Error frames sent, by strategy and code"
         )
         self._cohort_changes = meter.create_counter(
             "canaryws.cohort.changes", unit="{change}", description="Open connections that switched cohort"
         )
-        self._shadow_batches = meter.create_counter(
+        # The shadow's counts add up in plain dicts too, reported by observable counters.
+        self._shadow_batch_totals: dict[tuple[str, ...], int] = {}
+        self._shadow_record_totals: dict[tuple[str, ...], int] = {}
+        self._shadow_work_totals: dict[tuple[str, ...], float] = {}
+        self._shadow_divergent_totals: dict[tuple[str, ...], int] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, ...]] = {}
+        meter.create_observable_counter(
             "canaryws.shadow.batches",
+            callbacks=[self._observer(self._shadow_batch_totals)],
             unit="{batch}",
             description="Batches also processed by the other strategy (shadow), by strategy and shadow strategy",
         )
@@ -88,18 +124,34 @@ class RecordsTelemetry:
             unit="{batch}",
             description="Shadow-eligible batches not compared, by strategy and reason (sampled_out, queue_full)",
         )
-        self._shadow_records = meter.create_counter(
-            "canaryws.shadow.records", unit="{record}", description="Records compared by the shadow"
+        meter.create_observable_counter(
+            "canaryws.shadow.records",
+            callbacks=[self._observer(self._shadow_record_totals)],
+            unit="{record}",
+            description="Records compared by the shadow",
         )
-        self._shadow_divergent = meter.create_counter(
+        meter.create_observable_counter(
             "canaryws.shadow.divergent",
+            callbacks=[self._observer(self._shadow_divergent_totals)],
             unit="{record}",
             description="Records the two strategies treated differently, by strategy, kind and reason",
         )
-        self._shadow_work = meter.create_counter(
-            "canaryws.shadow.work", unit="s", description="Time spent running the shadow strategy and comparing"
+        meter.create_observable_counter(
+            "canaryws.shadow.work",
+            callbacks=[self._observer(self._shadow_work_totals)],
+            unit="s",
+            description="Time spent running the shadow strategy and comparing",
         )
         self._attr_cache: dict[tuple[str, ...], dict[str, str]] = {}
+
+    def _observer(self, totals: Mapping[tuple[str, ...], float]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """An observable counter's callback reporting ``totals`` (keys: label, value, label, value, ...)."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            for key, n in list(totals.items()):  # a copy: batches go on meanwhile
+                yield Observation(n, self._attrs(*key))
+
+        return observe
 
     def _attrs(self, *pairs: str) -> dict[str, str]:
         cached = self._attr_cache.get(pairs)
@@ -195,14 +247,25 @@ class RecordsTelemetry:
     # -- per batch -----------------------------------------------------------
 
     def start_batch(self, connect: SpanContext | None) -> Span:
-        """A root span (new trace) linked to the connection's connect span."""
+        """A root span (new trace) linked to the connection's connect span.
+
+        When the sampler's share of batch spans is known, the draw happens here and a batch
+        left out costs one random number (``INVALID_SPAN``: every call on it is a no-op);
+        see :attr:`ConnectionSpansSampler.batch_ratio`."""
+        ratio = self._batch_ratio
+        if ratio is None:
+            role = "batch"
+        elif ratio < 1.0 and (ratio <= 0.0 or self._random() >= ratio):
+            return INVALID_SPAN
+        else:
+            role = PRESAMPLED_BATCH_ROLE
         links = (Link(connect),) if connect is not None and connect.is_valid else None
         return self.tracer.start_span(
             "records.batch",
             context=_EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
             links=links,
-            attributes={A_ROLE: "batch"},
+            attributes={A_ROLE: role},
         )
 
     def batch_done(
@@ -221,12 +284,21 @@ class RecordsTelemetry:
         With ``end`` false the span stays open for the shadow comparison (:meth:`shadow_done`).
         """
         strategy = outcome.strategy
-        self._batches.add(1, self._attrs("strategy", strategy))
+        batches = self._batch_totals
+        key: tuple[str, ...] = ("strategy", strategy)
+        batches[key] = batches.get(key, 0) + 1
+        totals = self._record_totals
         if outcome.accepted:
-            self._records.add(len(outcome.accepted), self._attrs("strategy", strategy, "outcome", "accepted"))
+            key = ("strategy", strategy, "outcome", "accepted")
+            totals[key] = totals.get(key, 0) + len(outcome.accepted)
         for (kind, reason), n in counts.items():
-            self._records.add(n, self._attrs("strategy", strategy, "outcome", kind, "reason", reason))
-        self._duration.record(elapsed, self._attrs("strategy", strategy))
+            key = ("strategy", strategy, "outcome", kind, "reason", reason)
+            totals[key] = totals.get(key, 0) + n
+        durations = self._durations
+        if durations is not None:
+            durations.add(strategy, elapsed)
+        else:
+            self._duration.record(elapsed, self._attrs("strategy", strategy))
         if span.is_recording():
             attrs: dict[str, Any] = {
                 "canaryws.connection.id": connection_id,
@@ -261,14 +333,18 @@ class RecordsTelemetry:
         end_ns: int,
     ) -> None:
         """Count one shadow comparison and end the batch span at ``end_ns`` (when the answer went out)."""
-        pair = self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy)
-        self._shadow_batches.add(1, pair)
-        self._shadow_records.add(divergence.records, pair)
-        self._shadow_work.add(work_seconds, pair)
-        for (kind, reason), n in divergence.counts.items():
-            self._shadow_divergent.add(
-                n, self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy, "kind", kind, "reason", reason)
-            )
+        pair = self._pairs.get((strategy, shadow_strategy))
+        if pair is None:
+            pair = self._pairs[strategy, shadow_strategy] = ("strategy", strategy, "shadow_strategy", shadow_strategy)
+        batches, records, work = self._shadow_batch_totals, self._shadow_record_totals, self._shadow_work_totals
+        batches[pair] = batches.get(pair, 0) + 1
+        records[pair] = records.get(pair, 0) + divergence.records
+        work[pair] = work.get(pair, 0.0) + work_seconds
+        if divergence.counts:
+            divergent = self._shadow_divergent_totals
+            for (kind, reason), n in divergence.counts.items():
+                key = (*pair, "kind", kind, "reason", reason)
+                divergent[key] = divergent.get(key, 0) + n
         if span.is_recording():
             attrs: dict[str, Any] = {
                 "canaryws.shadow.strategy": shadow_strategy,
@@ -292,6 +368,49 @@ class RecordsTelemetry:
             )
             span.set_status(Status(StatusCode.ERROR, f"{code}: {detail[:200]}"))
         span.end()
+
+
+DURATION_DESCRIPTION = "Time from frame received to result sent"
+
+
+class DurationHistograms:
+    """The ``canaryws_batch_duration_seconds`` histogram per strategy, aggregated in-process.
+
+    A batch costs one bisect and two additions (the OTel SDK's ``Histogram.record`` costs
+    about 5 µs: a measurement object, attribute hashing and a lock per call). The buckets
+    are :mod:`canaryws.core.histogram`'s √2-spaced bounds, the same the connection
+    summaries carry. It is a prometheus_client custom collector in the registry
+    ``/metrics`` serves, so the exposition is a standard Prometheus histogram.
+    """
+
+    name = "canaryws_batch_duration_seconds"
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+        self._sums: dict[str, float] = {}
+        self._bounds_s = [bound / 1000.0 for bound in histogram.BOUNDS_MS]
+        self._le = [repr(bound) for bound in self._bounds_s]
+
+    def add(self, strategy: str, seconds: float) -> None:
+        counts = self._counts.get(strategy)
+        if counts is None:
+            counts = self._counts[strategy] = histogram.empty()
+            self._sums[strategy] = 0.0
+        counts[bisect_left(self._bounds_s, seconds)] += 1
+        self._sums[strategy] += seconds
+
+    def collect(self) -> Iterable[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, DURATION_DESCRIPTION, labels=["strategy"], unit="seconds")
+        for strategy, counts in list(self._counts.items()):
+            snapshot = list(counts)  # batches go on meanwhile: read each bucket once
+            buckets: list[tuple[str, float]] = []
+            running = 0
+            for le, n in zip(self._le, snapshot, strict=False):
+                running += n
+                buckets.append((le, running))
+            buckets.append(("+Inf", running + snapshot[-1]))
+            family.add_metric([strategy], buckets, self._sums[strategy])
+        yield family
 
 
 class FlagsTelemetry:
@@ -338,6 +457,7 @@ def span_context(span: Span) -> SpanContext | None:
 
 
 __all__ = [
+    "DurationHistograms",
     "FlagsTelemetry",
     "RecordsTelemetry",
     "span_context",

@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.sampling import (
     DEFAULT_OFF,
     DEFAULT_ON,
     Decision,
+    ParentBased,
     ParentBasedTraceIdRatio,
     Sampler,
     SamplingResult,
@@ -31,8 +32,10 @@ from canaryws.core.summary import A_ROLE
 
 __all__ = [
     "CONNECTION_ROLES",
+    "PRESAMPLED_BATCH_ROLE",
     "ROLE_ATTRIBUTE",
     "ConnectionSpansSampler",
+    "root_ratio",
     "sampler_from_environ",
 ]
 
@@ -43,6 +46,10 @@ ROLE_ATTRIBUTE = A_ROLE
 
 CONNECTION_ROLES = frozenset({"connect", "connection"})
 """Roles that are always sampled (one span each per connection)."""
+
+PRESAMPLED_BATCH_ROLE = "batch:presampled"
+"""Start role of a batch span its caller already sampled, with :attr:`ConnectionSpansSampler.batch_ratio`;
+the span is recorded with role ``batch``."""
 
 _RATIO_SAMPLERS = ("traceidratio", "parentbased_traceidratio")
 _FIXED_SAMPLERS: Mapping[str, Sampler] = {
@@ -65,6 +72,15 @@ class ConnectionSpansSampler(Sampler):
     def __init__(self, delegate: Sampler) -> None:
         self._delegate = delegate
         self._tracing_off = delegate is ALWAYS_OFF or (delegate.get_description() == ALWAYS_OFF.get_description())
+        self.batch_ratio: float | None = 0.0 if self._tracing_off else root_ratio(delegate)
+        """The share of batch spans (root spans) the delegate samples, when known; None otherwise.
+
+        When known, the batch loop draws a batch's sampling decision itself, before any span
+        exists (no trace id, no span object, no link for the 99 % of batches a 1 % ratio
+        drops), and starts the sampled ones with :data:`PRESAMPLED_BATCH_ROLE`, which this
+        sampler records. The share sampled is the same as the delegate's; only the draw
+        moved (a batch span is the root of its own trace, so nothing else depends on it).
+        """
 
     @property
     def delegate(self) -> Sampler:
@@ -82,6 +98,10 @@ class ConnectionSpansSampler(Sampler):
     ) -> SamplingResult:
         if attributes and not self._tracing_off:
             role = attributes.get(ROLE_ATTRIBUTE)
+            if role == PRESAMPLED_BATCH_ROLE:
+                recorded = dict(attributes)
+                recorded[ROLE_ATTRIBUTE] = "batch"
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, recorded)
             if role.__class__ is str and role in CONNECTION_ROLES:
                 parent = get_current_span(parent_context).get_span_context()
                 return SamplingResult(
@@ -99,6 +119,21 @@ class ConnectionSpansSampler(Sampler):
             f"ConnectionSpansSampler{{{ROLE_ATTRIBUTE}={roles}: always sampled; "
             f"others: {self._delegate.get_description()}}}"
         )
+
+
+def root_ratio(sampler: Sampler) -> float | None:
+    """The share of root spans (spans without a parent) ``sampler`` samples, for the SDK's
+    fixed and ratio samplers (parent-based or not); None for any other sampler."""
+    if sampler is ALWAYS_ON or sampler is DEFAULT_ON:
+        return 1.0
+    if sampler is ALWAYS_OFF or sampler is DEFAULT_OFF:
+        return 0.0
+    if isinstance(sampler, TraceIdRatioBased):
+        return sampler.rate
+    if isinstance(sampler, ParentBased):
+        root = getattr(sampler, "_root", None)  # the SDK keeps it private; tests/unit/test_sampling.py pins it
+        return root_ratio(root) if isinstance(root, Sampler) else None
+    return None
 
 
 def sampler_from_environ(environ: Mapping[str, str]) -> Sampler:

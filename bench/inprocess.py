@@ -1,0 +1,203 @@
+"""The per-batch cost of canaryws' own code, without sockets or a load client, in one process.
+
+    .venv/bin/python bench/inprocess.py [--batches 20000] [--rounds 5] [--profile OUT.html]
+
+One connection is served through the real endpoint (``RecordsEndpoint.handle``, built by
+``canaryws.app.build_service`` with production settings: strict pinned, 1 % trace
+sampling, metrics on) over an in-memory ASGI channel: the handshake, then ``--batches``
+batches of 30 records, then a disconnect. The same batches go through the lean loop
+(decode → strict → encode, the work with nothing around it) on the same channel. Both are
+timed (best of ``--rounds``) and the difference is canaryws' own cost per batch: the
+cohort, limits, summary, metrics and spans. Deterministic enough to see a 1 µs change,
+which the socket benchmark (bench/run.py) on a shared machine cannot.
+
+Variants (each in a child process, since the OTel SDK reads its environment once):
+``lean``, ``canaryws``, ``canaryws-telemetry-off`` (``OTEL_SDK_DISABLED=true``),
+``canaryws-shadow`` (the shadow flag on: the other strategy and the comparison run
+after each answer), ``lean-both`` (lean plus, inline, the lenient strategy and the
+comparison of its outcome with the answer: the second strategy's own work).
+``--profile`` writes a pyinstrument profile of the canaryws run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from load import batch_records  # noqa: E402
+
+VARIANTS = ("lean", "lean-both", "canaryws", "canaryws-telemetry-off", "canaryws-shadow")
+PRODUCTION_ENV = {
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    "CANARYWS_MAX_MESSAGES_PER_SECOND": "1000000",
+    "CANARYWS_LOG_LEVEL": "WARNING",
+}
+
+
+def frames(n: int, records: int) -> list[str]:
+    body = json.dumps(batch_records(records), separators=(",", ":"))
+    return [f'{{"type":"batch","id":"{i}","records":{body}}}' for i in range(n)]
+
+
+class Channel:
+    """An ASGI WebSocket channel: connect, the frames, a disconnect; sends are counted."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.incoming: list[dict[str, Any]] = [{"type": "websocket.connect"}]
+        self.incoming += [{"type": "websocket.receive", "text": t} for t in texts]
+        self.incoming.append({"type": "websocket.disconnect", "code": 1000})
+        self.incoming.reverse()
+        self.sent = 0
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.sleep(0)  # like a socket: the event loop runs between frames
+        return self.incoming.pop()
+
+    async def send(self, message: dict[str, Any]) -> None:  # noqa: ARG002 - a sink
+        self.sent += 1
+
+
+async def lean_loop(channel: Channel, both: bool) -> None:
+    from canaryws.core import contract
+    from canaryws.core.compare import compare
+    from canaryws.core.strategies import LENIENT, STRICT
+
+    receive, send = channel.receive, channel.send
+    await receive()
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        batch = contract.decode_batch(message["text"], 1000)
+        outcome = STRICT.process(batch.records, 4096)
+        await send({"type": "websocket.send", "text": contract.encode_result(batch.id, outcome)})
+        if both:  # what a shadow is for: the other strategy and the comparison
+            compare(outcome, LENIENT.process(batch.records, 4096))
+
+
+def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
+    """Runs in the child process: prints best µs per batch."""
+    texts = frames(batches, 30)
+    if variant.startswith("lean"):
+        def run_once() -> float:
+            channel = Channel(texts)
+            started = time.perf_counter()
+            asyncio.run(lean_loop(channel, variant == "lean-both"))
+            return time.perf_counter() - started
+    else:
+        from starlette.websockets import WebSocket
+
+        from canaryws.adapters.auth import TokenAuthority
+        from canaryws.adapters.websocket import CHANNEL_SCOPE_KEY
+        from canaryws.app import build_service
+        from canaryws.settings import Settings
+
+        settings = Settings.from_env(
+            flags_path=Path(os.environ["BENCH_FLAGS"]), data_dir=Path(os.environ["BENCH_DATA"])
+        )
+        service = build_service(settings)
+        token = TokenAuthority.from_data_dir(settings.data_dir).issue("bench-client")
+        endpoint = service.records
+
+        async def serve(channel: Channel) -> None:
+            service.flags.load()
+            scope = {
+                "type": "websocket",
+                "path": "/records",
+                "headers": [(b"authorization", f"Bearer {token}".encode())],
+                "subprotocols": [],
+                CHANNEL_SCOPE_KEY: (channel.receive, channel.send),
+            }
+            endpoint._shadow.start()
+            await endpoint.handle(WebSocket(scope, channel.receive, channel.send))
+            await endpoint._shadow.stop(timeout=30)
+
+        def run_once() -> float:
+            channel = Channel(texts)
+            started = time.perf_counter()
+            asyncio.run(serve(channel))
+            elapsed = time.perf_counter() - started
+            assert channel.sent == batches + 2, channel.sent  # accept, welcome, one answer per batch
+            return elapsed
+
+    run_once()  # warm-up
+    if os.environ.get("BENCH_CPROFILE") == variant:
+        import cProfile
+        import pstats
+
+        cProfile.runctx("run_once()", globals(), locals(), "/tmp/inprocess.prof")
+        pstats.Stats("/tmp/inprocess.prof", stream=sys.stderr).sort_stats("tottime").print_stats(25)
+    if profile and variant == "canaryws":
+        from pyinstrument import Profiler
+
+        profiler = Profiler(interval=0.0002)
+        profiler.start()
+        run_once()
+        profiler.stop()
+        Path(profile).write_text(profiler.output_html())
+        print(profiler.output_text(unicode=True, color=False, show_all=False), file=sys.stderr)
+    best = min(run_once() for _ in range(rounds))
+    print(json.dumps({"variant": variant, "us_per_batch": best / batches * 1e6}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batches", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of the canaryws run")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.batches, args.rounds, args.profile)
+        return
+
+    from canaryws.adapters.auth import TokenAuthority
+    from canaryws.core.flagdoc import encode_flags_document, parse_flags_document, with_enabled, with_rollout
+
+    results: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="canaryws-inprocess-") as tmp:
+        doc = with_rollout(parse_flags_document((ROOT / "flags" / "features.json").read_bytes()), "records.strict", 100)
+        (Path(tmp) / "strict.json").write_bytes(encode_flags_document(doc))
+        (Path(tmp) / "shadow.json").write_bytes(encode_flags_document(with_enabled(doc, "records.shadow", True)))
+        TokenAuthority.from_data_dir(Path(tmp) / "data")
+        for variant in args.variants.split(","):
+            env = {**os.environ, **PRODUCTION_ENV, "BENCH_DATA": str(Path(tmp) / "data"),
+                   "BENCH_FLAGS": str(Path(tmp) / ("shadow.json" if variant == "canaryws-shadow" else "strict.json"))}
+            if variant == "canaryws-telemetry-off":
+                env["OTEL_SDK_DISABLED"] = "true"
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", variant, "--batches", str(args.batches),
+                 "--rounds", str(args.rounds), *(["--profile", args.profile] if args.profile else [])],
+                env=env, check=True, capture_output=True, text=True,
+            )
+            if out.stderr.strip():
+                print(out.stderr, file=sys.stderr)
+            results[variant] = json.loads(out.stdout.strip().splitlines()[-1])["us_per_batch"]
+    lean = results.get("lean")
+    print(f"{'variant':<26} {'µs/batch':>9} {'over lean':>10}")
+    for variant, us in results.items():
+        over = f"{us - lean:+10.2f}" if lean is not None else ""
+        print(f"{variant:<26} {us:9.2f} {over}")
+    if {"canaryws-shadow", "canaryws", "lean-both", "lean"} <= results.keys():
+        shadow = results["canaryws-shadow"] - results["canaryws"]
+        second = results["lean-both"] - results["lean"]
+        print(f"shadow cost {shadow:.2f} µs vs the second strategy's own work {second:.2f} µs: "
+              f"ratio {shadow / second:.2f}")
+
+
+if __name__ == "__main__":
+    main()
