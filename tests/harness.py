@@ -168,7 +168,7 @@ class Service:
     @contextlib.asynccontextmanager
     async def client(self, client_id: str, **kwargs: Any) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
         """A connected client and its welcome frame."""
-        headers = {"Authorization": f"Bearer {self.token(client_id)}"}
+        headers = {"Authorization": f"Bearer {self.token(client_id)}", **kwargs.pop("additional_headers", {})}
         async with connect(self.ws_url, additional_headers=headers, subprotocols=[PROTOCOL],  # type: ignore[list-item]
                            open_timeout=10, **kwargs) as ws:
             welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))

@@ -109,6 +109,26 @@ def test_trace_file_holds_connect_batch_and_connection_spans(tmp_path: Path) -> 
     assert summary["end_ns"] - summary["start_ns"] > 0
 
 
+def test_connect_span_continues_the_clients_trace_and_is_the_only_handshake_span(tmp_path: Path) -> None:
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+
+    async def scenario() -> dict[str, Any]:
+        traceparent = f"00-{trace_id}-{parent_id}-01"
+        async with service.client("tp-1", additional_headers={"traceparent": traceparent}) as (_, welcome):
+            return welcome
+
+    with Service(tmp_path, flags_doc(strict_rollout=100)) as service:
+        welcome = asyncio.run(scenario())
+        _drive(service, "tp-2", [["a"]])  # no traceparent: a new trace
+        spans = service.wait_for_spans(lambda s: sum(x["name"] == "records.connection" for x in s) >= 2)
+    connects = {s["attributes"]["canaryws.client.id"]: s for s in spans if s["name"] == "records.connect"}
+    assert connects["tp-1"]["attributes"]["canaryws.connection.id"] == welcome["connection_id"]
+    assert (connects["tp-1"]["trace_id"], connects["tp-1"]["parent_span_id"]) == (trace_id, parent_id)
+    assert connects["tp-2"]["trace_id"] != trace_id and connects["tp-2"]["parent_span_id"] in (None, "")
+    # the ASGI instrumentation leaves /records alone: no span of its own lives as long as a connection
+    assert {s["name"] for s in spans} <= {"records.connect", "records.batch", "records.connection"}
+
+
 def test_sampler_from_env_drops_batches_but_keeps_connection_spans(tmp_path: Path) -> None:
     env = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"}
     with Service(tmp_path, flags_doc(strict_rollout=100), env=env) as service:

@@ -229,7 +229,7 @@ class RecordsEndpoint:
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
         context = EvaluationContext(client_id, connection_id, self._properties(websocket))
-        connect_span = self._telemetry.start_connect(connection_id, client_id)
+        connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"])
         with trace.use_span(connect_span, end_on_exit=True):
             snapshot = self._flags()
             decision = decide_cohort(snapshot, context, VERSIONS)
@@ -395,7 +395,7 @@ class RecordsEndpoint:
         slice_seconds = limits.summary_interval
         bucket = conn.bucket
         window = limits.duplicate_id_window
-        recent = RecentIds(window) if window else None
+        recent: RecentIds | None = None  # created at the first answer: idle connections stay small
         cohort = conn.cohort
         strategy = STRATEGIES[cohort.strategy]
         context = conn.context
@@ -461,6 +461,9 @@ class RecordsEndpoint:
                 span.end()
                 raise
             if recent is not None:
+                recent.add(batch.id)
+            elif window:
+                recent = RecentIds(window)
                 recent.add(batch.id)
             elapsed = time.perf_counter() - started
             counts = outcome.reason_counts()  # once per batch, for the summary, the metrics and the span

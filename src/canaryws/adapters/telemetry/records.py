@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
@@ -35,6 +36,7 @@ from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
 SCOPE = "canaryws.records"
 PROVIDER_NAME = "Unleash"
 _EMPTY_CONTEXT = otel_context.Context()
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 
 class RecordsTelemetry:
@@ -171,11 +173,17 @@ class RecordsTelemetry:
     def throttled(self, strategy: str) -> None:
         self._throttled.add(1, self._attrs("strategy", strategy))
 
-    def start_connect(self, connection_id: str, client_id: str) -> Span:
-        """The connect span is a child of the handshake (ASGI) span, if any."""
+    def start_connect(self, connection_id: str, client_id: str,
+                      headers: Iterable[tuple[bytes, bytes]] = ()) -> Span:
+        """The connect span: the handshake, auth and cohort. It continues the W3C trace
+        context (``traceparent``) the client sent with its handshake, if any (the ASGI
+        instrumentation leaves ``/records`` alone)."""
+        carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
+                   if name in _TRACE_HEADERS}
         return self.tracer.start_span(
             "records.connect",
-            kind=SpanKind.INTERNAL,
+            context=propagate.extract(carrier) if carrier else _EMPTY_CONTEXT,
+            kind=SpanKind.SERVER,
             attributes={
                 A_ROLE: "connect",
                 "canaryws.connection.id": connection_id,
