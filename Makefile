@@ -1,4 +1,4 @@
-# canaryws — the two commands of the README quick start, plus their building blocks.
+# canaryws — the two commands of the README quick start, plus their building blocks and the benchmark.
 #   make serve   run the service on the embedded default (flags/features.json, ./data)
 #   make test    lint (ruff), type-check (mypy) and run the whole test suite (pytest)
 # Both install what they need first: a pinned uv in .tools/, then the locked environment in .venv/.
@@ -41,3 +41,10 @@ services:
 
 test: install services lint typecheck
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
+
+# The benchmark (bench/run.py, see its docstring): canaryws against its bounds, a few minutes.
+#   make bench BENCH_ARGS="--quick"   smoke run; also --check, --json PATH, --markdown PATH, --no-scale
+BENCH_ARGS ?=
+.PHONY: bench
+bench: install
+	.venv/bin/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,956 @@
+"""The canaryws benchmark: canaryws against the servers that bound it, on one machine, one command.
+
+    make bench                                   # = .venv/bin/python bench/run.py
+    .venv/bin/python bench/run.py [--rounds 5] [--duration 5] [--warmup 1] [--connections 50]
+        [--records 30] [--idle 5000] [--active 1000] [--connect-duration 5] [--no-scale]
+        [--quick] [--check] [--json PATH] [--markdown PATH] [--keep]
+
+What it does, in order:
+
+1. Set-up. A temp dir with the flags files (from ``flags/features.json``: "strict pinned" =
+   ``records.strict`` at 100 %, "shadow" = that plus ``records.shadow`` enabled), one data dir
+   per canaryws process with bearer tokens issued into it (one client id per connection: the
+   service caps 16 connections per client id), and the servers' logs. RLIMIT_NOFILE's soft
+   limit is raised to the hard limit (the servers and load clients inherit it). Every server
+   starts at once on a free port, each in a process group of its own; the run waits until
+   each answers (``/healthz`` for canaryws, a TCP connection for the others).
+
+   ========================  ==============================================================
+   ``echo``                  bare FastAPI WebSocket echo: the stack's ceiling (bench/apps.py)
+   ``lean``                  the same strict work as canaryws, nothing else (bench/apps.py)
+   ``lean-both``             lean + the lenient strategy inline: the second strategy's own work
+   ``naive``                 ``is_enabled`` per batch + OTel's default instrumentation
+   ``canaryws``              ``canaryws serve``, production settings (below), strict pinned
+   ``canaryws-telemetry-off`` the same + ``OTEL_SDK_DISABLED=true``
+   ``canaryws-shadow``       the same as canaryws + ``records.shadow`` on
+   ``canaryws-2workers``     the same as canaryws + ``--workers 2`` (skipped, with a note,
+                             when ``canaryws serve --help`` has no ``--workers``)
+   ``canaryws-idle``         a fresh canaryws (production settings) used only by the idle step
+   ========================  ==============================================================
+
+   Production settings: ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``,
+   ``OTEL_TRACES_SAMPLER_ARG=0.01`` (1 % of batch spans, to the trace file in the data dir),
+   metrics on, ``CANARYWS_MAX_MESSAGES_PER_SECOND=1000000`` (the per-connection limit of
+   500/s would bind at 50 connections and measure the limiter; its bucket still runs). Other
+   ``OTEL_*``, ``CANARYWS_*`` and ``UNLEASH_*`` variables of the caller are not passed on.
+
+2. Throughput rounds (``--rounds``). Each round drives every server once with a fresh
+   ``bench/load.py run`` process (``--connections`` closed-loop connections, each sending a
+   ``--records``-record batch and waiting for its answer; ``--warmup`` s, then ``--duration``
+   s measured). The order rotates each round, and every other round is reversed, so that
+   drift hits every server alike. Over the measured window (the load client prints marks)
+   it samples the CPU time of the server's process tree (user + system, psutil) and of the
+   load client: CPU µs per message, and how busy each was (100 % = one core).
+
+3. Ratios, per round (paired within the round), then the median over rounds:
+   canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
+   (goal >= 0.9), lean / echo, naive / canaryws, 2workers / canaryws (no goals), and the
+   shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
+   (goal <= 1.0: the shadow costs no more than the second strategy's own work).
+
+4. Scale (``--no-scale`` skips it). (a) ``--idle`` idle connections on ``canaryws-idle``:
+   warm-up (50 connections sending batches for a moment, then closed), RSS baseline, open
+   the idle connections (``load.py idle``), wait 2 s, RSS again: (RSS - baseline) / N in
+   KiB (goal <= 40 KiB), and all N open, by the client's count and by the server's
+   ``canaryws_connections_active`` on ``/metrics`` (goal: both N); then they are released.
+   (b) throughput with ``--active`` connections against canaryws and lean. (c) connect rate
+   (``load.py connect --concurrency 50`` for ``--connect-duration`` s) against canaryws
+   (handshake + token check + cohort decision + welcome frame) and lean (handshake only).
+
+5. Output: the tables on stdout; ``--json PATH`` all raw numbers (every round), the machine
+   and the settings; ``--markdown PATH`` the tables in Markdown. The exit status is 0 even
+   when a goal is missed, unless ``--check`` is given (then 1). A failure (a server that
+   dies, a load client that errors) stops the run with status 2 and keeps the temp dir.
+
+6. ``--quick`` is a smoke run (1 round of 1 s after 0.3 s, 300 idle, 100 active, 1 s connect);
+   tests/integration/test_bench.py runs it.
+
+Everything started is stopped at the end, also on failure, Ctrl-C or SIGTERM (each server's
+process group gets SIGTERM, then SIGKILL after 10 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import queue
+import random
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+import psutil
+
+from canaryws.adapters.auth import TokenAuthority
+from canaryws.core.flagdoc import encode_flags_document, parse_flags_document, with_enabled, with_rollout
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+LOAD = BENCH / "load.py"
+APPS = BENCH / "apps.py"
+FLAGS = ROOT / "flags" / "features.json"
+PACKAGES = ("canaryws", "uvicorn", "fastapi", "starlette", "websockets", "uvloop", "picows",
+            "opentelemetry-sdk", "opentelemetry-instrumentation-fastapi", "psutil", "numpy")
+
+PRODUCTION_ENV = {
+    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    "OTEL_TRACES_SAMPLER_ARG": "0.01",
+    "CANARYWS_MAX_MESSAGES_PER_SECOND": "1000000",
+}
+DROPPED_PREFIXES = ("OTEL_", "CANARYWS_", "UNLEASH_")
+# The order of a round before rotation: the servers compared with each other sit side by side.
+ROUND_ORDER = ("echo", "lean", "canaryws", "canaryws-telemetry-off", "canaryws-shadow", "lean-both", "naive",
+               "canaryws-2workers")
+
+
+@dataclass(frozen=True)
+class Ratio:
+    name: str
+    numerator: str
+    denominator: str
+    goal: str | None = None  # ">= x" or "<= x"
+    kind: str = "throughput"  # or "shadow": CPU µs/msg differences
+
+    def met(self, value: float | None) -> bool | None:
+        if self.goal is None:
+            return None
+        if value is None or not math.isfinite(value):
+            return False
+        op, bound = self.goal.split()
+        return value >= float(bound) if op == ">=" else value <= float(bound)
+
+
+RATIOS = (
+    Ratio("canaryws / lean", "canaryws", "lean", ">= 0.85"),
+    Ratio("telemetry on / off", "canaryws", "canaryws-telemetry-off", ">= 0.9"),
+    Ratio("lean / echo", "lean", "echo"),
+    Ratio("naive / canaryws", "naive", "canaryws"),
+    Ratio("2workers / canaryws", "canaryws-2workers", "canaryws"),
+    Ratio("shadow cost", "canaryws-shadow - canaryws", "lean-both - lean", "<= 1.0", kind="shadow"),
+)
+IDLE_KIB_GOAL = 40.0
+BUSY_MACHINE = 0.5  # cores used by the rest of the machine during a measurement that make it suspect
+
+
+class BenchError(RuntimeError):
+    """A server or load client failed: the run stops (exit status 2)."""
+
+
+# -- processes ------------------------------------------------------------------------------
+
+# Server ports come from below the kernel's ephemeral range (32768-60999 by default): a port the
+# kernel hands out (port 0) can be taken, before the server binds it, by any outgoing connection on
+# the machine, the load clients' thousands included.
+PORT_RANGE = (20000, 32000)
+PORT = "{port}"  # the placeholder in a server's argv
+_ports_taken: set[int] = set()
+
+
+def free_port() -> int:
+    for _ in range(1000):
+        port = random.randrange(*PORT_RANGE)
+        if port in _ports_taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_taken.add(port)
+        return port
+    raise BenchError(f"no free port in {PORT_RANGE}")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and its live descendants (uvicorn workers)."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds the whole machine was busy (all cores: user, nice, system, irq, softirq), and stolen."""
+    times = psutil.cpu_times()
+    busy = times.user + times.nice + times.system + getattr(times, "irq", 0.0) + getattr(times, "softirq", 0.0)
+    return float(busy), float(getattr(times, "steal", 0.0))
+
+
+def tree_rss_bytes(pid: int) -> int:
+    root = psutil.Process(pid)
+    total = 0
+    for proc in (root, *root.children(recursive=True)):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += proc.memory_info().rss
+    return total
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def stop_group(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to the process group, SIGKILL when it is still there after ``timeout``."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    # The leader may be gone while others of its group (workers) linger.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+@dataclass
+class Server:
+    name: str
+    argv: list[str]  # with PORT where the port goes
+    env: dict[str, str]
+    log: Path
+    welcome: bool = False  # canaryws greets first
+    tokens: Path | None = None
+    echo: bool = False
+    health_path: str | None = None  # HTTP readiness probe; None: a TCP connection
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    starts: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/records"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self, cwd: Path) -> None:
+        self.port = free_port()
+        self.starts += 1
+        argv = [str(self.port) if arg == PORT else arg for arg in self.argv]
+        with self.log.open("ab") as log:
+            log.write(f"-- start {self.starts}: {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, cwd=cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
+
+    def lost_its_port(self) -> bool:
+        """It exited at start-up because its port was taken meanwhile (it may start again elsewhere)."""
+        return (self.proc is not None and self.proc.poll() is not None
+                and "address already in use" in tail(self.log, 5))
+
+    def ensure_alive(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise BenchError(f"server {self.name} is not running (exit {code}); its log:\n{tail(self.log)}")
+
+    def ready(self) -> bool:
+        self.ensure_alive()
+        if self.health_path is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{self.health_path}", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    def load_flags(self) -> list[str]:
+        flags = ["--welcome"] if self.welcome else []
+        flags += ["--tokens", str(self.tokens)] if self.tokens is not None else []
+        flags += ["--echo"] if self.echo else []
+        return flags
+
+    def metric(self, name: str) -> float | None:
+        """The sum of a Prometheus metric's samples on ``/metrics``, None when absent."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                  if line.startswith((name + "{", name + " "))]
+        return sum(values) if values else None
+
+
+class LoadClient:
+    """One ``bench/load.py`` process; its stdout lines arrive on a queue (a reader thread)."""
+
+    live: set[LoadClient] = set()  # noqa: RUF012 (the run's live clients, for teardown)
+
+    def __init__(self, args: Sequence[str], log: Path, stdin: bool = False) -> None:
+        self.log_file: IO[bytes] = log.open("ab")
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, str(LOAD), *args], stdout=subprocess.PIPE,
+                                     stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stderr=self.log_file,
+                                     start_new_session=True)
+        self.ps = psutil.Process(self.proc.pid)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        LoadClient.live.add(self)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            self.lines.put(raw.decode(errors="replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def expect(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                line = self.lines.get(timeout=max(left, 0.001))
+            except queue.Empty:
+                raise BenchError(f"load client: no {prefix!r} line within {timeout:.0f} s; stderr:\n"
+                                 f"{tail(self.log)}") from None
+            if line is None:
+                self.proc.wait()
+                raise BenchError(f"load client exited ({self.proc.returncode}) before {prefix!r}; stderr:\n"
+                                 f"{tail(self.log)}")
+            if line.startswith(prefix):
+                return line
+
+    def send_line(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        line = self.expect("{", timeout)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("load client did not exit after its result") from None
+        if self.proc.returncode != 0:
+            raise BenchError(f"load client exited with {self.proc.returncode}; stderr:\n{tail(self.log)}")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        stop_group(self.proc, timeout=5)
+        self.log_file.close()
+        LoadClient.live.discard(self)
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+@dataclass
+class Settings:
+    rounds: int
+    duration: float
+    warmup: float
+    connections: int
+    records: int
+    idle: int
+    active: int
+    connect_duration: float
+    connect_concurrency: int
+    scale: bool
+    quick: bool
+    pause: float
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Settings:
+        quick = bool(args.quick)
+
+        def pick(value: Any, default: Any, quick_value: Any) -> Any:
+            return value if value is not None else (quick_value if quick else default)
+
+        return cls(
+            rounds=pick(args.rounds, 5, 1),
+            duration=pick(args.duration, 5.0, 1.0),
+            warmup=pick(args.warmup, 1.0, 0.3),
+            connections=pick(args.connections, 50, 50),
+            records=pick(args.records, 30, 30),
+            idle=pick(args.idle, 5000, 300),
+            active=pick(args.active, 1000, 100),
+            connect_duration=pick(args.connect_duration, 5.0, 1.0),
+            connect_concurrency=pick(args.connect_concurrency, 50, 50),
+            scale=not args.no_scale,
+            quick=quick,
+            pause=0.2 if quick else 0.5,
+        )
+
+
+@dataclass
+class Bench:
+    settings: Settings
+    workdir: Path
+    servers: dict[str, Server] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+        print(f"note: {text}", flush=True)
+
+    def canaryws_command(self) -> list[str]:
+        script = Path(sys.executable).parent / "canaryws"
+        return [str(script)] if script.exists() else [sys.executable, "-m", "canaryws"]
+
+    def has_workers_option(self) -> bool:
+        done = subprocess.run([*self.canaryws_command(), "serve", "--help"], capture_output=True, text=True,
+                              timeout=60, check=False)
+        return "--workers" in done.stdout
+
+    def plan(self) -> None:
+        s = self.settings
+        flags_dir = self.workdir / "flags"
+        flags_dir.mkdir()
+        doc = with_rollout(parse_flags_document(FLAGS.read_bytes()), "records.strict", 100)
+        strict_flags = flags_dir / "strict.json"
+        strict_flags.write_bytes(encode_flags_document(doc))
+        shadow_flags = flags_dir / "shadow.json"
+        shadow_flags.write_bytes(encode_flags_document(with_enabled(doc, "records.shadow", True)))
+        n_tokens = max(s.connections, s.idle if s.scale else 0, s.active if s.scale else 0, 1)
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
+        base_env["PYTHONUNBUFFERED"] = "1"
+        production = {**base_env, **PRODUCTION_ENV}
+        logs = self.workdir / "logs"
+        logs.mkdir()
+
+        def app(kind: str, *extra: str, echo: bool = False) -> None:
+            self.servers[kind] = Server(kind, [sys.executable, str(APPS), kind, PORT, *extra], base_env,
+                                        logs / f"{kind}.log", echo=echo)
+
+        def canaryws(name: str, flags: Path, env: dict[str, str], *extra: str) -> None:
+            data = self.workdir / "data" / name
+            data.mkdir(parents=True)
+            authority = TokenAuthority.from_data_dir(data)
+            tokens = self.workdir / "tokens" / f"{name}.txt"
+            tokens.parent.mkdir(exist_ok=True)
+            tokens.write_text("".join(authority.issue(f"client-{i}") + "\n" for i in range(n_tokens)))
+            argv = [*self.canaryws_command(), "serve", "--port", PORT, "--flags", str(flags), "--data-dir",
+                    str(data), "--log-level", "WARNING", *extra]
+            self.servers[name] = Server(name, argv, env, logs / f"{name}.log", welcome=True, tokens=tokens,
+                                        health_path="/healthz")
+
+        app("echo", echo=True)
+        app("lean")
+        app("lean-both")
+        app("naive", str(strict_flags))
+        canaryws("canaryws", strict_flags, production)
+        canaryws("canaryws-telemetry-off", strict_flags, {**production, "OTEL_SDK_DISABLED": "true"})
+        canaryws("canaryws-shadow", shadow_flags, production)
+        if self.has_workers_option():
+            canaryws("canaryws-2workers", strict_flags, production, "--workers", "2")
+        else:
+            self.note("canaryws serve has no --workers option: canaryws-2workers is skipped")
+        if s.scale:
+            canaryws("canaryws-idle", strict_flags, production)
+
+    def start(self, timeout: float = 120.0) -> None:
+        for server in self.servers.values():
+            server.start(self.workdir)
+        waiting = dict(self.servers)
+        deadline = time.monotonic() + timeout
+        while waiting:
+            for name, server in list(waiting.items()):
+                if server.lost_its_port() and server.starts < 3:
+                    server.start(self.workdir)
+                elif server.ready():
+                    del waiting[name]
+            if time.monotonic() > deadline:
+                raise BenchError(f"not ready after {timeout:.0f} s: {', '.join(waiting)}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for client in list(LoadClient.live):
+            client.close()
+        running = [s.proc for s in self.servers.values() if s.proc is not None and s.proc.poll() is None]
+        for proc in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in running:
+            stop_group(proc)
+
+    # -- measurements ---------------------------------------------------------------------------
+    def client(self, server: Server, mode: str, *args: str, stdin: bool = False) -> LoadClient:
+        server.ensure_alive()
+        return LoadClient([mode, server.url, *server.load_flags(), *args], self.workdir / "logs" / "load.log",
+                          stdin=stdin)
+
+    def windowed(self, server: Server, mode: str, args: Sequence[str], setup_timeout: float,
+                 duration: float) -> dict[str, Any]:
+        """One ``run``/``connect`` load process; server and client CPU over the measured window."""
+        client = self.client(server, mode, *args, "--marks")
+        try:
+            client.expect("mark start", setup_timeout)
+            busy, steal = machine_cpu_seconds()
+            server_cpu, client_cpu, wall = tree_cpu_seconds(server.pid), client.cpu_seconds(), time.perf_counter()
+            client.expect("mark stop", duration + 60)
+            server_cpu = tree_cpu_seconds(server.pid) - server_cpu
+            client_cpu = client.cpu_seconds() - client_cpu
+            wall = time.perf_counter() - wall
+            busy_after, steal_after = machine_cpu_seconds()
+            result = client.result(60)
+        finally:
+            client.close()
+        server.ensure_alive()
+        count = result.get("messages", result.get("handshakes", 0))
+        result.update(
+            server=server.name,
+            server_cpu_s=server_cpu,
+            server_cpu_util=server_cpu / wall,
+            client_cpu_s=client_cpu,
+            client_cpu_util=client_cpu / wall,
+            # the rest of the machine: other processes, and kernel work (loopback softirqs) no process is charged
+            other_cpu_util=max(busy_after - busy - server_cpu - client_cpu, 0.0) / wall,
+            steal_util=(steal_after - steal) / wall,
+            cpu_us_per_msg=server_cpu / count * 1e6 if count else None,
+        )
+        return result
+
+    def throughput(self, server: Server, connections: int) -> dict[str, Any]:
+        s = self.settings
+        args = ["--connections", str(connections), "--duration", str(s.duration), "--warmup", str(s.warmup),
+                "--records", str(s.records)]
+        return self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+
+    def rounds(self) -> list[list[dict[str, Any]]]:
+        s = self.settings
+        names = [name for name in ROUND_ORDER if name in self.servers]
+        out: list[list[dict[str, Any]]] = []
+        for r in range(s.rounds):
+            order = names[r % len(names):] + names[:r % len(names)]
+            if r % 2:
+                order.reverse()
+            print(f"round {r + 1}/{s.rounds}: {' '.join(order)}", flush=True)
+            results = []
+            for position, name in enumerate(order):
+                result = self.throughput(self.servers[name], s.connections)
+                result.update(round=r + 1, position=position)
+                results.append(result)
+                print(f"  {name:<24} {result['rate']:>9.0f} msg/s  p99 {fmt(result['p99_ms'], 2):>6} ms  "
+                      f"{fmt(result['cpu_us_per_msg'], 1):>6} µs/msg  client {result['client_cpu_util']:.0%}",
+                      flush=True)
+                time.sleep(s.pause)
+            out.append(results)
+        return out
+
+    def idle(self) -> dict[str, Any]:
+        s = self.settings
+        server = self.servers["canaryws-idle"]
+        print(f"scale: {s.idle} idle connections on canaryws-idle", flush=True)
+        # Warm-up: connections that send batches, then close, so lazy imports and caches are done.
+        warm = self.client(server, "run", "--connections", "50", "--duration", "0.5", "--warmup", "0.2")
+        try:
+            warm.result(120)
+        finally:
+            warm.close()
+        time.sleep(1.5)
+        baseline = tree_rss_bytes(server.pid)
+        active_before = server.metric("canaryws_connections_active")
+        client = self.client(server, "idle", "--connections", str(s.idle), stdin=True)
+        try:
+            opened = int(client.expect("ready ", 120 + s.idle / 50).split()[1])
+            time.sleep(2.0)
+            rss = tree_rss_bytes(server.pid)
+            active = server.metric("canaryws_connections_active")
+            client.send_line()
+            result = client.result(120)
+        finally:
+            client.close()
+        deadline = time.monotonic() + 10
+        active_after = server.metric("canaryws_connections_active")
+        while active_after and time.monotonic() < deadline:
+            time.sleep(0.2)
+            active_after = server.metric("canaryws_connections_active")
+        server.ensure_alive()
+        return {
+            "connections": s.idle,
+            "opened": opened,
+            "opened_seconds": result["opened_seconds"],
+            "closed_by_server": result["closed_by_server"],
+            "rss_baseline_bytes": baseline,
+            "rss_bytes": rss,
+            "kib_per_connection": (rss - baseline) / max(opened, 1) / 1024,
+            "metric_active_before": active_before,
+            "metric_active": active,
+            "metric_active_after_release": active_after,
+        }
+
+    def scale(self) -> dict[str, Any]:
+        s = self.settings
+        out: dict[str, Any] = {"idle": self.idle(), "active": {}, "connect": {}}
+        for name in ("canaryws", "lean"):
+            print(f"scale: {s.active} active connections on {name}", flush=True)
+            out["active"][name] = self.throughput(self.servers[name], s.active)
+            time.sleep(s.pause)
+        for name in ("canaryws", "lean"):
+            print(f"scale: connect rate on {name}", flush=True)
+            args = ["--concurrency", str(s.connect_concurrency), "--duration", str(s.connect_duration),
+                    "--warmup", str(min(s.warmup, 1.0))]
+            out["connect"][name] = self.windowed(self.servers[name], "connect", args, setup_timeout=60,
+                                                 duration=s.connect_duration)
+            time.sleep(s.pause)
+        return out
+
+
+# -- analysis ------------------------------------------------------------------------------------
+
+def median(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(present) if present else None
+
+
+def ratio_value(ratio: Ratio, by_server: dict[str, dict[str, Any]]) -> float | None:
+    """One round's value of a ratio; None when a server of it is missing or the division is undefined."""
+    try:
+        if ratio.kind == "throughput":
+            num, den = by_server[ratio.numerator]["rate"], by_server[ratio.denominator]["rate"]
+        else:
+            num = by_server["canaryws-shadow"]["cpu_us_per_msg"] - by_server["canaryws"]["cpu_us_per_msg"]
+            den = by_server["lean-both"]["cpu_us_per_msg"] - by_server["lean"]["cpu_us_per_msg"]
+    except (KeyError, TypeError):
+        return None
+    return num / den if den else None
+
+
+def shadow_parts(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """The shadow cost's two CPU differences (µs/msg) per round, their medians and the ratio of the medians."""
+    def diff(results: list[dict[str, Any]], a: str, b: str) -> float | None:
+        by = {r["server"]: r["cpu_us_per_msg"] for r in results}
+        return by[a] - by[b] if by.get(a) is not None and by.get(b) is not None else None
+
+    shadow = [diff(results, "canaryws-shadow", "canaryws") for results in rounds]
+    second = [diff(results, "lean-both", "lean") for results in rounds]
+    shadow_median, second_median = median(shadow), median(second)
+    return {
+        "shadow_us_per_round": shadow,
+        "second_strategy_us_per_round": second,
+        "shadow_us": shadow_median,
+        "second_strategy_us": second_median,
+        "ratio_of_medians": shadow_median / second_median
+        if shadow_median is not None and second_median else None,
+    }
+
+
+def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    per_server: dict[str, list[dict[str, Any]]] = {}
+    for results in rounds:
+        for result in results:
+            per_server.setdefault(result["server"], []).append(result)
+    servers = {}
+    for name in ROUND_ORDER:
+        if name not in per_server:
+            continue
+        runs = per_server[name]
+        servers[name] = {
+            key: median([run[key] for run in runs])
+            for key in ("rate", "p50_ms", "p99_ms", "p999_ms", "cpu_us_per_msg", "server_cpu_util", "client_cpu_util",
+                        "other_cpu_util", "steal_util")
+        }
+        servers[name]["messages_min"] = min(run["messages"] for run in runs)
+        servers[name]["bad_answers"] = sum(run["bad_answers"] for run in runs)
+    ratios = {}
+    for ratio in RATIOS:
+        values = [ratio_value(ratio, {r["server"]: r for r in results}) for results in rounds]
+        if all(v is None for v in values) and ratio.numerator.split()[0] not in per_server:
+            continue  # e.g. 2workers skipped
+        value = median(values)
+        ratios[ratio.name] = {"median": value, "per_round": values, "goal": ratio.goal, "met": ratio.met(value),
+                              "of": f"{ratio.numerator} / {ratio.denominator}" if ratio.kind == "throughput"
+                              else f"({ratio.numerator}) / ({ratio.denominator}), CPU µs/msg"}
+        if ratio.kind == "shadow":
+            ratios[ratio.name].update(shadow_parts(rounds))
+    return {"servers": servers, "ratios": ratios}
+
+
+def goals(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[tuple[str, bool]]:
+    out = [(name, bool(r["met"])) for name, r in summary["ratios"].items() if r["met"] is not None]
+    if scale is not None:
+        idle = scale["idle"]
+        out.append((f"idle KiB/connection <= {IDLE_KIB_GOAL:g}", idle["kib_per_connection"] <= IDLE_KIB_GOAL))
+        out.append(("idle connections all open", idle["opened"] == idle["connections"]
+                    and idle["metric_active"] is not None and idle["metric_active"] >= idle["connections"]))
+    return out
+
+
+# -- output ------------------------------------------------------------------------------------
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
+
+
+Table = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, notes
+
+
+def tables(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[Table]:
+    servers = summary["servers"]
+    out: list[Table] = [(
+        "Throughput (medians over rounds)",
+        ["server", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/msg", "server CPU", "client CPU", "other CPU",
+         "bad"],
+        [[name, fmt(s["rate"]), fmt(s["p50_ms"], 2), fmt(s["p99_ms"], 2), fmt(s["p999_ms"], 2),
+          fmt(s["cpu_us_per_msg"], 1), pct(s["server_cpu_util"]), pct(s["client_cpu_util"]), pct(s["other_cpu_util"]),
+          str(s["bad_answers"])]
+         for name, s in servers.items()],
+        ["CPU: share of one core over the measured window (server: its process tree; client: the load process; "
+         "other: the rest of the machine, incl. kernel network work)."],
+    )]
+    rows = []
+    for name, r in summary["ratios"].items():
+        status = "-" if r["met"] is None else ("PASS" if r["met"] else "FAIL")
+        rows.append([name, fmt(r["median"], 3), " ".join(fmt(v, 2) for v in r["per_round"]), r["goal"] or "-",
+                     status])
+    notes = []
+    shadow = summary["ratios"].get("shadow cost")
+    if shadow is not None:
+        notes.append(f"shadow cost: canaryws-shadow - canaryws = {fmt(shadow['shadow_us'], 1)} µs/msg, "
+                     f"lean-both - lean = {fmt(shadow['second_strategy_us'], 1)} µs/msg "
+                     "(medians of the per-round differences; ratio of these medians "
+                     f"{fmt(shadow['ratio_of_medians'], 2)})")
+    out.append(("Ratios (per round, paired; median)", ["ratio", "median", "rounds", "goal", "verdict"], rows, notes))
+    if scale is not None:
+        idle = scale["idle"]
+        kib = idle["kib_per_connection"]
+        all_open = idle["opened"] == idle["connections"] and (idle["metric_active"] or 0) >= idle["connections"]
+        out.append(("Idle connections (canaryws, production settings)", ["measure", "value", "goal", "verdict"], [
+            ["connections opened (client / server metric)",
+             f"{fmt(idle['opened'])} / {fmt(idle['metric_active'])} of {fmt(idle['connections'])}", "all",
+             "PASS" if all_open else "FAIL"],
+            ["opened in", f"{idle['opened_seconds']:.2f} s", "-", "-"],
+            ["RSS baseline -> with connections",
+             f"{idle['rss_baseline_bytes'] / 2**20:.1f} -> {idle['rss_bytes'] / 2**20:.1f} MiB", "-", "-"],
+            ["per connection", f"{kib:.1f} KiB", f"<= {IDLE_KIB_GOAL:g} KiB",
+             "PASS" if kib <= IDLE_KIB_GOAL else "FAIL"],
+            ["closed by server while idle", str(idle["closed_by_server"]), "0", "-"],
+        ], []))
+        out.append((f"Many active connections ({next(iter(scale['active'].values()))['connections']} each)",
+                    ["server", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/msg", "server CPU", "client CPU",
+                     "other CPU", "bad"],
+                    [[name, fmt(a["rate"]), fmt(a["p50_ms"], 2), fmt(a["p99_ms"], 2), fmt(a["p999_ms"], 2),
+                      fmt(a["cpu_us_per_msg"], 1), pct(a["server_cpu_util"]), pct(a["client_cpu_util"]),
+                      pct(a["other_cpu_util"]), str(a["bad_answers"])]
+                     for name, a in scale["active"].items()], []))
+        out.append(("Connect rate (50 concurrent handshake loops)",
+                    ["server", "handshakes/s", "p50 ms", "p99 ms", "CPU µs/handshake", "server CPU", "client CPU",
+                     "other CPU", "errors"],
+                    [[name, fmt(c["rate"]), fmt(c["p50_ms"], 2), fmt(c["p99_ms"], 2), fmt(c["cpu_us_per_msg"], 1),
+                      pct(c["server_cpu_util"]), pct(c["client_cpu_util"]), pct(c["other_cpu_util"]),
+                      str(c.get("errors", 0))]
+                     for name, c in scale["connect"].items()],
+                    ["canaryws: handshake + token check + cohort decision + welcome frame; lean: handshake only."]))
+    return out
+
+
+def text_table(title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    line = "  ".join
+
+    def render(cells: list[str]) -> str:
+        return line(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+
+    return "\n".join([title, render(header), line("-" * w for w in widths), *(render(r) for r in rows), *notes])
+
+
+def markdown_table(title: str, header: list[str], rows: list[list[str]], notes: list[str]) -> str:
+    def render(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|"
+    return "\n".join([f"### {title}", "", render(header), align, *(render(r) for r in rows),
+                      *(["", *notes] if notes else [])])
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    versions: dict[str, str | None] = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=False).stdout.strip() or None
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True,
+                           check=False).stdout.strip() != ""
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "cores": os.cpu_count(),
+        "ram_bytes": psutil.virtual_memory().total,
+        "kernel": platform.release(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": versions,
+        "git_commit": commit,
+        "git_dirty": dirty,
+    }
+
+
+def machine_line(m: dict[str, Any]) -> str:
+    return (f"{m['cpu_model']}, {m['cores']} cores, {m['ram_bytes'] / 2**30:.1f} GiB, Linux {m['kernel']}, "
+            f"Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v))
+
+
+def raise_nofile() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) unwind like Ctrl-C, so that teardown runs."""
+    def handler(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous: dict[signal.Signals, Callable[[int, FrameType | None], Any] | int | None] = {}
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        previous[signum] = signal.signal(signum, handler)
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, help="throughput rounds (default 5)")
+    parser.add_argument("--duration", type=float, help="measured seconds per run (default 5)")
+    parser.add_argument("--warmup", type=float, help="seconds before measuring (default 1)")
+    parser.add_argument("--connections", type=int, help="closed-loop connections per run (default 50)")
+    parser.add_argument("--records", type=int, help="records per batch (default 30)")
+    parser.add_argument("--idle", type=int, help="idle connections of the scale step (default 5000)")
+    parser.add_argument("--active", type=int, help="active connections of the scale step (default 1000)")
+    parser.add_argument("--connect-duration", type=float, help="seconds of the connect-rate step (default 5)")
+    parser.add_argument("--connect-concurrency", type=int, help="handshake loops in parallel (default 50)")
+    parser.add_argument("--no-scale", action="store_true", help="skip the scale steps")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 1 round, 1 s after 0.3 s, 300 idle, 100 active, 1 s connect")
+    parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument("--json", type=Path, help="write all raw numbers, the machine and the settings")
+    parser.add_argument("--markdown", type=Path, help="write the result tables in Markdown")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trace files)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    settings = Settings.from_args(args)
+    nofile = raise_nofile()
+    if settings.scale and settings.idle + 1000 > nofile[0]:
+        print(f"note: RLIMIT_NOFILE is {nofile[0]}; {settings.idle} idle connections may not fit", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="canaryws-bench-"))
+    bench = Bench(settings, workdir)
+    failed = True
+    started = time.time()
+    try:
+        with terminate_as_interrupt():
+            bench.plan()
+            print(f"starting {len(bench.servers)} servers ({', '.join(bench.servers)}) in {workdir}", flush=True)
+            bench.start()
+            rounds = bench.rounds()
+            scale = bench.scale() if settings.scale else None
+            failed = False
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping everything", file=sys.stderr, flush=True)
+        return 130
+    except BenchError as err:
+        print(f"benchmark failed: {err}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        bench.stop()
+        if failed or args.keep:
+            print(f"logs kept in {workdir}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    summary = summarize(rounds)
+    info = machine()
+    other = median([run["other_cpu_util"] for results in rounds for run in results])
+    if other is not None and other > BUSY_MACHINE:
+        bench.notes.append(f"the machine was busy with other work during the rounds (median {other:.0%} of a core "
+                           "outside the server and the load client): the numbers are not clean; run again when "
+                           "the machine is quiet")
+    results = tables(summary, scale)
+    print()
+    print(f"machine: {machine_line(info)}")
+    print(f"settings: {settings.rounds} rounds x {settings.duration:g} s (after {settings.warmup:g} s warm-up), "
+          f"{settings.connections} connections, {settings.records} records per batch")
+    for table in results:
+        print()
+        print(text_table(*table))
+    for note in bench.notes:
+        print(f"note: {note}")
+    checked = goals(summary, scale)
+    missed = [name for name, ok in checked if not ok]
+    print()
+    print(f"goals: {len(checked) - len(missed)}/{len(checked)} met" + (f"; missed: {', '.join(missed)}" if missed
+                                                                          else ""))
+
+    if args.json is not None:
+        document = {
+            "started": started,
+            "finished": time.time(),
+            "machine": info,
+            "settings": {**vars(settings), "production_env": PRODUCTION_ENV, "rlimit_nofile": list(nofile),
+                         "servers": {name: {"port": s.port,
+                                            "argv": s.argv[1:] if s.argv[0] == sys.executable else s.argv,
+                                            "env": {k: v for k, v in s.env.items() if k.startswith(DROPPED_PREFIXES)}}
+                                     for name, s in bench.servers.items()}},
+            "rounds": rounds,
+            "summary": summary,
+            "scale": scale,
+            "goals": {name: ok for name, ok in checked},
+            "notes": bench.notes,
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.markdown is not None:
+        parts = [f"Machine: {machine_line(info)}.",
+                 f"Settings: {settings.rounds} rounds of {settings.duration:g} s after {settings.warmup:g} s warm-up, "
+                 f"{settings.connections} closed-loop connections, {settings.records} records per batch; "
+                 f"`{' '.join(f'{k}={v}' for k, v in PRODUCTION_ENV.items())}` for canaryws.",
+                 *(markdown_table(*table) for table in results), *(f"Note: {n}" for n in bench.notes)]
+        args.markdown.write_text("\n\n".join(parts) + "\n")
+    return 1 if args.check and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

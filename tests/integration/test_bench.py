@@ -1,0 +1,87 @@
+"""The benchmark (``bench/run.py``) runs end to end: a ``--quick`` smoke run against real servers.
+
+It checks the structure of what the benchmark measured, never its goals: the machine is shared
+and noisy, and the goals are the benchmark's own ``--check``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "bench" / "run.py"
+BUDGET_SECONDS = 90
+SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow"}
+RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "naive / canaryws", "shadow cost"}
+PACKAGES = ("uvicorn", "fastapi", "websockets", "picows", "opentelemetry-sdk")
+
+
+def run_quick(tmp_path: Path) -> tuple[dict[str, Any], str, float]:
+    out = tmp_path / "bench.json"
+    markdown = tmp_path / "bench.md"
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, str(RUN), "--quick", "--json", str(out), "--markdown", str(markdown)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        stdout, _ = proc.communicate(timeout=BUDGET_SECONDS)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGTERM)  # the benchmark tears its servers down on SIGTERM
+        stdout, _ = proc.communicate(timeout=30)
+        pytest.fail(f"bench/run.py --quick took more than {BUDGET_SECONDS} s:\n{stdout}")
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, stdout
+    assert markdown.read_text().count("### ") >= 5
+    return json.loads(out.read_text()), stdout, elapsed
+
+
+def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
+    result, stdout, elapsed = run_quick(tmp_path)
+    assert elapsed < BUDGET_SECONDS
+
+    # every server produced answers, all of them results (or echoes), in the one round
+    assert len(result["rounds"]) == 1
+    runs = {run["server"]: run for run in result["rounds"][0]}
+    assert set(runs) >= SERVERS, stdout
+    for name, run in runs.items():
+        assert run["messages"] > 0, (name, run)
+        assert run["bad_answers"] == 0, (name, run)
+        assert run["connections"] == 50, (name, run)
+        assert run["cpu_us_per_msg"] > 0, (name, run)
+
+    # every ratio is a finite positive number (goals are not asserted)
+    ratios = result["summary"]["ratios"]
+    assert set(ratios) >= RATIOS, ratios
+    for name, ratio in ratios.items():
+        value = ratio["median"]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, ratio)
+
+    # scale: every idle connection opened (client and server agree) and stayed open
+    idle = result["scale"]["idle"]
+    assert idle["opened"] == idle["connections"] == 300, idle
+    assert idle["metric_active"] == idle["connections"], idle
+    assert idle["closed_by_server"] == 0, idle
+    assert idle["rss_bytes"] > 0 and math.isfinite(idle["kib_per_connection"]), idle
+    for name in ("canaryws", "lean"):
+        active = result["scale"]["active"][name]
+        assert active["connections"] == 100 and active["messages"] > 0 and active["bad_answers"] == 0, active
+        connect = result["scale"]["connect"][name]
+        assert connect["handshakes"] > 0 and connect["errors"] == 0, connect
+
+    # the machine block
+    machine = result["machine"]
+    assert machine["cores"] >= 1 and machine["ram_bytes"] > 0
+    assert machine["kernel"] and machine["python"] and machine["cpu_model"]
+    for package in PACKAGES:
+        assert machine["packages"][package], package
+    assert result["settings"]["quick"] is True
