@@ -25,6 +25,13 @@ def _boolean(raw: str) -> bool:
     raise ValueError(f"not a boolean: {raw!r} (use true or false)")
 
 
+def _at_least_one(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
 def _origins(raw: str) -> frozenset[str] | None:
     """``CANARYWS_ALLOWED_ORIGINS``: comma-separated origins (``https://app.example``); ``*`` means any."""
     origins = frozenset(part.strip() for part in raw.split(",") if part.strip())
@@ -55,6 +62,7 @@ class Settings:
     allowed_origins: frozenset[str] | None = None  # None: any Origin
     admin_token_file: Path | None = None  # None: <data-dir>/admin.key, created on first start
     shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see cli.serving)
+    workers: int = 1  # serving processes; above 1, cli.workers supervises them on one listening socket
     service_name: str = "canaryws"
     # Unleash server backend (used when url and api token are both set)
     unleash_url: str | None = None
@@ -64,6 +72,10 @@ class Settings:
     unleash_request_timeout: float = 5.0
     unleash_startup_wait: float = 3.0
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, not {self.workers}")
 
     @property
     def flags_backend(self) -> str:
@@ -96,6 +108,7 @@ class Settings:
             "allowed_origins": ("CANARYWS_ALLOWED_ORIGINS", _origins),
             "admin_token_file": ("CANARYWS_ADMIN_TOKEN_FILE", Path),
             "shutdown_timeout": ("CANARYWS_SHUTDOWN_TIMEOUT", float),
+            "workers": ("CANARYWS_WORKERS", _at_least_one),
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
 
-from canaryws.settings import DEFAULT_DATA_DIR, DEFAULT_FLAGS
+from canaryws.settings import DEFAULT_DATA_DIR, DEFAULT_FLAGS, Settings
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,6 +42,12 @@ def main() -> None:
     metavar="SECONDS",
     help="Longest time from SIGTERM/SIGINT to exit (default 10).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Worker processes sharing the port (default 1: serve in this process).",
+)
 def serve(
     host: str | None,
     port: int | None,
@@ -47,17 +55,12 @@ def serve(
     data_dir: Path | None,
     log_level: str | None,
     shutdown_timeout: float | None,
+    workers: int | None,
 ) -> None:
     """Run the service (uvicorn) on the embedded flags file."""
-    import uvicorn
-
-    from canaryws.adapters.admin import AdminKeyError
-    from canaryws.adapters.revocation import RevocationFileError
     from canaryws.adapters.telemetry.logs import configure_logging
-    from canaryws.app import build_service
     from canaryws.cli import serving
-    from canaryws.core.flagdoc import FlagsDocumentError
-    from canaryws.settings import Settings
+    from canaryws.cli import workers as multi
 
     try:
         settings = Settings.from_env(
@@ -67,6 +70,7 @@ def serve(
             data_dir=data_dir,
             log_level=log_level,
             shutdown_timeout=shutdown_timeout,
+            workers=workers,
         )
     except ValueError as exc:
         raise click.ClickException(f"cannot start: invalid configuration: {exc}") from None
@@ -75,26 +79,40 @@ def serve(
     except ValueError as exc:
         raise click.ClickException(f"CANARYWS_SHUTDOWN_TIMEOUT: {exc}") from None
     configure_logging(level=settings.log_level)
-    try:
+    if settings.workers > 1:
+        # The shared on-disk state is prepared here, once; each worker builds the service itself.
+        with _cannot_start(settings):
+            multi.prepare_shared_state(settings)
+        try:
+            sock = multi.listen(settings)
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot start: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
+            ) from None
+        status = multi.Supervisor(settings, sock).run()
+        if status:
+            raise SystemExit(status)
+        return
+    from canaryws.app import build_service
+
+    with _cannot_start(settings):
         service = build_service(settings)
-    except FlagsDocumentError as exc:
-        raise click.ClickException(f"cannot start: flags document {settings.flags_path}: {exc}") from None
-    except (RevocationFileError, AdminKeyError) as exc:
-        raise click.ClickException(f"cannot start: {exc}") from None
     drain = serving.ConnectionDrain(service.asgi)
-    config = uvicorn.Config(
-        drain,
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.per_message_deflate,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
-    serving.run(config, drain, settings.shutdown_timeout)
+    serving.run(serving.uvicorn_config(drain, settings), drain, settings.shutdown_timeout)
+
+
+@contextlib.contextmanager
+def _cannot_start(settings: Settings) -> Iterator[None]:
+    """A bad flags document, revocation list or admin credential: a clear "cannot start"."""
+    from canaryws.cli.workers import startup_error
+
+    try:
+        yield
+    except Exception as exc:
+        message = startup_error(exc, settings)
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
 
 
 @main.group()

@@ -19,6 +19,9 @@ On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
 
 A graceful shutdown exits 0 (uvicorn would re-raise the signal after its shutdown, which
 kills the process with the signal's status instead); a forced one exits 1.
+
+With ``--workers N`` each worker process runs this same server on the listening socket
+its supervisor (:mod:`canaryws.cli.workers`) bound, and handles SIGTERM only.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from socket import socket
 from types import FrameType
 from typing import Any
 
@@ -41,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import HANDLED_SIGNALS
 
 from canaryws.app import app_shutdown_budget
+from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws.shutdown")
 
@@ -254,12 +259,24 @@ class ConnectionDrain:
 class GracefulServer(uvicorn.Server):
     """uvicorn's server with :class:`ConnectionDrain` before its shutdown, the connections'
     wait bounded by the :class:`ShutdownPlan` and the :class:`ShutdownWatchdog` armed by
-    the first signal. The config's app must be wrapped in ``drain``."""
+    the first of ``signals``. The config's app must be wrapped in ``drain``. ``on_started``
+    is called once the server listens and the app has started (a worker tells its
+    supervisor so)."""
 
-    def __init__(self, config: uvicorn.Config, drain: ConnectionDrain, watchdog: ShutdownWatchdog) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain: ConnectionDrain,
+        watchdog: ShutdownWatchdog,
+        *,
+        signals: Sequence[int] = HANDLED_SIGNALS,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         super().__init__(config)
         self.drain = drain
         self.watchdog = watchdog
+        self.signals = tuple(signals)
+        self.on_started = on_started
         self.drained: bool | None = None  # None: no drain ran
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -273,12 +290,17 @@ class GracefulServer(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        original_handlers = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        original_handlers = {sig: signal.signal(sig, self.handle_exit) for sig in self.signals}
         try:
             yield
         finally:
             for sig, handler in original_handlers.items():
                 signal.signal(sig, handler)
+
+    async def startup(self, sockets: list[socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
 
     async def shutdown(self, sockets: list[Any] | None = None) -> None:
         plan = self.watchdog.plan
@@ -314,12 +336,38 @@ def check_shutdown_timeout(seconds: float) -> None:
         raise ValueError(f"the shutdown timeout must be a positive number of seconds, not {seconds!r}")
 
 
-def run(config: uvicorn.Config, drain: ConnectionDrain, shutdown_timeout: float) -> None:
-    """Run ``config`` (whose app is ``drain``) until a signal, then shut down within the bound."""
+def uvicorn_config(app: ConnectionDrain, settings: Settings) -> uvicorn.Config:
+    """The uvicorn configuration ``canaryws serve`` runs ``app`` with (every worker alike)."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.max_frame_bytes,
+        ws_per_message_deflate=settings.per_message_deflate,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+
+
+def run(
+    config: uvicorn.Config,
+    drain: ConnectionDrain,
+    shutdown_timeout: float,
+    *,
+    sockets: list[socket] | None = None,
+    signals: Sequence[int] = HANDLED_SIGNALS,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """Run ``config`` (whose app is ``drain``) until one of ``signals``, then shut down within
+    the bound. ``sockets``: listening sockets bound by the caller (a worker's supervisor);
+    without them uvicorn binds the config's host and port."""
     watchdog = ShutdownWatchdog(ShutdownPlan.for_bound(shutdown_timeout))
     watchdog.start()
-    server = GracefulServer(config, drain, watchdog)
-    server.run()
+    server = GracefulServer(config, drain, watchdog, signals=signals, on_started=on_started)
+    server.run(sockets)
     if watchdog.started_at is not None:
         log.info(
             "shutdown complete",

@@ -28,6 +28,9 @@ Environment (read from the ``environ`` mapping given, ``os.environ`` by default)
   reads the same variable from the process environment and then records no metrics
   either (``/metrics`` answers with an empty exposition).
 - ``CANARYWS_TRACE_FILE_MAX_BYTES``: optional cap on the trace file's size.
+- ``CANARYWS_WORKER``: set by ``canaryws serve --workers N`` for worker ``k`` (1..N):
+  the trace file is then ``traces-<k>.jsonl``, since its exporter must be the file's only
+  writer (:func:`trace_file_name`).
 
 Failing exporters. Losing telemetry must never slow down or stop the service: spans
 wait in each batch processor's bounded queue (``OTEL_BSP_MAX_QUEUE_SIZE``) and are sent
@@ -90,11 +93,20 @@ from canaryws.adapters.telemetry.sampling import (
     sampler_from_environ,
 )
 
-__all__ = ["DROP_REASONS", "TRACE_FILE_NAME", "SpanExportMonitor", "TelemetryProviders", "setup_telemetry"]
+__all__ = [
+    "DROP_REASONS",
+    "TRACE_FILE_NAME",
+    "WORKER_VAR",
+    "SpanExportMonitor",
+    "TelemetryProviders",
+    "setup_telemetry",
+    "trace_file_name",
+]
 
 _logger = logging.getLogger("canaryws.telemetry")
 
 TRACE_FILE_NAME = "traces.jsonl"
+WORKER_VAR = "CANARYWS_WORKER"  # the worker's index (1..N) under ``serve --workers N``
 _DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 _EXPORTER_NAMES = ("otlp", "file", "console", "none")
 # Specification defaults, used instead of the SDK reading os.environ itself.
@@ -540,7 +552,7 @@ def setup_telemetry(
         for name in names:
             exporter: SpanExporter
             if name == "file":
-                trace_file = Path(data_dir) / TRACE_FILE_NAME
+                trace_file = Path(data_dir) / trace_file_name(env)
                 file_exporter = OtlpJsonFileSpanExporter(
                     trace_file, max_bytes=_int(env, "CANARYWS_TRACE_FILE_MAX_BYTES")
                 )
@@ -581,6 +593,18 @@ def setup_telemetry(
 # --------------------------------------------------------------------------------------
 # Environment parsing (explicit, so a mapping other than os.environ works too)
 # --------------------------------------------------------------------------------------
+
+
+def trace_file_name(env: Mapping[str, str]) -> str:
+    """``traces.jsonl``, or ``traces-<k>.jsonl`` for worker ``k`` (``CANARYWS_WORKER``): the
+    file exporter assumes it is its file's only writer (it truncates a torn last line and
+    tracks the size), so each worker process writes a file of its own."""
+    worker = env.get(WORKER_VAR, "").strip()
+    if not worker:
+        return TRACE_FILE_NAME
+    if not worker.isdecimal():
+        raise ValueError(f"{WORKER_VAR}={worker!r} is not a worker number")
+    return f"traces-{int(worker)}.jsonl"
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
