@@ -19,7 +19,7 @@ from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
-from canaryws.core.strategies import STRICT
+from canaryws.core.strategies import LENIENT, STRICT
 from canaryws.core.summary import NORMAL_CLOSE_CODES, ConnectionSummary
 
 
@@ -77,19 +77,18 @@ def test_batch_spans_follow_the_delegate_when_its_ratio_is_unknown() -> None:
     assert dict(span.attributes or {}) == {"canaryws.span.role": "batch"}
 
 
-def _answered(telemetry: RecordsTelemetry, records: list[Any], seconds: float) -> None:
-    outcome = STRICT.process(records, 100)
-    telemetry.batch_done(INVALID_SPAN, "b", outcome, outcome.reason_counts(), seconds, "c1")
+def _summary(strategy: str, batches: list[tuple[list[Any], float]]) -> ConnectionSummary:
+    summary = ConnectionSummary.opening("c", "client", Cohort(strategy, 1, False, "r1"), 1.0)
+    for records, seconds in batches:
+        outcome = (STRICT if strategy == "strict" else LENIENT).process(records, 100)
+        summary.add(outcome, outcome.reason_counts(), seconds)
+    return summary
 
 
-def test_batch_and_record_totals_reach_the_metrics_at_collection() -> None:
-    reader = InMemoryMetricReader()
-    telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
-    _answered(telemetry, ["a", " ", None, "b"], 0.001)
-    _answered(telemetry, ["c"], 0.002)
+def _points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     data = reader.get_metrics_data()
     assert data is not None
-    points = {
+    return {
         (metric.name, tuple(sorted(dict(point.attributes or {}).items()))): point.value
         for resource in data.resource_metrics
         for scope in resource.scope_metrics
@@ -97,24 +96,50 @@ def test_batch_and_record_totals_reach_the_metrics_at_collection() -> None:
         for point in metric.data.data_points
         if metric.name in ("canaryws.batches", "canaryws.records")
     }
-    assert points == {
-        ("canaryws.batches", (("strategy", "strict"),)): 2,
-        ("canaryws.records", (("outcome", "accepted"), ("strategy", "strict"))): 3,
+
+
+def test_batch_metrics_are_the_retired_slices_plus_the_open_ones_and_never_step_back() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
+    open_slices = [_summary("strict", [(["a", " ", None, "b"], 0.001)]), _summary("lenient", [(["c", ""], 0.002)])]
+    telemetry.totals.track(lambda: list(open_slices))
+    first = _points(reader)
+    assert first == {
+        ("canaryws.batches", (("strategy", "strict"),)): 1,
+        ("canaryws.batches", (("strategy", "lenient"),)): 1,
+        ("canaryws.records", (("outcome", "accepted"), ("strategy", "strict"))): 2,
         ("canaryws.records", (("outcome", "rejected"), ("reason", "blank"), ("strategy", "strict"))): 1,
         ("canaryws.records", (("outcome", "rejected"), ("reason", "missing"), ("strategy", "strict"))): 1,
+        ("canaryws.records", (("outcome", "accepted"), ("strategy", "lenient"))): 1,
+        ("canaryws.records", (("outcome", "skipped"), ("reason", "empty"), ("strategy", "lenient"))): 1,
     }
+    # the strict slice ends (retired, and replaced by an empty one) while the lenient one goes on
+    with telemetry.totals.lock:
+        telemetry.totals.retire(open_slices[0])
+        open_slices[0] = _summary("strict", [])
+    lenient = open_slices[1]
+    outcome = LENIENT.process(["d"], 100)
+    lenient.add(outcome, outcome.reason_counts(), 0.001)
+    second = _points(reader)
+    assert second[("canaryws.batches", (("strategy", "strict"),))] == 1  # not lost, not doubled
+    assert second[("canaryws.batches", (("strategy", "lenient"),))] == 2
+    assert all(second[key] >= value for key, value in first.items())
 
 
-def test_the_in_process_duration_histogram_is_a_prometheus_histogram() -> None:
+def test_the_duration_histogram_is_a_prometheus_histogram_of_the_summaries_buckets() -> None:
     registry = CollectorRegistry()
     telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(), duration_registry=registry)
     bound = [ms / 1000 for ms in histogram.BOUNDS_MS]
     # below the first bound, on a bound (le is inclusive), just above it, above the last bound
-    for seconds in (bound[0] / 2, bound[10], bound[10], bound[10] * 1.01, 100.0):
-        _answered(telemetry, ["a"], seconds)
+    seconds = (bound[0] / 2, bound[10], bound[10], bound[10] * 1.01, 100.0)
+    retired = _summary("strict", [(["a"], value) for value in seconds[:3]])
+    live = _summary("strict", [(["a"], value) for value in seconds[3:]])
+    telemetry.totals.track(lambda: [live])
+    with telemetry.totals.lock:
+        telemetry.totals.retire(retired)
     text = generate_latest(registry).decode()
     assert 'canaryws_batch_duration_seconds_count{strategy="strict"} 5.0' in text
-    total = bound[0] / 2 + 2 * bound[10] + bound[10] * 1.01 + 100.0
+    total = sum(seconds[:3]) + sum(seconds[3:])
     assert f'canaryws_batch_duration_seconds_sum{{strategy="strict"}} {total!r}' in text
     buckets = {
         float(line.split('le="')[1].split('"')[0]): float(line.rsplit(" ", 1)[1])
@@ -125,3 +150,16 @@ def test_the_in_process_duration_histogram_is_a_prometheus_histogram() -> None:
     assert buckets[bound[0]] == 1 and buckets[bound[9]] == 1
     assert buckets[bound[10]] == 3 and buckets[bound[11]] == 4
     assert buckets[bound[-1]] == 4 and buckets[float("inf")] == 5
+
+
+def test_with_otlp_metrics_the_duration_is_the_sdks_histogram_recorded_per_batch() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
+    outcome = STRICT.process(["a"], 100)
+    telemetry.batch_done(INVALID_SPAN, "b", outcome, outcome.reason_counts(), 0.004, "c1")
+    data = reader.get_metrics_data()
+    assert data is not None
+    (point,) = [point for resource in data.resource_metrics for scope in resource.scope_metrics
+                for metric in scope.metrics if metric.name == "canaryws.batch.duration"
+                for point in metric.data.data_points]
+    assert point.count == 1 and point.sum == 0.004

@@ -125,6 +125,7 @@ class RecordsEndpoint:
         self._revoked = revoked
         self._open: dict[str, _Connection] = {}
         self._per_client: dict[str, int] = {}
+        telemetry.totals.track(lambda: [conn.summary for conn in list(self._open.values())])
 
     @property
     def open_connections(self) -> int:
@@ -289,11 +290,10 @@ class RecordsEndpoint:
                 with contextlib.suppress(Exception):  # the socket may already be gone
                     await websocket.close(CLOSE_INTERNAL_ERROR)
         finally:
-            del self._open[connection_id]
             summary = conn.summary
             summary.close_code = close_code
             self._telemetry.closed(summary, close_code)
-            self._end_slice(conn, END_CLOSED)
+            self._end_slice(conn, END_CLOSED)  # and out of the open set
             log.info(
                 "connection closed",
                 extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
@@ -376,8 +376,14 @@ class RecordsEndpoint:
         start_ns, end_ns, connect = conn.slice_start_ns, time.time_ns(), conn.connect
         telemetry = self._telemetry
         self._shadow.after_pending(summary, lambda: telemetry.emit_summary(summary, start_ns, end_ns, connect))
+        totals = telemetry.totals
+        with totals.lock:  # the slice moves to the batch metrics' retired totals in one step
+            totals.retire(summary)
+            if why == END_CLOSED:
+                del self._open[conn.context.connection_id]
+            elif next_cohort is not None:
+                conn.summary = summary.next_slice(next_cohort, strict_share)
         if next_cohort is not None:
-            conn.summary = summary.next_slice(next_cohort, strict_share)
             conn.slice_start_ns = end_ns
             conn.slice_started = time.perf_counter()
 

@@ -14,13 +14,13 @@
 from __future__ import annotations
 
 import random
-from bisect import bisect_left
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
-from opentelemetry.metrics import CallbackOptions, Meter, MeterProvider, Observation
+from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client import CollectorRegistry
@@ -79,27 +79,27 @@ class RecordsTelemetry:
             unit="{frame}",
             description="Frames held back by the per-connection rate limit, by strategy",
         )
-        # Per-batch counts add up in plain dicts; observable counters report the totals when
-        # metrics are collected (a scrape, an OTLP export), not on every batch (docs/benchmarks.md).
-        self._batch_totals: dict[tuple[str, ...], int] = {}
-        self._record_totals: dict[tuple[str, ...], int] = {}
+        # Batches, records and batch durations are counted once, on the connection summaries
+        # (which the batch loop fills anyway): at collection (a scrape, an OTLP export) the
+        # totals are the retired slices plus the open connections' current ones; the batch
+        # loop does no metric work at all (docs/benchmarks.md).
+        self._totals = SummaryTotals()
         meter.create_observable_counter(
             "canaryws.batches",
-            callbacks=[self._observer(self._batch_totals)],
+            callbacks=[self._totals.observe_batches],
             unit="{batch}",
             description="Batches answered with a result, by strategy",
         )
         meter.create_observable_counter(
             "canaryws.records",
-            callbacks=[self._observer(self._record_totals)],
+            callbacks=[self._totals.observe_records],
             unit="{record}",
             description="Records by strategy, outcome and reason",
         )
-        self._durations: DurationHistograms | None = None
+        self._duration: Histogram | None = None
         if duration_registry is not None:
-            self._durations = DurationHistograms()
-            duration_registry.register(self._durations)
-        else:
+            duration_registry.register(DurationHistograms(self._totals))
+        else:  # metrics also leave by OTLP: the SDK's histogram, recorded per batch
             self._duration = meter.create_histogram(
                 "canaryws.batch.duration", unit="s", description=DURATION_DESCRIPTION
             )
@@ -161,6 +161,13 @@ class RecordsTelemetry:
             cached = dict(zip(pairs[::2], pairs[1::2], strict=True))
             self._attr_cache[pairs] = cached
         return cached
+
+    # -- the summaries behind the batch metrics -----------------------------------
+
+    @property
+    def totals(self) -> SummaryTotals:
+        """Batches, records and durations: retired slices plus the open ones (see :class:`SummaryTotals`)."""
+        return self._totals
 
     # -- connection lifecycle -------------------------------------------------
 
@@ -292,20 +299,7 @@ class RecordsTelemetry:
         With ``end`` false the span stays open for the shadow comparison (:meth:`shadow_done`).
         """
         strategy = outcome.strategy
-        batches = self._batch_totals
-        key: tuple[str, ...] = ("strategy", strategy)
-        batches[key] = batches.get(key, 0) + 1
-        totals = self._record_totals
-        if outcome.accepted:
-            key = ("strategy", strategy, "outcome", "accepted")
-            totals[key] = totals.get(key, 0) + len(outcome.accepted)
-        for (kind, reason), n in counts.items():
-            key = ("strategy", strategy, "outcome", kind, "reason", reason)
-            totals[key] = totals.get(key, 0) + n
-        durations = self._durations
-        if durations is not None:
-            durations.add(strategy, elapsed)
-        else:
+        if self._duration is not None:
             self._duration.record(elapsed, self._attrs("strategy", strategy))
         if span.is_recording():
             attrs: dict[str, Any] = {
@@ -381,43 +375,103 @@ class RecordsTelemetry:
 DURATION_DESCRIPTION = "Time from frame received to result sent"
 
 
-class DurationHistograms:
-    """The ``canaryws_batch_duration_seconds`` histogram per strategy, aggregated in-process.
+class SummaryTotals:
+    """Process-wide batch metrics, read from the connection summaries at collection time.
 
-    A batch costs one bisect and two additions (the OTel SDK's ``Histogram.record`` costs
-    about 5 µs: a measurement object, attribute hashing and a lock per call). The buckets
-    are :mod:`canaryws.core.histogram`'s √2-spaced bounds, the same the connection
-    summaries carry. It is a prometheus_client custom collector in the registry
-    ``/metrics`` serves, so the exposition is a standard Prometheus histogram.
+    The endpoint registers where the open connections' summaries are (:meth:`track`) and
+    hands over each slice it ends (:meth:`retire`, under :attr:`lock`, in the same step as
+    the slice leaves the open set or is replaced), so a total never counts a slice twice or
+    not at all: every counter only grows. Collection runs in the scrape's or the exporter's
+    thread and holds the lock while it sums; the batch loop never takes it.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._live: Callable[[], Iterable[ConnectionSummary]] = tuple
+        self._batches: dict[str, int] = {}
+        self._records: dict[tuple[str, str, str], int] = {}  # (strategy, outcome, reason) -> n
+        self._latency: dict[str, list[int]] = {}
+        self._latency_sum: dict[str, float] = {}
+
+    def track(self, live: Callable[[], Iterable[ConnectionSummary]]) -> None:
+        """``live()`` returns the summaries of the open connections (a snapshot)."""
+        self._live = live
+
+    def retire(self, summary: ConnectionSummary) -> None:
+        """Fold an ended slice into the totals; call with :attr:`lock` held."""
+        self._fold(summary, self._batches, self._records, self._latency, self._latency_sum)
+
+    @staticmethod
+    def _fold(summary: ConnectionSummary, batches: dict[str, int], records: dict[tuple[str, str, str], int],
+              latency: dict[str, list[int]], latency_sum: dict[str, float]) -> None:
+        if not summary.batches:
+            return
+        strategy = summary.strategy
+        batches[strategy] = batches.get(strategy, 0) + summary.batches
+        key = (strategy, "accepted", "")
+        records[key] = records.get(key, 0) + summary.accepted
+        for (outcome, reason), n in list(summary.reasons.items()):
+            key = (strategy, outcome, reason)
+            records[key] = records.get(key, 0) + n
+        buckets = latency.get(strategy)
+        if buckets is None:
+            buckets = latency[strategy] = histogram.empty()
+        for i, n in enumerate(list(summary.latency)):
+            buckets[i] += n
+        latency_sum[strategy] = latency_sum.get(strategy, 0.0) + summary.latency_sum_s
+
+    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int], dict[str, list[int]],
+                                dict[str, float]]:
+        """The totals now: retired slices plus the open connections' current slices."""
+        with self.lock:
+            batches = dict(self._batches)
+            records = dict(self._records)
+            latency = {strategy: list(buckets) for strategy, buckets in self._latency.items()}
+            latency_sum = dict(self._latency_sum)
+            for summary in self._live():
+                self._fold(summary, batches, records, latency, latency_sum)
+        return batches, records, latency, latency_sum
+
+    def observe_batches(self, _options: CallbackOptions) -> Iterable[Observation]:
+        batches = self.snapshot()[0]
+        return [Observation(n, {"strategy": strategy}) for strategy, n in batches.items()]
+
+    def observe_records(self, _options: CallbackOptions) -> Iterable[Observation]:
+        records = self.snapshot()[1]
+        return [
+            Observation(n, {"strategy": strategy, "outcome": outcome, **({"reason": reason} if reason else {})})
+            for (strategy, outcome, reason), n in records.items()
+            if n or outcome != "accepted"
+        ]
+
+
+class DurationHistograms:
+    """The ``canaryws_batch_duration_seconds`` histogram per strategy, read from the
+    connection summaries' latency histograms at scrape time (:class:`SummaryTotals`).
+
+    The buckets are :mod:`canaryws.core.histogram`'s √2-spaced bounds, the ones the
+    summaries carry. A prometheus_client custom collector in the registry ``/metrics``
+    serves, so the exposition is a standard Prometheus histogram (the OTel SDK has no
+    histogram whose values are read at collection time).
     """
 
     name = "canaryws_batch_duration_seconds"
 
-    def __init__(self) -> None:
-        self._counts: dict[str, list[int]] = {}
-        self._sums: dict[str, float] = {}
-        self._bounds_s = [bound / 1000.0 for bound in histogram.BOUNDS_MS]
-        self._le = [repr(bound) for bound in self._bounds_s]
-
-    def add(self, strategy: str, seconds: float) -> None:
-        counts = self._counts.get(strategy)
-        if counts is None:
-            counts = self._counts[strategy] = histogram.empty()
-            self._sums[strategy] = 0.0
-        counts[bisect_left(self._bounds_s, seconds)] += 1
-        self._sums[strategy] += seconds
+    def __init__(self, totals: SummaryTotals) -> None:
+        self._totals = totals
+        self._le = [repr(bound / 1000.0) for bound in histogram.BOUNDS_MS]
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, DURATION_DESCRIPTION, labels=["strategy"], unit="seconds")
-        for strategy, counts in list(self._counts.items()):
-            snapshot = list(counts)  # batches go on meanwhile: read each bucket once
+        _, _, latency, latency_sum = self._totals.snapshot()
+        for strategy, counts in latency.items():
             buckets: list[tuple[str, float]] = []
             running = 0
-            for le, n in zip(self._le, snapshot, strict=False):
+            for le, n in zip(self._le, counts, strict=False):
                 running += n
                 buckets.append((le, running))
-            buckets.append(("+Inf", running + snapshot[-1]))
-            family.add_metric([strategy], buckets, self._sums[strategy])
+            buckets.append(("+Inf", running + counts[-1]))
+            family.add_metric([strategy], buckets, latency_sum[strategy])
         yield family
 
 
@@ -468,5 +522,6 @@ __all__ = [
     "DurationHistograms",
     "FlagsTelemetry",
     "RecordsTelemetry",
+    "SummaryTotals",
     "span_context",
 ]
