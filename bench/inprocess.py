@@ -134,12 +134,6 @@ def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
             return elapsed
 
     run_once()  # warm-up
-    if os.environ.get("BENCH_CPROFILE") == variant:
-        import cProfile
-        import pstats
-
-        cProfile.runctx("run_once()", globals(), locals(), "/tmp/inprocess.prof")
-        pstats.Stats("/tmp/inprocess.prof", stream=sys.stderr).sort_stats("tottime").print_stats(25)
     if profile and variant == "canaryws":
         from pyinstrument import Profiler
 

@@ -118,6 +118,27 @@ async def _open(url: str, make: Any, token: str | None) -> tuple[WSTransport, An
     return transport, listener
 
 
+async def _window(args: argparse.Namespace, state: Phase) -> float:
+    """Warm up, then measure for ``--duration`` seconds (``state.measuring``); then stop the
+    loops (``state.stopped``). Returns the measured seconds."""
+    await asyncio.sleep(args.warmup)
+    state.measuring = True
+    _mark(args, "start")
+    started = time.perf_counter()
+    await asyncio.sleep(args.duration)
+    state.measuring = False
+    seconds = time.perf_counter() - started
+    _mark(args, "stop")
+    state.stopped = True
+    return seconds
+
+
+def _percentiles(latencies_ns: list[int], **named: float) -> dict[str, float | None]:
+    """``{name: percentile in ms}``; None for every name when nothing was measured."""
+    lat = np.asarray(latencies_ns, dtype=np.float64) / 1e6
+    return {name: float(np.percentile(lat, q)) if len(lat) else None for name, q in named.items()}
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tokens = _tokens(args.tokens)
     records = json.dumps(batch_records(args.records), separators=(",", ":")).encode()
@@ -143,17 +164,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     listeners = list(await asyncio.gather(*(one(i) for i in range(args.connections))))
     for listener in listeners:
         listener.go()
-    await asyncio.sleep(args.warmup)
-    state.measuring = True
-    _mark(args, "start")
-    started = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    state.measuring = False
-    seconds = time.perf_counter() - started
-    _mark(args, "stop")
-    state.stopped = True
+    seconds = await _window(args, state)
     count = len(latencies)
-    lat = np.asarray(latencies, dtype=np.float64) / 1e6
     for listener in listeners:
         if listener.transport is not None:
             listener.transport.disconnect()
@@ -162,15 +174,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "messages": count,
         "seconds": seconds,
         "rate": count / seconds,
-        "p50_ms": float(np.percentile(lat, 50)) if count else None,
-        "p99_ms": float(np.percentile(lat, 99)) if count else None,
-        "p999_ms": float(np.percentile(lat, 99.9)) if count else None,
+        **_percentiles(latencies, p50_ms=50, p99_ms=99, p999_ms=99.9),
         "bad_answers": sum(listener.bad for listener in listeners),
         "connections": len(listeners),
     }
 
 
 class Idle(WSListener):  # type: ignore[misc]
+    """Ready at connect, or at the server's first frame with ``--welcome`` (idle and connect modes)."""
+
     def __init__(self, ready: asyncio.Future[None], welcome: bool) -> None:
         self.ready = ready
         self.welcome = welcome
@@ -215,20 +227,6 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     return {"connections": len(transports), "opened_seconds": opened_in, "closed_by_server": dropped}
 
 
-class Handshake(WSListener):  # type: ignore[misc]
-    def __init__(self, ready: asyncio.Future[None], welcome: bool) -> None:
-        self.ready = ready
-        self.welcome = welcome
-
-    def on_ws_connected(self, transport: WSTransport) -> None:  # noqa: ARG002 (picows' listener interface)
-        if not self.welcome:
-            self.ready.set_result(None)
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:  # noqa: ARG002 (picows' listener interface)
-        if frame.msg_type == WSMsgType.TEXT and not self.ready.done():
-            self.ready.set_result(None)
-
-
 async def connect(args: argparse.Namespace) -> dict[str, Any]:
     tokens = _tokens(args.tokens)
     loop = asyncio.get_running_loop()
@@ -243,7 +241,7 @@ async def connect(args: argparse.Namespace) -> dict[str, Any]:
             begun = time.perf_counter_ns()
             try:
                 transport, _ = await _open(
-                    args.url, lambda r=ready: Handshake(r, args.welcome), tokens[i % len(tokens)]
+                    args.url, lambda r=ready: Idle(r, args.welcome), tokens[i % len(tokens)]
                 )
                 await asyncio.wait_for(ready, 30)
             except (OSError, TimeoutError, WSError):  # a refused or failed handshake: counted, the loop goes on
@@ -260,24 +258,14 @@ async def connect(args: argparse.Namespace) -> dict[str, Any]:
             i += args.concurrency
 
     workers = [asyncio.create_task(worker(k)) for k in range(args.concurrency)]
-    await asyncio.sleep(args.warmup)
-    state.measuring = True
-    _mark(args, "start")
-    started = time.perf_counter()
-    await asyncio.sleep(args.duration)
-    state.measuring = False
-    seconds = time.perf_counter() - started
-    _mark(args, "stop")
-    state.stopped = True
+    seconds = await _window(args, state)
     await asyncio.gather(*workers, return_exceptions=True)
-    lat = np.asarray(latencies, dtype=np.float64) / 1e6
     n = counts["handshakes"]
     return {
         "handshakes": n,
         "seconds": seconds,
         "rate": n / seconds,
-        "p50_ms": float(np.percentile(lat, 50)) if n else None,
-        "p99_ms": float(np.percentile(lat, 99)) if n else None,
+        **_percentiles(latencies, p50_ms=50, p99_ms=99),
         "errors": counts["errors"],
     }
 

@@ -197,6 +197,7 @@ def build_service(settings: Settings) -> Service:
         tracer_provider=telemetry.tracer_provider,
         meter_provider=telemetry.meter_provider,
         excluded_urls=UNINSTRUMENTED_URLS,
+        exclude_spans=["receive", "send"],
         http_capture_headers_sanitize_fields=[
             *SANITIZED_HEADERS,
             *(field.strip() for field in settings.environ.get(SANITIZE_FIELDS_VAR, "").split(",") if field.strip()),

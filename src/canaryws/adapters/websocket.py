@@ -466,13 +466,12 @@ class RecordsEndpoint:
             except BaseException:
                 span.end()
                 raise
-            if recent is not None:
-                recent.add(batch.id)
-            elif window:
-                recent = RecentIds(window)
+            if window:
+                if recent is None:
+                    recent = RecentIds(window)
                 recent.add(batch.id)
             elapsed = time.perf_counter() - started
-            counts = outcome.reason_counts()  # once per batch, for the summary, the metrics and the span
+            counts = outcome.reason_counts()  # once per batch, for the summary and the span
             summary.add(outcome, counts, elapsed)
             telemetry.batch_done(span, batch.id, outcome, counts, elapsed, connection_id, end=not cohort.shadow)
             if cohort.shadow:

@@ -462,8 +462,8 @@ class TelemetryProviders:
     span_export_monitors: list[SpanExportMonitor] = field(default_factory=list)
     """One per trace exporter: dropped spans and health (see the module doc)."""
     duration_registry: CollectorRegistry | None = None
-    """Where the batch-duration histogram is aggregated in-process and served from
-    (:class:`canaryws.adapters.telemetry.records.DurationHistograms`): the Prometheus
+    """Where the batch-duration histogram, read from the connection summaries, is served
+    from (:class:`canaryws.adapters.telemetry.records.DurationHistograms`): the Prometheus
     registry, unless metrics also leave by OTLP (then the OTel histogram carries it to
     both) or the SDK is disabled."""
 

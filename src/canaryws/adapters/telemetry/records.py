@@ -46,8 +46,8 @@ class RecordsTelemetry:
                  rng: Callable[[], float] = random.random, *,
                  duration_registry: CollectorRegistry | None = None) -> None:
         """``duration_registry``: serve the batch-duration histogram from this Prometheus
-        registry, aggregated in-process (:class:`DurationHistograms`), instead of recording
-        each batch in an OTel histogram (5 µs a batch; see docs/benchmarks.md)."""
+        registry, read from the connection summaries (:class:`DurationHistograms`), instead of
+        recording each batch in an OTel histogram (5 µs a batch; see docs/benchmarks.md)."""
         self.tracer: Tracer = tracer_provider.get_tracer(SCOPE)
         sampler = getattr(tracer_provider, "sampler", None)
         self._batch_ratio = sampler.batch_ratio if isinstance(sampler, ConnectionSpansSampler) else None
@@ -399,11 +399,12 @@ class SummaryTotals:
 
     def retire(self, summary: ConnectionSummary) -> None:
         """Fold an ended slice into the totals; call with :attr:`lock` held."""
-        self._fold(summary, self._batches, self._records, self._latency, self._latency_sum)
+        self._fold_counts(summary, self._batches, self._records)
+        self._fold_latency(summary, self._latency, self._latency_sum)
 
     @staticmethod
-    def _fold(summary: ConnectionSummary, batches: dict[str, int], records: dict[tuple[str, str, str], int],
-              latency: dict[str, list[int]], latency_sum: dict[str, float]) -> None:
+    def _fold_counts(summary: ConnectionSummary, batches: dict[str, int],
+                     records: dict[tuple[str, str, str], int]) -> None:
         if not summary.batches:
             return
         strategy = summary.strategy
@@ -413,6 +414,13 @@ class SummaryTotals:
         for (outcome, reason), n in list(summary.reasons.items()):
             key = (strategy, outcome, reason)
             records[key] = records.get(key, 0) + n
+
+    @staticmethod
+    def _fold_latency(summary: ConnectionSummary, latency: dict[str, list[int]],
+                      latency_sum: dict[str, float]) -> None:
+        if not summary.batches:
+            return
+        strategy = summary.strategy
         buckets = latency.get(strategy)
         if buckets is None:
             buckets = latency[strategy] = histogram.empty()
@@ -420,24 +428,29 @@ class SummaryTotals:
             buckets[i] += n
         latency_sum[strategy] = latency_sum.get(strategy, 0.0) + summary.latency_sum_s
 
-    def snapshot(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int], dict[str, list[int]],
-                                dict[str, float]]:
-        """The totals now: retired slices plus the open connections' current slices."""
+    def counts(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int]]:
+        """Batches and records now: retired slices plus the open connections' current slices."""
         with self.lock:
-            batches = dict(self._batches)
-            records = dict(self._records)
+            batches, records = dict(self._batches), dict(self._records)
+            for summary in self._live():
+                self._fold_counts(summary, batches, records)
+        return batches, records
+
+    def latency(self) -> tuple[dict[str, list[int]], dict[str, float]]:
+        """Batch-duration buckets and sums now, the same way (only the histogram scrape needs them)."""
+        with self.lock:
             latency = {strategy: list(buckets) for strategy, buckets in self._latency.items()}
             latency_sum = dict(self._latency_sum)
             for summary in self._live():
-                self._fold(summary, batches, records, latency, latency_sum)
-        return batches, records, latency, latency_sum
+                self._fold_latency(summary, latency, latency_sum)
+        return latency, latency_sum
 
     def observe_batches(self, _options: CallbackOptions) -> Iterable[Observation]:
-        batches = self.snapshot()[0]
+        batches = self.counts()[0]
         return [Observation(n, {"strategy": strategy}) for strategy, n in batches.items()]
 
     def observe_records(self, _options: CallbackOptions) -> Iterable[Observation]:
-        records = self.snapshot()[1]
+        records = self.counts()[1]
         return [
             Observation(n, {"strategy": strategy, "outcome": outcome, **({"reason": reason} if reason else {})})
             for (strategy, outcome, reason), n in records.items()
@@ -463,7 +476,7 @@ class DurationHistograms:
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, DURATION_DESCRIPTION, labels=["strategy"], unit="seconds")
-        _, _, latency, latency_sum = self._totals.snapshot()
+        latency, latency_sum = self._totals.latency()
         for strategy, counts in latency.items():
             buckets: list[tuple[str, float]] = []
             running = 0
