@@ -8,7 +8,7 @@
 - ``lean-both``: ``lean`` that also does, inline after each answer, what a shadow is for:
   the lenient strategy on the batch and the comparison of its outcome with the answer
   (``canaryws.core.compare``). The difference to ``lean`` is the second strategy's own
-  work, which the shadow (queueing it off the response path, counting it) is held to.
+  work, which the shadow (running it after the answer, counting it) is held to.
 - ``naive``: the design canaryws avoids: the flag engine's ``is_enabled`` per batch (the
   Unleash engine UnleashClient evaluates, on the flags file given), and OpenTelemetry's
   default instrumentation (FastAPIInstrumentor with its per-message ``receive``/``send``

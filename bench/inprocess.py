@@ -121,9 +121,7 @@ def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
                 "subprotocols": [],
                 CHANNEL_SCOPE_KEY: (channel.receive, channel.send),
             }
-            endpoint._shadow.start()
             await endpoint.handle(WebSocket(scope, channel.receive, channel.send))
-            await endpoint._shadow.stop(timeout=30)
 
         def run_once() -> float:
             channel = Channel(texts)

@@ -379,6 +379,7 @@ class Settings:
     scale: bool
     quick: bool
     pause: float
+    only: frozenset[str] | None = None  # --servers: the throughput servers to run (None: all)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -397,9 +398,10 @@ class Settings:
             active=pick(args.active, 1000, 100),
             connect_duration=pick(args.connect_duration, 5.0, 1.0),
             connect_concurrency=pick(args.connect_concurrency, 50, 50),
-            scale=not args.no_scale,
+            scale=not args.no_scale and not args.servers,
             quick=quick,
             pause=0.2 if quick else 0.5,
+            only=frozenset(args.servers.split(",")) if args.servers else None,
         )
 
 
@@ -470,6 +472,12 @@ class Bench:
             self.note("canaryws serve has no --workers option: canaryws-2workers is skipped")
         if s.scale:
             canaryws("canaryws-idle", strict_flags, production)
+        if s.only is not None:
+            unknown = s.only - set(ROUND_ORDER)
+            if unknown:
+                raise BenchError(f"--servers: unknown {', '.join(sorted(unknown))}; known: {', '.join(ROUND_ORDER)}")
+            self.servers = {name: server for name, server in self.servers.items()
+                            if name in s.only or name == "canaryws-idle"}
 
     def start(self, timeout: float = 120.0) -> None:
         for server in self.servers.values():
@@ -678,8 +686,10 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     ratios = {}
     for ratio in RATIOS:
         values = [ratio_value(ratio, {r["server"]: r for r in results}) for results in rounds]
-        if all(v is None for v in values) and ratio.numerator.split()[0] not in per_server:
-            continue  # e.g. 2workers skipped
+        needed = {"canaryws-shadow", "canaryws", "lean-both", "lean"} if ratio.kind == "shadow" \
+            else {ratio.numerator, ratio.denominator}
+        if not needed <= per_server.keys():
+            continue  # e.g. 2workers skipped, or left out by --servers
         value = median(values)
         ratios[ratio.name] = {"median": value, "per_round": values, "goal": ratio.goal, "met": ratio.met(value),
                               "of": f"{ratio.numerator} / {ratio.denominator}" if ratio.kind == "throughput"
@@ -862,6 +872,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--connect-duration", type=float, help="seconds of the connect-rate step (default 5)")
     parser.add_argument("--connect-concurrency", type=int, help="handshake loops in parallel (default 50)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale steps")
+    parser.add_argument("--servers", help="comma-separated throughput servers to run (default: all; implies "
+                                          "--no-scale); ratios whose servers are left out are not reported")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 1 round, 1 s after 0.3 s, 300 idle, 100 active, 1 s connect")
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")

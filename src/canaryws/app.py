@@ -34,7 +34,7 @@ APP_SHUTDOWN_MAX_SECONDS = 5.0
 
 
 def app_shutdown_budget(shutdown_timeout: float) -> float:
-    """Seconds the app's own shutdown (shadow comparisons, then the telemetry flush) gets
+    """Seconds the app's own shutdown (the background tasks, then the telemetry flush) gets
     of the shutdown bound: a third of it, at most 5 s. The connections get the rest
     (``canaryws.cli.serving``)."""
     return min(APP_SHUTDOWN_MAX_SECONDS, shutdown_timeout / 3)
@@ -122,7 +122,6 @@ def build_service(settings: Settings) -> Service:
         records_telemetry,
         max_length=settings.max_record_length,
         sample_rate=settings.shadow_sample_rate,
-        max_pending_bytes=settings.shadow_max_pending_bytes,
     )
     records = RecordsEndpoint(
         flags=lambda: flags.current,
@@ -148,7 +147,6 @@ def build_service(settings: Settings) -> Service:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
         revocations_watcher = asyncio.create_task(revocations.run(), name="revocations-watcher")
         sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
-        shadow.start()
         log.info(
             "canaryws ready",
             extra={
@@ -168,7 +166,6 @@ def build_service(settings: Settings) -> Service:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await shadow.stop(timeout=shutdown_budget / 4)
             # bounded flush of spans and metrics, off the event loop, in what is left of the budget
             await asyncio.to_thread(telemetry.shutdown, max(shutdown_deadline - time.monotonic(), 0.0))
 

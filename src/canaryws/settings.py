@@ -51,7 +51,6 @@ class Settings:
     log_level: str = "INFO"
     summary_interval: float = 60.0
     shadow_sample_rate: float = 1.0
-    shadow_max_pending_bytes: int = 8 * 1024 * 1024
     # per-connection limits and fairness (see docs/contract.md, "Limits")
     max_messages_per_second: float = 500.0
     message_burst: int = 1000
@@ -98,7 +97,6 @@ class Settings:
             "log_level": ("CANARYWS_LOG_LEVEL", str),
             "summary_interval": ("CANARYWS_SUMMARY_INTERVAL", float),
             "shadow_sample_rate": ("CANARYWS_SHADOW_SAMPLE_RATE", float),
-            "shadow_max_pending_bytes": ("CANARYWS_SHADOW_MAX_PENDING_BYTES", int),
             "max_messages_per_second": ("CANARYWS_MAX_MESSAGES_PER_SECOND", float),
             "message_burst": ("CANARYWS_MESSAGE_BURST", int),
             "max_connections_per_client": ("CANARYWS_MAX_CONNECTIONS_PER_CLIENT", int),

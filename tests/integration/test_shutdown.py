@@ -226,11 +226,14 @@ class StuckShutdownService(Service):
     """``canaryws serve`` whose app shutdown blocks the event loop for good (a stuck task):
     only the watchdog can end it."""
 
-    SCRIPT = ("import sys, time\n"
-              "from canaryws.adapters.shadow import ShadowRunner\n"
-              "async def stop(self, timeout=5.0):\n"
-              "    time.sleep(3600)\n"
-              "ShadowRunner.stop = stop\n"
+    SCRIPT = ("import asyncio, sys, time\n"
+              "from canaryws.adapters.websocket import RecordsEndpoint\n"
+              "async def run(self):\n"  # the connection sweeper: stopped first by the app's shutdown
+              "    try:\n"
+              "        await asyncio.sleep(3600)\n"
+              "    finally:\n"
+              "        time.sleep(3600)\n"
+              "RecordsEndpoint.run = run\n"
               "from canaryws.cli import main\n"
               "main(sys.argv[1:], prog_name='canaryws')\n")
 

@@ -1,7 +1,7 @@
 """The ``/records`` WebSocket endpoint: a thin adapter over the core.
 
 One batch reads as a straight line: frame → decode → (pinned cohort) → strategy →
-encode → frame → telemetry → [shadow strategy → compare, queued off the response path].
+encode → frame → telemetry → [shadow strategy → compare, after the answer went out].
 The cohort is decided at connect time and re-decided only when the flags revision
 changes (a string comparison per batch, no SDK call).
 """
@@ -370,12 +370,12 @@ class RecordsEndpoint:
 
     def _end_slice(self, conn: _Connection, why: str, next_cohort: Cohort | None = None,
                    strict_share: float | None = None) -> None:
-        """Emit the connection's current summary (after its pending shadow runs) and start the next."""
+        """Emit the connection's current summary and start the next."""
         summary = conn.summary
         summary.end = why
-        start_ns, end_ns, connect = conn.slice_start_ns, time.time_ns(), conn.connect
+        end_ns = time.time_ns()
         telemetry = self._telemetry
-        self._shadow.after_pending(summary, lambda: telemetry.emit_summary(summary, start_ns, end_ns, connect))
+        telemetry.emit_summary(summary, conn.slice_start_ns, end_ns, conn.connect)
         totals = telemetry.totals
         with totals.lock:  # the slice moves to the batch metrics' retired totals in one step
             totals.retire(summary)
@@ -474,8 +474,8 @@ class RecordsEndpoint:
             counts = outcome.reason_counts()  # once per batch, for the summary and the span
             summary.add(outcome, counts, elapsed)
             telemetry.batch_done(span, batch.id, outcome, counts, elapsed, connection_id, end=not cohort.shadow)
-            if cohort.shadow:
-                shadow_runner.submit(summary, span, batch.records, outcome, len(text))
+            if cohort.shadow:  # after the answer went out; ends the span
+                shadow_runner.run(summary, span, batch.records, outcome)
 
 
 @dataclass(slots=True, kw_only=True)

@@ -10,8 +10,8 @@ On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
 2. **Close the rest**: at the end of the drain, uvicorn's own shutdown sends 1012 to the
    connections still open (and drops them), waits for the connections and their tasks,
    and cancels what is left at the end of the connections' share of the bound.
-3. **The app's shutdown** (the lifespan): background tasks stop, queued shadow comparisons
-   finish, spans and metrics are flushed, in :func:`canaryws.app.app_shutdown_budget`
+3. **The app's shutdown** (the lifespan): background tasks stop, spans and metrics are
+   flushed, in :func:`canaryws.app.app_shutdown_budget`
    (a third of the bound, at most 5 s).
 4. A **watchdog** thread, armed by the signal, ends the process with ``os._exit(1)`` when
    the bound passes and it is still alive, whatever is stuck (a client that never reads, an
@@ -62,7 +62,7 @@ class ShutdownPlan:
     """
 
     bound: float
-    app: float  # the lifespan's shutdown: shadow comparisons, then the telemetry flush
+    app: float  # the lifespan's shutdown: background tasks, then the telemetry flush
     reserve: float  # interpreter exit and scheduling noise, before the watchdog fires
     connections: float  # drain + close, from the signal
     settle: float  # the end of ``connections`` kept for uvicorn's wait after the closes

@@ -76,7 +76,7 @@ class ConnectionSummary:
     latency: list[int] = field(default_factory=histogram.empty)
     latency_sum_s: float = 0.0
     shadow_batches: int = 0  # batches compared with the other strategy
-    shadow_skipped: int = 0  # batches the shadow did not run for (sampling, queue full)
+    shadow_skipped: int = 0  # batches the shadow did not run for (sampled out, error)
     shadow_records: int = 0
     shadow_divergent: int = 0
     divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records

@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -109,38 +110,37 @@ class RecordsTelemetry:
         self._cohort_changes = meter.create_counter(
             "canaryws.cohort.changes", unit="{change}", description="Open connections that switched cohort"
         )
-        # The shadow's counts add up in plain dicts too, reported by observable counters.
-        self._shadow_batch_totals: dict[tuple[str, ...], int] = {}
-        self._shadow_record_totals: dict[tuple[str, ...], int] = {}
-        self._shadow_work_totals: dict[tuple[str, ...], float] = {}
-        self._shadow_divergent_totals: dict[tuple[str, ...], int] = {}
-        self._pairs: dict[tuple[str, str], tuple[str, ...]] = {}
+        # The shadow's counts add up in plain objects, one per (strategy, shadow strategy),
+        # reported by observable counters: a few additions per comparison, no SDK call.
+        self._shadow_pairs: dict[tuple[str, str], _ShadowPair] = {}
+        self._shadow_skipped_totals: dict[tuple[str, ...], int] = {}
         meter.create_observable_counter(
             "canaryws.shadow.batches",
-            callbacks=[self._observer(self._shadow_batch_totals)],
+            callbacks=[self._pair_observer(lambda pair: pair.batches)],
             unit="{batch}",
             description="Batches also processed by the other strategy (shadow), by strategy and shadow strategy",
         )
-        self._shadow_skipped = meter.create_counter(
+        meter.create_observable_counter(
             "canaryws.shadow.skipped",
+            callbacks=[self._observer(self._shadow_skipped_totals)],
             unit="{batch}",
-            description="Shadow-eligible batches not compared, by strategy and reason (sampled_out, queue_full)",
+            description="Shadow-eligible batches not compared, by strategy and reason (sampled_out, error)",
         )
         meter.create_observable_counter(
             "canaryws.shadow.records",
-            callbacks=[self._observer(self._shadow_record_totals)],
+            callbacks=[self._pair_observer(lambda pair: pair.records)],
             unit="{record}",
             description="Records compared by the shadow",
         )
         meter.create_observable_counter(
             "canaryws.shadow.divergent",
-            callbacks=[self._observer(self._shadow_divergent_totals)],
+            callbacks=[self._observe_divergent],
             unit="{record}",
             description="Records the two strategies treated differently, by strategy, kind and reason",
         )
         meter.create_observable_counter(
             "canaryws.shadow.work",
-            callbacks=[self._observer(self._shadow_work_totals)],
+            callbacks=[self._pair_observer(lambda pair: pair.work)],
             unit="s",
             description="Time spent running the shadow strategy and comparing",
         )
@@ -154,6 +154,24 @@ class RecordsTelemetry:
                 yield Observation(n, self._attrs(*key))
 
         return observe
+
+    def _pair_observer(
+        self, value: Callable[[_ShadowPair], float]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """An observable counter's callback reporting ``value`` of each shadow pair."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            for pair in list(self._shadow_pairs.values()):
+                yield Observation(value(pair), pair.attrs)
+
+        return observe
+
+    def _observe_divergent(self, _options: CallbackOptions) -> Iterable[Observation]:
+        for pair in list(self._shadow_pairs.values()):
+            strategy, shadow_strategy = pair.attrs["strategy"], pair.attrs["shadow_strategy"]
+            for (kind, reason), n in list(pair.divergent.items()):
+                yield Observation(n, self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy,
+                                                 "kind", kind, "reason", reason))
 
     def _attrs(self, *pairs: str) -> dict[str, str]:
         cached = self._attr_cache.get(pairs)
@@ -321,7 +339,9 @@ class RecordsTelemetry:
     # -- shadow --------------------------------------------------------------
 
     def shadow_skipped(self, span: Span, strategy: str, reason: str) -> None:
-        self._shadow_skipped.add(1, self._attrs("strategy", strategy, "reason", reason))
+        key = ("strategy", strategy, "reason", reason)
+        skipped = self._shadow_skipped_totals
+        skipped[key] = skipped.get(key, 0) + 1
         if span.is_recording():
             span.set_attribute("canaryws.shadow.skipped", reason)
 
@@ -332,20 +352,19 @@ class RecordsTelemetry:
         shadow_strategy: str,
         divergence: Divergence,
         work_seconds: float,
-        end_ns: int,
+        end_ns: int | None,
     ) -> None:
         """Count one shadow comparison and end the batch span at ``end_ns`` (when the answer went out)."""
-        pair = self._pairs.get((strategy, shadow_strategy))
+        pair = self._shadow_pairs.get((strategy, shadow_strategy))
         if pair is None:
-            pair = self._pairs[strategy, shadow_strategy] = ("strategy", strategy, "shadow_strategy", shadow_strategy)
-        batches, records, work = self._shadow_batch_totals, self._shadow_record_totals, self._shadow_work_totals
-        batches[pair] = batches.get(pair, 0) + 1
-        records[pair] = records.get(pair, 0) + divergence.records
-        work[pair] = work.get(pair, 0.0) + work_seconds
+            pair = self._shadow_pairs[strategy, shadow_strategy] = _ShadowPair(
+                self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy))
+        pair.batches += 1
+        pair.records += divergence.records
+        pair.work += work_seconds
         if divergence.counts:
-            divergent = self._shadow_divergent_totals
-            for (kind, reason), n in divergence.counts.items():
-                key = (*pair, "kind", kind, "reason", reason)
+            divergent = pair.divergent
+            for key, n in divergence.counts.items():
                 divergent[key] = divergent.get(key, 0) + n
         if span.is_recording():
             attrs: dict[str, Any] = {
@@ -373,6 +392,17 @@ class RecordsTelemetry:
 
 
 DURATION_DESCRIPTION = "Time from frame received to result sent"
+
+
+@dataclass(slots=True)
+class _ShadowPair:
+    """The shadow's running totals for one (strategy, shadow strategy) pair."""
+
+    attrs: dict[str, str]  # strategy, shadow_strategy
+    batches: int = 0
+    records: int = 0
+    work: float = 0.0  # seconds
+    divergent: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
 
 
 class SummaryTotals:
