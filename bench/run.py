@@ -3,7 +3,7 @@
     make bench                                   # = .venv/bin/python bench/run.py
     .venv/bin/python bench/run.py [--rounds 5] [--duration 5] [--warmup 1] [--connections 50]
         [--records 30] [--idle 5000] [--active 1000] [--connect-duration 5] [--no-scale]
-        [--quick] [--check] [--json PATH] [--markdown PATH] [--keep]
+        [--quick] [--check] [--json PATH] [--markdown PATH] [--keep] [--servers lean,canaryws,...]
 
 What it does, in order:
 
