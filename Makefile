@@ -13,7 +13,7 @@ export UV_LINK_MODE := copy
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck install services
+.PHONY: serve test lint typecheck install services system-deps
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -39,7 +39,18 @@ services:
 	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; fi
 
-test: install services lint typecheck
+# Tests also run nginx (the replicas' load balancer) and promtool (the alert rules): Debian's
+# packages nginx-light and prometheus, installed here when missing (needs root and apt-get).
+system-deps:
+	@missing=""; \
+	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+test: install services system-deps lint typecheck
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
 # The benchmark (bench/run.py, see its docstring): canaryws against its bounds, a few minutes.
