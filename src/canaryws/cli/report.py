@@ -14,12 +14,13 @@ import dataclasses
 import json
 import logging
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -30,6 +31,11 @@ from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
 from canaryws.cli.flags import FlagBackend
 from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import FlagsDocumentError
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
 
 EXIT_CODES = {"promote": 0, "rollback": 1, "hold": 2}
 EXIT_ERROR = 3  # unreadable input, bad options: never confused with a verdict
@@ -220,6 +226,14 @@ def report(
               help="Roll back after a rollback verdict in this many consecutive windows.")
 @click.option("--once", is_flag=True, help="Judge the window once (K = 1) and exit.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be done; change no flag.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="Serve Prometheus metrics (judged windows, rollbacks, last judgement) on this port "
+              "at /metrics (default: no metrics).")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True,
+              help="Address the metrics endpoint binds (0.0.0.0 for every interface).")
+@click.option("--metrics-linger", type=click.FloatRange(0), default=None,
+              help="With --metrics-port: seconds to keep serving metrics after a rollback before exiting 1, "
+              "so that Prometheus scrapes it  [default: 60].")
 @_rules_options
 def guard(
     traces: tuple[Path, ...],
@@ -229,6 +243,9 @@ def guard(
     k: int,
     once: bool,
     dry_run: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+    metrics_linger: float | None,
     rollout: float | None,
     alpha: float,
     min_connections: int,
@@ -243,6 +260,11 @@ def guard(
     flag backend, logs what it did and why, and exits 1. With --dry-run it only logs what
     it would do (exit 1 still means "would have rolled back"). --once without a rollback
     exits 0; otherwise the guard runs until interrupted.
+
+    With --metrics-port it serves canaryws_guard_windows_total{verdict},
+    canaryws_guard_rollbacks_total and canaryws_guard_last_judgement_timestamp_seconds at
+    /metrics, and after a rollback keeps serving them for --metrics-linger seconds (default
+    60; SIGTERM ends the wait) before it exits 1.
     """
     from canaryws.adapters.telemetry.logs import configure_logging
     from canaryws.cli.flags import open_backend
@@ -253,10 +275,13 @@ def guard(
         retry_window_s = parse_duration(retry_window)
     except ValueError as error:
         raise _Failure(str(error)) from None
+    if metrics_linger is not None and metrics_port is None:
+        raise _Failure("--metrics-linger needs --metrics-port")
     if once:
         k = 1
     rules = _rules(alpha, min_connections, min_batches)
     backend = open_backend(flags_path)
+    metrics = None if metrics_port is None else GuardMetrics.serve(metrics_host, metrics_port)
     tail = TraceTail(list(traces))
     kept: list[Slice] = []
     streak = 0
@@ -267,6 +292,8 @@ def guard(
         result = _evaluate(kept, rules, rollout, retry_window_s)
         verdict = result["verdict"]
         streak = streak + 1 if verdict == "rollback" else 0
+        if metrics is not None:
+            metrics.judged(verdict)
         log.info(
             "guard judged a window",
             extra={
@@ -280,6 +307,10 @@ def guard(
         )
         if streak >= k:
             _roll_back(backend, result, dry_run)
+            if metrics is not None:
+                if not dry_run:
+                    metrics.rolled_back()
+                _linger(metrics, 60.0 if metrics_linger is None else metrics_linger)
             sys.exit(1)
         if once:
             sys.exit(0)
@@ -303,4 +334,78 @@ def _roll_back(backend: FlagBackend, result: Mapping[str, Any], dry_run: bool) -
     )
 
 
-__all__ = ["EXIT_CODES", "guard", "parse_duration", "parse_time", "report"]
+class GuardMetrics:
+    """The guard's Prometheus metrics, in a registry of their own, served over HTTP by a
+    prometheus_client thread."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from prometheus_client import Counter, Gauge
+
+        self.registry = registry
+        self.address = ""
+        self._windows = Counter("canaryws_guard_windows", "Windows the guard judged, by verdict",
+                                ["verdict"], registry=registry)
+        for verdict in EXIT_CODES:  # every verdict from 0, so rate() and increase() see the first one
+            self._windows.labels(verdict=verdict)
+        self._rollbacks = Counter("canaryws_guard_rollbacks", f"Times the guard disabled {STRICT_FLAG}",
+                                  registry=registry)
+        self._last = Gauge("canaryws_guard_last_judgement_timestamp_seconds",
+                           "Unix time of the guard's last judgement (0: none yet)", registry=registry)
+        self._server: WSGIServer | None = None
+
+    @classmethod
+    def serve(cls, host: str, port: int) -> GuardMetrics:
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        metrics = cls(CollectorRegistry(auto_describe=True))
+        try:
+            server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+        except OSError as error:
+            raise _Failure(f"cannot serve metrics on {host}:{port}: {error}") from None
+        metrics._server = server
+        bound_host, bound_port = server.server_address[:2]
+        metrics.address = f"http://{_url_host(str(bound_host))}:{bound_port}/metrics"
+        log.info("guard metrics served", extra={"metrics_url": metrics.address})
+        return metrics
+
+    def judged(self, verdict: str) -> None:
+        self._windows.labels(verdict=verdict).inc()
+        self._last.set(time.time())
+
+    def rolled_back(self) -> None:
+        self._rollbacks.inc()
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class _LingerInterrupted(Exception):
+    pass
+
+
+def _linger(metrics: GuardMetrics, seconds: float) -> None:
+    """Keep serving the metrics for ``seconds`` after a rollback, so that a scrape sees it;
+    SIGTERM or Ctrl+C end the wait early (the guard still exits 1)."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise _LingerInterrupted
+
+    log.info("serving metrics before exiting", extra={"metrics_url": metrics.address, "linger_seconds": seconds})
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        time.sleep(seconds)
+    except (_LingerInterrupted, KeyboardInterrupt):
+        log.info("metrics linger interrupted")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        metrics.close()
+
+
+__all__ = ["EXIT_CODES", "GuardMetrics", "guard", "parse_duration", "parse_time", "report"]
