@@ -1,0 +1,453 @@
+"""The deployment files under deploy/, checked at schema level and for consistency with each other
+and with the service (README: configuration, probes, shutdown bound).
+
+- deploy/compose.yaml against the Compose Specification JSON schema (the copy bundled by the PyPI
+  package check-jsonschema, ``check_jsonschema/builtin_schemas/vendor/compose-spec.json``, Apache-2.0),
+  and every file it bind-mounts or builds from exists;
+- deploy/k8s/*.yaml against the Kubernetes OpenAPI JSON schemas bundled by the PyPI package
+  kubernetes-validate (strict: unknown fields are errors), plus probes, ports, selectors, the shutdown
+  budget and the flags ConfigMap (parsed with canaryws's own parser);
+- deploy/prometheus/prometheus.yml with ``promtool check config`` (promtool must be installed);
+- deploy/otel-collector/config.yaml: pipelines refer to defined components;
+- deploy/grafana: provisioning and dashboard structure; every PromQL expression parses
+  (``promtool check rules``). That its metric names exist on a real service's /metrics is checked in
+  tests/integration/test_deploy_stack.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from importlib.resources import files
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from kubernetes_validate.utils import latest_version
+
+from canaryws.core.flagdoc import parse_flags_document
+
+REPO = Path(__file__).resolve().parents[2]
+DEPLOY = REPO / "deploy"
+COMPOSE = DEPLOY / "compose.yaml"
+K8S = DEPLOY / "k8s"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+OTEL_CONFIG = DEPLOY / "otel-collector" / "config.yaml"
+GRAFANA = DEPLOY / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "canaryws.json"
+DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yaml"
+DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "canaryws.yaml"
+FLAGS = REPO / "flags" / "features.json"
+K8S_MANIFESTS = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+CANARYWS_SERVICES = ["canaryws-1", "canaryws-2"]
+
+# Grafana's built-in interval variables are not PromQL; give them a duration to parse.
+GRAFANA_INTERVALS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h"}
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def compose() -> dict[str, Any]:
+    doc = load_yaml(COMPOSE)
+    assert isinstance(doc, dict)
+    return doc
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path is not None, "promtool is required (Debian package `prometheus`, /usr/bin/promtool)"
+    return path
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        return dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def readme_variables() -> set[str]:
+    """The environment variables README.md documents (its Configuration table and text)."""
+    return set(re.findall(r"`((?:CANARYWS|UNLEASH|OTEL)_[A-Z_]+)", (REPO / "README.md").read_text()))
+
+
+# -- compose -----------------------------------------------------------------------------------------
+
+
+def compose_schema() -> dict[str, Any]:
+    schema = json.loads((files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text())
+    assert schema["title"] == "Compose Specification"
+    return schema
+
+
+def compose_errors(doc: Any) -> list[str]:
+    schema = compose_schema()
+    validator = jsonschema.validators.validator_for(schema)(schema, format_checker=jsonschema.FormatChecker())
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_compose_file_validates_against_the_compose_spec_schema() -> None:
+    assert compose_errors(compose()) == []
+
+
+def test_the_compose_schema_catches_mistakes() -> None:
+    """A control: the schema really is enforced (an unknown service key, a wrong type)."""
+    doc = compose()
+    bad_key = copy.deepcopy(doc)
+    bad_key["services"]["canaryws-1"]["healthcheck_typo"] = {}
+    assert compose_errors(bad_key)
+    bad_type = copy.deepcopy(doc)
+    bad_type["services"]["prometheus"]["ports"] = "9090:9090"
+    assert compose_errors(bad_type)
+
+
+def bind_sources(service: dict[str, Any]) -> list[str]:
+    out = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            if volume.get("type") == "bind":
+                out.append(volume["source"])
+        else:
+            source = str(volume).split(":", 1)[0]
+            if source.startswith((".", "/", "~")):
+                out.append(source)
+    return out
+
+
+def test_every_file_compose_mounts_or_builds_from_exists() -> None:
+    doc = compose()
+    missing = []
+    mounts = 0
+    for name, service in doc["services"].items():
+        for source in bind_sources(service):
+            mounts += 1
+            path = (DEPLOY / source).resolve()
+            if not path.is_file():
+                missing.append(f"{name}: {source} -> {path}")
+        build = service.get("build")
+        if build is not None:
+            context = (DEPLOY / build["context"]).resolve()
+            if not (context / build["dockerfile"]).is_file():
+                missing.append(f"{name}: build {build}")
+    assert mounts >= 9  # config files, dashboards, flags, seed script: none may silently be dropped
+    assert missing == []
+
+
+def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
+    doc = compose()
+    services = doc["services"]
+    images = {name: str(s.get("image", "")) for name, s in services.items()}
+    for official in ("unleashorg/unleash-server:", "postgres:", "otel/opentelemetry-collector-contrib:",
+                     "prom/prometheus:", "grafana/grafana:"):
+        assert any(image.startswith(official) for image in images.values()), official
+
+    unleash_env = env_of(services["unleash"])
+    readme_vars = readme_variables()
+    for name in CANARYWS_SERVICES:
+        service = services[name]
+        assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        env = env_of(service)
+        # every canaryws/Unleash/OTel variable set is one README documents
+        assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= readme_vars
+        assert env["CANARYWS_HOST"] == "0.0.0.0"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
+        assert env["UNLEASH_URL"] == "http://unleash:4242/api"
+        assert env["UNLEASH_API_TOKEN"] == unleash_env["INIT_BACKEND_API_TOKENS"]
+        assert "service.instance.id=" + name in env["OTEL_RESOURCE_ATTRIBUTES"]
+        # health on /healthz, on the port the service listens on
+        assert any(f"127.0.0.1:{env['CANARYWS_PORT']}/healthz" in part for part in service["healthcheck"]["test"])
+        assert any(str(p).endswith(f":{env['CANARYWS_PORT']}") for p in service["ports"])
+        # the flags file the service reads is the one mounted
+        targets = {v["target"]: v for v in service["volumes"]}
+        assert targets[env["CANARYWS_FLAGS"]]["source"] == "../flags/features.json"
+        assert targets[env["CANARYWS_DATA_DIR"]]["type"] == "volume"  # shared by both replicas: one token secret
+        # docker's kill comes after the service's own shutdown bound
+        grace = float(str(service["stop_grace_period"]).removesuffix("s"))
+        assert grace > float(env["CANARYWS_SHUTDOWN_TIMEOUT"]) + 1
+    assert services["canaryws-1"]["volumes"] == services["canaryws-2"]["volumes"]
+    assert {"unleash-seed", "otel-collector"} <= set(services["canaryws-1"]["depends_on"])
+    seed_env = env_of(services["unleash-seed"])
+    assert seed_env["UNLEASH_ADMIN_TOKEN"] == unleash_env["INIT_ADMIN_API_TOKENS"]
+
+    # Prometheus scrapes both replicas and the collector; its rule file is the mounted alerts.yml
+    prom = load_yaml(PROMETHEUS_CONFIG)
+    targets = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    assert {f"{name}:8000" for name in CANARYWS_SERVICES} | {"otel-collector:8888"} <= targets
+    prom_mounts = {v["target"]: v["source"] for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
+    assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    assert prom_mounts["/etc/prometheus/alerts.yml"] == "./prometheus/alerts.yml"
+    assert prom_mounts["/etc/prometheus/prometheus.yml"] == "./prometheus/prometheus.yml"
+
+    # the collector receives OTLP/HTTP on the port the replicas send to
+    otel = load_yaml(OTEL_CONFIG)
+    assert otel["receivers"]["otlp"]["protocols"]["http"]["endpoint"].endswith(":4318")
+    collector_mounts = {v["target"] for v in services["otel-collector"]["volumes"]}
+    assert any(arg == "--config=/etc/otelcol-contrib/config.yaml" for arg in services["otel-collector"]["command"])
+    assert "/etc/otelcol-contrib/config.yaml" in collector_mounts
+    file_exporter = next(v for k, v in otel["exporters"].items() if k.split("/")[0] == "file")
+    assert str(PurePosixPath(file_exporter["path"]).parent) in collector_mounts  # the file exporter's volume
+
+
+def test_dockerfile_pip_installs_the_project_from_files_that_exist() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install \.", text, re.M)
+    assert re.search(r'^ENTRYPOINT \["canaryws"\]', text, re.M)
+    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
+    for line in re.findall(r"^COPY (.+)$", text, re.M):
+        *sources, _dest = line.split()
+        for source in sources:
+            assert (REPO / source).exists(), source
+            assert f"!{source.rstrip('/')}" in [entry.rstrip("/") for entry in ignore], source
+
+
+# -- Kubernetes --------------------------------------------------------------------------------------
+
+
+def manifests() -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in K8S_MANIFESTS:
+        docs = [d for d in yaml.safe_load_all((K8S / name).read_text()) if d is not None]
+        assert len(docs) == 1, name
+        out[name] = docs[0]
+    return out
+
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = load_yaml(K8S / "kustomization.yaml")
+    assert kustomization["kind"] == "Kustomization"
+    assert sorted(kustomization["resources"]) == sorted(K8S_MANIFESTS)
+    on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    assert on_disk == set(K8S_MANIFESTS)
+
+
+@pytest.mark.parametrize("name", K8S_MANIFESTS)
+def test_manifest_validates_against_the_kubernetes_schema(name: str) -> None:
+    doc = manifests()[name]
+    kubernetes_validate.validate(doc, latest_version(), strict=True)
+
+
+def test_the_kubernetes_schema_catches_mistakes() -> None:
+    deployment = manifests()["deployment.yaml"]
+    unknown_field = copy.deepcopy(deployment)
+    unknown_field["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(unknown_field, latest_version(), strict=True)
+    wrong_type = copy.deepcopy(deployment)
+    wrong_type["spec"]["replicas"] = "two"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(wrong_type, latest_version(), strict=True)
+
+
+def container_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
+def test_deployment_probes_ports_and_selectors_match() -> None:
+    m = manifests()
+    deployment, service, hpa, pdb = m["deployment.yaml"], m["service.yaml"], m["hpa.yaml"], m["pdb.yaml"]
+    assert (deployment["apiVersion"], hpa["apiVersion"], pdb["apiVersion"]) == ("apps/v1", "autoscaling/v2",
+                                                                                "policy/v1")
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    (container,) = pod["spec"]["containers"]
+    env = container_env(container)
+    assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= readme_variables()
+    port_by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert env["CANARYWS_HOST"] == "0.0.0.0"
+    listen = int(env["CANARYWS_PORT"])
+
+    def probe_port(probe: dict[str, Any]) -> int:
+        port = probe["httpGet"]["port"]
+        return port_by_name[port] if isinstance(port, str) else int(port)
+
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        if probe in container:
+            assert probe_port(container[probe]) == listen, probe
+
+    # Service -> pods: selector matches, targetPort is the listening port
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    (svc_port,) = service["spec"]["ports"]
+    target = svc_port["targetPort"]
+    assert (port_by_name[target] if isinstance(target, str) else target) == listen
+    # HPA and PDB point at this Deployment's pods
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", deployment["metadata"]["name"])
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_termination_grace_exceeds_prestop_plus_shutdown_bound() -> None:
+    deployment = manifests()["deployment.yaml"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = container_env(container)
+    assert "CANARYWS_SHUTDOWN_TIMEOUT" in env, "set the shutdown bound explicitly"
+    shutdown = float(env["CANARYWS_SHUTDOWN_TIMEOUT"])
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    pre_stop = float(command[1])
+    assert pre_stop > 0
+    margin = 2.0  # the watchdog kills at the bound; leave the kubelet a little more
+    assert pre_stop + shutdown + margin < pod["terminationGracePeriodSeconds"]
+
+
+def test_configmap_holds_the_bootstrap_flags_mounted_as_the_flags_file() -> None:
+    m = manifests()
+    configmap, deployment = m["configmap.yaml"], m["deployment.yaml"]
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    flags_path = PurePosixPath(container_env(container)["CANARYWS_FLAGS"])
+    volume = next(v for v in pod["volumes"] if v.get("configMap", {}).get("name") == configmap["metadata"]["name"])
+    mount = next(vm for vm in container["volumeMounts"] if vm["name"] == volume["name"])
+    assert PurePosixPath(mount["mountPath"]) == flags_path.parent
+    text = configmap["data"][flags_path.name]
+    # canaryws's own parser accepts it, and it is flags/features.json
+    assert parse_flags_document(text) == parse_flags_document(FLAGS.read_bytes())
+    assert json.loads(text) == json.loads(FLAGS.read_text())
+
+
+# -- Prometheus ------------------------------------------------------------------------------------
+
+
+def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
+    config = load_yaml(PROMETHEUS_CONFIG)
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    # /etc/prometheus/alerts.yml is where compose mounts deploy/prometheus/alerts.yml; promtool needs a
+    # path that resolves here: the repo's file if it is there yet, else a stub in tmp_path.
+    if ALERTS.is_file():
+        rules = ALERTS
+    else:
+        rules = tmp_path / "alerts.yml"
+        rules.write_text("groups: []\n")
+    config["rule_files"] = [str(rules)]
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(yaml.safe_dump(config, sort_keys=False))
+    result = subprocess.run([promtool(), "check", "config", str(checked)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout + result.stderr
+
+
+# -- OpenTelemetry Collector ---------------------------------------------------------------------------
+
+
+def test_otel_collector_pipelines_use_defined_components() -> None:
+    config = load_yaml(OTEL_CONFIG)
+    pipelines = config["service"]["pipelines"]
+    assert pipelines
+    for name, pipeline in pipelines.items():
+        assert name.split("/")[0] in {"traces", "metrics", "logs"}, name
+        for section in ("receivers", "processors", "exporters"):
+            for component in pipeline.get(section, []):
+                assert component in (config.get(section) or {}), f"{name}: {section} {component} is not defined"
+        assert pipeline["receivers"] and pipeline["exporters"], name
+    for extension in config["service"].get("extensions", []):
+        assert extension in config["extensions"], extension
+    traces = [p for name, p in pipelines.items() if name.split("/")[0] == "traces"]
+    assert traces
+    for pipeline in traces:
+        types = {e.split("/")[0] for e in pipeline["exporters"]}
+        assert {"file", "otlp"} <= types
+        assert "otlp" in pipeline["receivers"]
+    assert set(config["receivers"]["otlp"]["protocols"]) == {"grpc", "http"}
+    assert config["exporters"]["otlp"]["endpoint"] == "${env:OTLP_EXPORT_ENDPOINT}"
+    env = env_of(compose()["services"]["otel-collector"])
+    assert "OTLP_EXPORT_ENDPOINT" in env
+
+
+# -- Grafana -------------------------------------------------------------------------------------------
+
+
+def dashboard() -> dict[str, Any]:
+    doc = json.loads(DASHBOARD.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def graph_panels(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for panel in doc["panels"]:
+        if panel["type"] == "row":
+            out.extend(panel.get("panels", []))
+        else:
+            out.append(panel)
+    return out
+
+
+def dashboard_expressions(doc: dict[str, Any]) -> list[str]:
+    return [t["expr"] for p in graph_panels(doc) for t in p["targets"]]
+
+
+def test_grafana_provisioning_points_at_the_dashboard_and_datasource() -> None:
+    datasources = load_yaml(DATASOURCES)
+    assert datasources["apiVersion"] == 1
+    (ds,) = datasources["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://prometheus:9090"
+    providers = load_yaml(DASHBOARD_PROVIDERS)
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file"
+    grafana = compose()["services"]["grafana"]
+    mounts = {v["source"]: v["target"] for v in grafana["volumes"] if v["type"] == "bind"}
+    dashboard_target = PurePosixPath(mounts["./grafana/dashboards/canaryws.json"])
+    assert dashboard_target.parent == PurePosixPath(provider["options"]["path"])
+    provisioning = PurePosixPath("/etc/grafana/provisioning")
+    for kind, name in (("datasources", "prometheus.yaml"), ("dashboards", "canaryws.yaml")):
+        assert PurePosixPath(mounts[f"./grafana/provisioning/{kind}/{name}"]) == provisioning / kind / name
+    assert ds["uid"] in json.dumps(dashboard())
+
+
+def test_grafana_dashboard_structure() -> None:
+    doc = dashboard()
+    ds_uid = load_yaml(DATASOURCES)["datasources"][0]["uid"]
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", doc["uid"])
+    assert doc["title"] and isinstance(doc["schemaVersion"], int) and doc["schemaVersion"] >= 36
+    panels = graph_panels(doc)
+    ids = [p["id"] for p in doc["panels"]] + [p["id"] for row in doc["panels"] for p in row.get("panels", [])]
+    assert len(ids) == len(set(ids)), "panel ids are unique"
+    assert len(panels) >= 12
+    for panel in panels:
+        assert panel["title"], panel
+        assert panel["datasource"] == {"type": "prometheus", "uid": ds_uid}, panel["title"]
+        assert set(panel["gridPos"]) == {"h", "w", "x", "y"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["targets"], panel["title"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), panel["title"]
+        for target in panel["targets"]:
+            assert target["expr"].strip(), panel["title"]
+            assert target.get("datasource", panel["datasource"])["uid"] == ds_uid
+    for variable in doc["templating"]["list"]:
+        assert variable["datasource"]["uid"] == ds_uid
+    # what the dashboard is for: the two cohorts side by side, on the real metric names
+    text = " ".join(dashboard_expressions(doc))
+    for needle in ('strategy="strict"', 'strategy="lenient"', "canaryws_batches_total", "canaryws_records_total",
+                   "histogram_quantile(0.5,", "histogram_quantile(0.99,", "canaryws_batch_duration_seconds_bucket",
+                   "canaryws_connections_closed_total", "canaryws_connections_active", "canaryws_cohort_changes_total",
+                   "canaryws_shadow_divergent_total", "canaryws_flags_age_seconds", "canaryws_flags_info"):
+        assert needle in text, needle
+
+
+def test_every_dashboard_expression_parses_as_promql(tmp_path: Path) -> None:
+    exprs = dashboard_expressions(dashboard())
+    rules = []
+    for i, expr in enumerate(exprs):
+        for var, value in GRAFANA_INTERVALS.items():
+            expr = expr.replace(var, value)
+        assert "$" not in expr.replace("$instance", ""), expr  # only known variables
+        rules.append({"record": f"canaryws:dashboard_expr_{i}", "expr": expr})
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, sort_keys=False))
+    result = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
