@@ -51,6 +51,60 @@ def flags_doc(strict_rollout: int = 0, strict_enabled: bool = True, shadow: bool
     }
 
 
+def wait_healthy(proc: subprocess.Popen[bytes], http_url: str, timeout: float, what: str,
+                 logs: Callable[[], str]) -> None:
+    """Poll ``http_url``/healthz until it answers 200; RuntimeError (with ``logs()``) if the
+    process exits first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{logs()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{http_url}/healthz", timeout=1).status_code == 200:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not answer /healthz within {timeout} s:\n{logs()}")
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> int:
+    """SIGTERM, then SIGKILL after ``timeout``; the exit status (0 for a process never started)."""
+    if proc is None:
+        return 0
+    if proc.poll() is not None:
+        return proc.returncode
+    proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
+def write_guard_summaries(path: Path, strict_close: int, connections: int = 30) -> None:
+    """Connection summaries as the service writes them, for the guard: ``connections`` per
+    cohort, all closed a moment ago; strict ones with ``strict_close``, lenient ones with 1000."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+    from canaryws.adapters.telemetry.records import RecordsTelemetry
+    from canaryws.core.summary import END_CLOSED, ConnectionSummary
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileSpanExporter(path)))
+    telemetry = RecordsTelemetry(provider, MeterProvider())
+    now = time.time_ns()
+    for i in range(2 * connections):
+        strategy = "strict" if i % 2 else "lenient"
+        summary = ConnectionSummary(f"conn-{i}", f"client-{i}", strategy, 1, False, "rev", 0.5,
+                                    end=END_CLOSED, close_code=strict_close if strategy == "strict" else 1000)
+        summary.batches = summary.records = summary.accepted = 6
+        summary.latency[10] = 6
+        telemetry.emit_summary(summary, now - 2_000_000_000, now - 1_000_000_000, None)
+    provider.shutdown()
+
+
 def write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -85,25 +139,11 @@ class Service:
     def start(self, timeout: float = 30.0) -> Service:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(self.command(), cwd=self.root, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited with {self.proc.returncode}:\n{self.logs()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http_url}/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"service did not become healthy:\n{self.logs()}")
+        wait_healthy(self.proc, self.http_url, timeout, "service", self.logs)
+        return self
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return terminate(self.proc, timeout)
 
     def __enter__(self) -> Service:
         return self.start()

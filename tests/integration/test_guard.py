@@ -10,14 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
-from canaryws.adapters.telemetry.records import RecordsTelemetry
-from canaryws.core.summary import END_CLOSED, ConnectionSummary
-from harness import Service, UnleashServer, flags_doc, json_log_lines, records_with_blanks, run_cli, run_client
+from harness import (
+    Service,
+    UnleashServer,
+    flags_doc,
+    json_log_lines,
+    records_with_blanks,
+    run_cli,
+    run_client,
+    write_guard_summaries,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,26 +29,9 @@ def guard(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return run_cli("guard", *args, env=env)
 
 
-def write_summaries(path: Path, strict_close: int, connections: int = 30) -> None:
-    """Connection summaries as the service writes them: ``connections`` per cohort, all
-    closed a moment ago; strict ones with ``strict_close``, lenient ones normally."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileSpanExporter(path)))
-    telemetry = RecordsTelemetry(provider, MeterProvider())
-    now = time.time_ns()
-    for i in range(2 * connections):
-        strategy = "strict" if i % 2 else "lenient"
-        summary = ConnectionSummary(f"conn-{i}", f"client-{i}", strategy, 1, False, "rev", 0.5,
-                                    end=END_CLOSED, close_code=strict_close if strategy == "strict" else 1000)
-        summary.batches = summary.records = summary.accepted = 6
-        summary.latency[10] = 6
-        telemetry.emit_summary(summary, now - 2_000_000_000, now - 1_000_000_000, None)
-    provider.shutdown()
-
-
 def test_guard_rolls_back_after_k_consecutive_rollback_verdicts(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
-    write_summaries(traces, strict_close=1011)
+    write_guard_summaries(traces, strict_close=1011)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
     done = guard("--traces", str(traces), "--flags", str(flags), "--interval", "0.2", "--windows", "3")
@@ -59,7 +45,7 @@ def test_guard_rolls_back_after_k_consecutive_rollback_verdicts(tmp_path: Path) 
 
 def test_guard_once_on_a_healthy_window_changes_nothing_and_exits_0(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
-    write_summaries(traces, strict_close=1000)
+    write_guard_summaries(traces, strict_close=1000)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
     before = flags.read_text()
@@ -73,7 +59,7 @@ def test_guard_once_on_a_healthy_window_changes_nothing_and_exits_0(tmp_path: Pa
 
 def test_guard_window_leaves_out_old_summaries(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
-    write_summaries(traces, strict_close=1011)
+    write_guard_summaries(traces, strict_close=1011)
     time.sleep(1.2)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))

@@ -13,14 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
-from canaryws.adapters.telemetry.records import RecordsTelemetry
-from canaryws.core.summary import END_CLOSED, ConnectionSummary
-from harness import flags_doc, free_port, json_log_lines, metric_value, run_cli
+from harness import flags_doc, free_port, json_log_lines, metric_value, run_cli, write_guard_summaries
 
 pytestmark = pytest.mark.integration
 
@@ -29,29 +23,12 @@ ROLLBACKS = "canaryws_guard_rollbacks_total"
 LAST = "canaryws_guard_last_judgement_timestamp_seconds"
 
 
-def write_summaries(path: Path, strict_close: int, connections: int = 30) -> None:
-    """Closed connection summaries as the service writes them, ``connections`` per cohort;
-    strict ones closed with ``strict_close``, lenient ones with 1000."""
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(OtlpJsonFileSpanExporter(path)))
-    telemetry = RecordsTelemetry(provider, MeterProvider())
-    now = time.time_ns()
-    for i in range(2 * connections):
-        strategy = "strict" if i % 2 else "lenient"
-        summary = ConnectionSummary(f"conn-{i}", f"client-{i}", strategy, 1, False, "rev", 0.5,
-                                    end=END_CLOSED, close_code=strict_close if strategy == "strict" else 1000)
-        summary.batches = summary.records = summary.accepted = 6
-        summary.latency[10] = 6
-        telemetry.emit_summary(summary, now - 2_000_000_000, now - 1_000_000_000, None)
-    provider.shutdown()
-
-
 class Guard:
     """One ``canaryws guard`` subprocess serving its metrics on a free port."""
 
     def __init__(self, tmp_path: Path, strict_close: int, *args: str) -> None:
         self.traces = tmp_path / "traces.jsonl"
-        write_summaries(self.traces, strict_close)
+        write_guard_summaries(self.traces, strict_close)
         self.flags = tmp_path / "features.json"
         self.flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
         self.port = free_port()
@@ -188,7 +165,7 @@ def test_dry_run_counts_the_verdicts_but_no_rollback(tmp_path: Path, guards: lis
 
 def test_metrics_linger_without_metrics_port_is_an_error(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
-    write_summaries(traces, 1011)
+    write_guard_summaries(traces, 1011)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
     done = run_cli("guard", "--traces", str(traces), "--flags", str(flags), "--once", "--metrics-linger", "5")

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections import Counter
@@ -27,7 +26,19 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from canaryws.core.flagdoc import validate_flags_data
-from harness import PROTOCOL, REPO, Service, UnleashServer, flags_doc, free_port, send_batch, send_signal, wait_exit
+from harness import (
+    PROTOCOL,
+    REPO,
+    Service,
+    UnleashServer,
+    flags_doc,
+    free_port,
+    send_batch,
+    send_signal,
+    terminate,
+    wait_exit,
+    wait_healthy,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -94,26 +105,15 @@ class Nginx:
         assert checked.returncode == 0, f"nginx -t refused the config:\n{checked.stderr}\n{self.main_log_text()}"
         out = (self.root / "nginx.out").open("ab")
         self.proc = subprocess.Popen(self.command("-g", "daemon off;"), stdout=out, stderr=out)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"nginx exited with {self.proc.returncode}:\n{self.main_log_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.http_url}/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise AssertionError(f"nginx did not answer /healthz within {timeout} s:\n{self.main_log_text()}")
+        try:
+            wait_healthy(self.proc, self.http_url, timeout, "nginx", self.main_log_text)
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, 10)
 
     def main_log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.main_log, self.root / "nginx.out")
