@@ -140,6 +140,7 @@ def build_service(settings: Settings) -> Service:
         shadow=shadow,
         allowed_origins=settings.allowed_origins,
         revoked=revocations.revoked,
+        default_strategy=settings.default_strategy,
     )
 
     @contextlib.asynccontextmanager
@@ -153,6 +154,7 @@ def build_service(settings: Settings) -> Service:
                 "flags_source": "file",
                 "flags_path": str(settings.flags_path),
                 "flags_revision": flags.revision,
+                "default_strategy": settings.default_strategy,
                 "traces": telemetry.trace_exporter_kind,
             },
         )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from canaryws.adapters.auth import DEFAULT_TTL_SECONDS
+from canaryws.core.cohorts import DEFAULT_STRATEGIES, DEFAULT_STRATEGY
 from canaryws.core.contract import DEFAULT_MAX_RECORDS
 from canaryws.core.strategies.strict import DEFAULT_MAX_LENGTH
 
@@ -29,6 +30,14 @@ def _at_least_one(raw: str) -> int:
     value = int(raw)
     if value < 1:
         raise ValueError("must be at least 1")
+    return value
+
+
+def _strategy(raw: str) -> str:
+    """``CANARYWS_DEFAULT_STRATEGY``: ``lenient`` or ``strict`` (any case)."""
+    value = raw.strip().lower()
+    if value not in DEFAULT_STRATEGIES:
+        raise ValueError(f"not a strategy: {raw!r} (use {' or '.join(DEFAULT_STRATEGIES)})")
     return value
 
 
@@ -63,6 +72,8 @@ class Settings:
     shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see cli.serving)
     workers: int = 1  # serving processes; above 1, cli.workers supervises them on one listening socket
     service_name: str = "canaryws"
+    # the strategy of every client while records.strict is absent from the flags document
+    default_strategy: str = DEFAULT_STRATEGY
     # Unleash server backend (used when url and api token are both set)
     unleash_url: str | None = None
     unleash_api_token: str | None = field(default=None, repr=False)
@@ -75,6 +86,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.workers < 1:
             raise ValueError(f"workers must be at least 1, not {self.workers}")
+        if self.default_strategy not in DEFAULT_STRATEGIES:
+            raise ValueError(
+                f"default_strategy must be {' or '.join(DEFAULT_STRATEGIES)}, not {self.default_strategy!r}"
+            )
 
     @property
     def flags_backend(self) -> str:
@@ -107,6 +122,7 @@ class Settings:
             "admin_token_file": ("CANARYWS_ADMIN_TOKEN_FILE", Path),
             "shutdown_timeout": ("CANARYWS_SHUTDOWN_TIMEOUT", float),
             "workers": ("CANARYWS_WORKERS", _at_least_one),
+            "default_strategy": ("CANARYWS_DEFAULT_STRATEGY", _strategy),
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),

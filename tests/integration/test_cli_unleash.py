@@ -7,6 +7,7 @@ the settings ``up`` prints, exactly as an operator would run it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -128,6 +129,48 @@ def where(server: Server) -> str:
     return f"in Unleash {server.url} (project default, environment development)"
 
 
+def admin(server: Server, method: str, path: str, body: Any = None) -> httpx.Response:
+    """The Admin API directly (``path`` below ``/api/admin``), for setting up what a test needs."""
+    response = httpx.request(
+        method,
+        f"{server.url}/admin{path}",
+        json=body,
+        headers={"Authorization": server.settings["UNLEASH_ADMIN_TOKEN"]},
+        timeout=10,
+    )
+    assert response.is_success, f"{method} {path}: HTTP {response.status_code} {response.text}"
+    return response
+
+
+def served_names(server: Server) -> list[str]:
+    return [f["name"] for f in server.client_features()["features"]]
+
+
+@contextlib.contextmanager
+def temporary_flags(server: Server, *names: str) -> Iterator[None]:
+    """Flags created for one test in project default (enabled in development, 100 %), so
+    that archiving them leaves the seeded ones to the other tests; archived and deleted
+    afterwards, whatever the test did to them."""
+    try:
+        for name in names:
+            admin(server, "POST", "/projects/default/features", {"name": name, "type": "release"})
+            env_path = f"/projects/default/features/{name}/environments/development"
+            parameters = {"rollout": "100", "stickiness": "userId", "groupId": name}
+            admin(server, "POST", f"{env_path}/strategies", {"name": "flexibleRollout", "parameters": parameters})
+            admin(server, "POST", f"{env_path}/on")
+        for name in names:
+            server.wait_served(name, lambda f: f["enabled"] is True)
+        yield
+    finally:
+        for name in reversed(names):  # dependents first
+            httpx.delete(
+                f"{server.url}/admin/projects/default/features/{name}",
+                headers={"Authorization": server.settings["UNLEASH_ADMIN_TOKEN"]},
+                timeout=10,
+            )
+            admin(server, "DELETE", f"/archive/{name}")
+
+
 # ------------------------------------------------------------------------------ tests
 
 
@@ -208,7 +251,7 @@ def test_disable_and_enable_reach_the_client_api(server: Server) -> None:
 
 def test_an_unknown_flag_is_a_usage_error_listing_the_servers_flags(server: Server) -> None:
     revision = show(server)["revision"]
-    for args in (("rollout", "records.strcit", "5"), ("enable", "nope"), ("disable", "nope")):
+    for args in (("rollout", "records.strcit", "5"), ("enable", "nope"), ("disable", "nope"), ("archive", "nope")):
         done = canaryws(server, "flags", *args)
         assert done.returncode == 2, done.stderr
         assert done.stderr.startswith("Error: unknown flag")
@@ -217,25 +260,78 @@ def test_an_unknown_flag_is_a_usage_error_listing_the_servers_flags(server: Serv
     assert show(server)["revision"] == revision
 
 
+def test_archive_removes_the_flag_from_the_project_and_the_client_api(server: Server) -> None:
+    name = f"canaryws.archive-{uuid.uuid4().hex[:8]}"
+    original = show(server)["revision"]
+    with temporary_flags(server, name):
+        created = show(server)["revision"]
+        assert name in [row["name"] for row in show(server)["flags"]]
+        done = canaryws(server, "flags", "archive", name)
+        assert done.returncode == 0, done.stderr
+        # Without the flag, the environment serves what it served before it was created.
+        assert done.stdout == f"{name}: archived (revision {created} -> {original}) {where(server)}\n"
+        assert done.stderr == ""
+        assert show(server)["revision"] == original
+        assert name not in [row["name"] for row in show(server)["flags"]]
+        deadline = time.monotonic() + 10
+        while name in served_names(server):  # the client API follows within about a second
+            assert time.monotonic() < deadline, f"{name} is still served"
+            time.sleep(0.2)
+        assert {"records.strict", "records.shadow"} <= set(served_names(server))
+
+        again = canaryws(server, "flags", "archive", name)
+        assert again.returncode == 2
+        assert again.stderr == (
+            f"Error: unknown flag {name!r} in Unleash project default (known flags: records.shadow, records.strict)\n"
+        )
+        assert again.stdout == ""
+
+
+def test_archive_of_a_flag_another_depends_on_is_refused(server: Server) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    parent, child = f"canaryws.parent-{suffix}", f"canaryws.child-{suffix}"
+    with temporary_flags(server, parent, child):
+        admin(server, "POST", f"/projects/default/features/{child}/dependencies", {"feature": parent, "enabled": True})
+        revision = show(server)["revision"]
+        done = canaryws(server, "flags", "archive", parent)
+        assert done.returncode == 1
+        assert done.stderr == (
+            f"Error: cannot archive {parent!r}: {child!r} depends on it in Unleash project default; "
+            "remove the dependency first\n"
+        )
+        assert done.stdout == ""
+        assert show(server)["revision"] == revision
+        # The dependent first, then the flag it depended on.
+        assert canaryws(server, "flags", "archive", child).returncode == 0
+        assert canaryws(server, "flags", "archive", parent).returncode == 0
+        assert not {parent, child} & {row["name"] for row in show(server)["flags"]}
+
+
 def test_a_wrong_admin_token_is_rejected_without_showing_it(server: Server) -> None:
     wrong = "*:*." + "0123456789abcdef" * 3
-    for args in (("show",), ("rollout", "records.strict", "5"), ("disable", "records.strict")):
+    for args in (
+        ("show",),
+        ("rollout", "records.strict", "5"),
+        ("disable", "records.strict"),
+        ("archive", "records.strict"),
+    ):
         done = canaryws(server, "flags", *args, UNLEASH_ADMIN_TOKEN=wrong)
         assert done.returncode == 1
         assert done.stderr.startswith(f"Error: Unleash rejected the admin token (HTTP 401) at {server.url}")
         assert done.stdout == ""
     # A client token is a valid token, but not for the Admin API.
-    client = canaryws(
-        server, "flags", "disable", "records.strict", UNLEASH_ADMIN_TOKEN=server.settings["UNLEASH_API_TOKEN"]
-    )
-    assert client.returncode == 1
-    assert client.stderr.startswith(f"Error: Unleash rejected the admin token (HTTP 403) at {server.url}")
+    for command in ("disable", "archive"):
+        client = canaryws(
+            server, "flags", command, "records.strict", UNLEASH_ADMIN_TOKEN=server.settings["UNLEASH_API_TOKEN"]
+        )
+        assert client.returncode == 1
+        assert client.stderr.startswith(f"Error: Unleash rejected the admin token (HTTP 403) at {server.url}")
     assert rows(server)["records.strict"][0] is True
 
 
 def test_an_unreachable_server_is_an_io_error(server: Server) -> None:
     closed = f"http://127.0.0.1:{free_port()}/api"
-    for args in (("show",), ("enable", "records.strict")):
+    for args in (("show",), ("enable", "records.strict"), ("archive", "records.strict")):
         done = canaryws(server, "flags", *args, UNLEASH_URL=closed)
         assert done.returncode == 1
         assert done.stderr.startswith(f"Error: cannot reach Unleash at {closed}: ")

@@ -103,7 +103,7 @@ def test_an_invalid_percent_is_a_usage_error(flags_file: Path, percent: str) -> 
 
 
 def test_an_unknown_flag_is_a_usage_error_listing_the_known_flags(flags_file: Path) -> None:
-    for args in (("rollout", "records.strcit", "5"), ("enable", "nope"), ("disable", "nope")):
+    for args in (("rollout", "records.strcit", "5"), ("enable", "nope"), ("disable", "nope"), ("archive", "nope")):
         result = run(*args, "--flags", str(flags_file))
         assert result.exit_code == 2, result.output
         assert "known flags: records.strict, records.shadow" in result.stderr
@@ -130,7 +130,12 @@ def test_enable_and_disable(flags_file: Path) -> None:
 
 def test_a_missing_file_is_an_io_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing.json"
-    for args in (("show",), ("rollout", "records.strict", "5"), ("enable", "records.strict")):
+    for args in (
+        ("show",),
+        ("rollout", "records.strict", "5"),
+        ("enable", "records.strict"),
+        ("archive", "records.strict"),
+    ):
         result = run(*args, "--flags", str(missing))
         assert result.exit_code == 1
         assert result.stderr == f"Error: {missing}: cannot read flags file: No such file or directory\n"
@@ -145,6 +150,77 @@ def test_an_invalid_file_is_reported_with_the_location(flags_file: Path) -> None
         assert f"Error: {flags_file}: features[0].strategies[0].name: unknown strategy 'myCustom'" in result.stderr
         assert "Traceback" not in result.output
     assert flags_file.read_bytes() == raw
+
+
+def test_archive_removes_the_flag_and_keeps_the_rest_of_the_file(flags_file: Path) -> None:
+    before = json.loads(flags_file.read_text())
+    old = read_document(flags_file).revision
+    result = run("archive", "records.shadow", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    new = read_document(flags_file).revision
+    assert new != old
+    assert result.stdout == f"records.shadow: archived (revision {old} -> {new}) in {flags_file}\n"
+    assert result.stderr == ""
+    after = json.loads(flags_file.read_text())
+    assert after == {**before, "features": [f for f in before["features"] if f["name"] != "records.shadow"]}
+    assert rows(flags_file) == {"records.strict": (True, 0)}
+
+    # The flag is gone: archiving it again is an unknown flag, the other commands still work.
+    again = run("archive", "records.shadow", "--flags", str(flags_file))
+    assert again.exit_code == 2
+    assert again.stderr == "Error: unknown flag 'records.shadow' (known flags: records.strict)\n"
+    assert run("rollout", "records.strict", "100", "--flags", str(flags_file)).exit_code == 0
+
+
+def test_archiving_records_strict_notes_the_default_strategy(flags_file: Path) -> None:
+    old = read_document(flags_file).revision
+    result = run("archive", "records.strict", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    new = read_document(flags_file).revision
+    assert result.stdout == f"records.strict: archived (revision {old} -> {new}) in {flags_file}\n"
+    assert result.stderr == (
+        "note: records.strict is archived: replicas without CANARYWS_DEFAULT_STRATEGY=strict fall back to the "
+        "lenient strategy for every client\n"
+    )
+    assert read_document(flags_file).feature_names() == ["records.shadow"]
+
+
+def test_show_works_on_a_document_without_records_strict(flags_file: Path) -> None:
+    assert run("archive", "records.strict", "--flags", str(flags_file)).exit_code == 0
+    table = run("show", "--flags", str(flags_file), env={"COLUMNS": "160"})
+    assert table.exit_code == 0, table.output
+    assert "records.shadow" in table.stdout and "records.strict" not in table.stdout
+    listing = run("show", "--json", "--flags", str(flags_file))
+    assert listing.exit_code == 0, listing.output
+    assert [row["name"] for row in json.loads(listing.stdout)["flags"]] == ["records.shadow"]
+    assert json.loads(listing.stdout)["revision"] == read_document(flags_file).revision
+
+
+def test_archive_of_an_unknown_flag_leaves_the_file_unchanged(flags_file: Path) -> None:
+    raw = flags_file.read_bytes()
+    result = run("archive", "records.strcit", "--flags", str(flags_file))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr == "Error: unknown flag 'records.strcit' (known flags: records.strict, records.shadow)\n"
+    assert flags_file.read_bytes() == raw
+
+
+def test_archive_of_a_flag_another_depends_on_is_refused(flags_file: Path) -> None:
+    data = json.loads(flags_file.read_text())
+    data["features"][1]["dependencies"] = [{"feature": "records.strict", "enabled": True}]
+    flags_file.write_text(json.dumps(data, indent=2))
+    raw = flags_file.read_bytes()
+    result = run("archive", "records.strict", "--flags", str(flags_file))
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "Error: cannot archive 'records.strict': 'records.shadow' depends on it; remove the dependency first\n"
+    )
+    assert flags_file.read_bytes() == raw
+    # The dependent itself can go; then the flag it depended on can too.
+    assert run("archive", "records.shadow", "--flags", str(flags_file)).exit_code == 0
+    assert run("archive", "records.strict", "--flags", str(flags_file)).exit_code == 0
+    assert read_document(flags_file).feature_names() == []
 
 
 def test_the_flags_path_comes_from_the_environment(flags_file: Path) -> None:

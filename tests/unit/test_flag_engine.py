@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -15,10 +16,12 @@ from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.core.cohorts import (
     SHADOW_FLAG,
     STRICT_FLAG,
+    CohortDecision,
     EvaluationContext,
     FlagEvaluation,
     FlagSnapshotView,
     decide_cohort,
+    expected_strict_share,
 )
 from canaryws.core.flagdoc import (
     FlagsDocument,
@@ -167,6 +170,92 @@ def test_decide_cohort_reads_the_snapshot() -> None:
     assert decision.cohort.shadow is True
     assert decision.cohort.flags_revision == snap.revision
     assert [e.reason for e in decision.evaluations] == ["targeting_match", "targeting_match"]
+
+
+# -- CANARYWS_DEFAULT_STRATEGY: the strategy while records.strict is absent ---------------
+
+VERSIONS = {"strict": 1, "lenient": 1}
+
+
+def without_strict() -> FlagSnapshot:
+    """The shipped document with records.strict deleted (records.shadow kept, disabled)."""
+    data = shipped().data
+    features = [f for f in data["features"] if f["name"] != STRICT_FLAG]
+    return snapshot(validate_flags_data({**data, "features": features}))
+
+
+def decide(snap: FlagSnapshot, default_strategy: str | None = None, client: str = "c1") -> CohortDecision:
+    ctx = EvaluationContext(client_id=client, connection_id="conn-1")
+    if default_strategy is None:
+        return decide_cohort(snap, ctx, VERSIONS)
+    return decide_cohort(snap, ctx, VERSIONS, default_strategy)
+
+
+@pytest.mark.parametrize("default_strategy", ["lenient", "strict"])
+def test_a_missing_strict_flag_gives_the_default_strategy(default_strategy: str) -> None:
+    snap = without_strict()
+    assert not snap.has_flag(STRICT_FLAG) and snap.has_flag(SHADOW_FLAG)
+    for client in CLIENTS[:200]:
+        decision = decide(snap, default_strategy, client)
+        assert decision.cohort.strategy == default_strategy
+        assert decision.cohort.shadow is False
+        assert decision.cohort.flags_revision == snap.revision
+    strict_ev, shadow_ev = decide(snap, default_strategy).evaluations
+    # the evaluation reports the value used; the reason says the flag was not found
+    on = default_strategy == "strict"
+    assert strict_ev == FlagEvaluation(STRICT_FLAG, on, False, "on" if on else "off", "error", snap.revision)
+    assert shadow_ev.reason == "disabled"
+
+
+def test_the_default_default_is_lenient() -> None:
+    snap = without_strict()
+    decision = decide(snap)
+    assert decision.cohort.strategy == "lenient"
+    assert decision.evaluations[0] == FlagEvaluation(STRICT_FLAG, False, False, "off", "error", snap.revision)
+
+
+@pytest.mark.parametrize("default_strategy", ["lenient", "strict"])
+@pytest.mark.parametrize(
+    ("snap", "expected", "reason"),
+    [
+        (lambda: strict_at(100), "strict", "targeting_match"),
+        (lambda: strict_at(0), "lenient", "default"),
+        (lambda: snapshot(with_enabled(with_rollout(shipped(), STRICT_FLAG, 100), STRICT_FLAG, False)), "lenient",
+         "disabled"),
+    ],
+    ids=["enabled-at-100", "rollout-0", "disabled"],
+)
+def test_a_present_strict_flag_ignores_the_default(
+    default_strategy: str, snap: Callable[[], FlagSnapshot], expected: str, reason: str
+) -> None:
+    flags = snap()
+    for client in CLIENTS[:200]:
+        decision = decide(flags, default_strategy, client)
+        assert decision.cohort.strategy == expected
+        assert decision.evaluations[0].found is True
+        assert decision.evaluations[0].reason == reason
+        assert decision.evaluations[0].enabled is (expected == "strict")
+
+
+def test_a_split_flag_ignores_the_default() -> None:
+    flags = strict_at(50)
+    lenient = {c: decide(flags, "lenient", c).cohort.strategy for c in CLIENTS[:400]}
+    strict = {c: decide(flags, "strict", c).cohort.strategy for c in CLIENTS[:400]}
+    assert lenient == strict
+    assert 0 < sum(s == "strict" for s in strict.values()) < 400
+
+
+def test_expected_strict_share_follows_the_default_only_when_the_flag_is_missing() -> None:
+    missing = without_strict()
+    assert expected_strict_share(missing, "strict") == 1.0
+    assert expected_strict_share(missing, "lenient") == 0.0
+    assert expected_strict_share(missing) == 0.0
+    disabled = snapshot(with_enabled(with_rollout(shipped(), STRICT_FLAG, 100), STRICT_FLAG, False))
+    for default_strategy in ("lenient", "strict"):
+        assert expected_strict_share(strict_at(0), default_strategy) == 0.0
+        assert expected_strict_share(strict_at(25), default_strategy) == 0.25
+        assert expected_strict_share(strict_at(100), default_strategy) == 1.0
+        assert expected_strict_share(disabled, default_strategy) == 0.0
 
 
 def test_snapshots_are_independent() -> None:

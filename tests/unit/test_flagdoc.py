@@ -23,6 +23,7 @@ from canaryws.core.flagdoc import (
     validate_flags_data,
     with_enabled,
     with_rollout,
+    without_feature,
 )
 
 REPO_FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
@@ -362,6 +363,37 @@ def test_with_enabled_toggles_and_returns_a_new_document() -> None:
     assert new.data["features"][1]["enabled"] is True
     assert doc.data["features"][1]["enabled"] is False
     assert with_enabled(new, "records.shadow", False).revision == doc.revision
+
+
+def test_without_feature_removes_only_that_feature_and_returns_a_new_document() -> None:
+    doc = base()
+    new = without_feature(doc, "records.shadow")
+    assert new.feature_names() == ["records.strict"]
+    assert new.data["features"][0] == doc.data["features"][0]
+    assert {k: v for k, v in new.data.items() if k != "features"} == {
+        k: v for k, v in doc.data.items() if k != "features"
+    }
+    assert doc.feature_names() == ["records.strict", "records.shadow"]
+    assert new.revision != doc.revision
+    with pytest.raises(FlagEditError, match=r"unknown flag 'records.shadow' \(known flags: records.strict\)"):
+        without_feature(new, "records.shadow")
+
+
+def test_without_feature_refuses_a_feature_others_depend_on() -> None:
+    data = document(
+        feature("parent"),
+        feature("child", strategies=[]) | {"dependencies": [{"feature": "parent"}]},
+        feature("other") | {"dependencies": [{"feature": "child", "enabled": False}, {"feature": "parent"}]},
+    )
+    doc = validate_flags_data(data)
+    with pytest.raises(FlagsDocumentError) as info:
+        without_feature(doc, "parent")
+    assert not isinstance(info.value, FlagEditError)
+    assert str(info.value) == "cannot archive 'parent': 'child', 'other' depend on it; remove the dependency first"
+    assert str(error_of(document(*data["features"][1:]))).startswith(
+        "features[0].dependencies[0].feature: unknown feature 'parent'"
+    )  # what the validator alone would say
+    assert without_feature(without_feature(doc, "other"), "child").feature_names() == ["parent"]
 
 
 # ------------------------------------------------------------------------ describe

@@ -26,7 +26,14 @@ from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.logs import client_id_var, connection_id_var
 from canaryws.adapters.telemetry.records import RecordsTelemetry, span_context
 from canaryws.core import contract
-from canaryws.core.cohorts import STRICT_FLAG, Cohort, EvaluationContext, FlagSnapshotView, decide_cohort
+from canaryws.core.cohorts import (
+    DEFAULT_STRATEGY,
+    Cohort,
+    EvaluationContext,
+    FlagSnapshotView,
+    decide_cohort,
+    expected_strict_share,
+)
 from canaryws.core.limits import RecentIds, TokenBucket
 from canaryws.core.strategies import STRATEGIES, VERSIONS
 from canaryws.core.summary import END_CLOSED, END_COHORT_CHANGED, END_INTERVAL, ConnectionSummary
@@ -113,8 +120,12 @@ class RecordsEndpoint:
         shadow: ShadowRunner,
         allowed_origins: frozenset[str] | None = None,
         revoked: Callable[[Identity], str | None] = no_revocations,
+        default_strategy: str = DEFAULT_STRATEGY,
     ) -> None:
+        """``default_strategy``: the strategy of every client while ``records.strict`` is
+        absent from the flags document (``CANARYWS_DEFAULT_STRATEGY``)."""
         self._flags = flags
+        self._default_strategy = default_strategy
         self._tokens = tokens
         self._telemetry = telemetry
         self._limits = limits
@@ -233,7 +244,7 @@ class RecordsEndpoint:
         connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"])
         with trace.use_span(connect_span, end_on_exit=True):
             snapshot = self._flags()
-            decision = decide_cohort(snapshot, context, VERSIONS)
+            decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy)
             self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
             self._telemetry.set_cohort(connect_span, decision.cohort)
             await websocket.accept(subprotocol=subprotocol)
@@ -249,7 +260,7 @@ class RecordsEndpoint:
             identity=identity,
             cohort=cohort,
             connect=span_context(connect_span),
-            summary=ConnectionSummary.opening(connection_id, client_id, cohort, snapshot.expected_share(STRICT_FLAG)),
+            summary=ConnectionSummary.opening(connection_id, client_id, cohort, self._strict_share(snapshot)),
             slice_start_ns=time.time_ns(),
             slice_started=now,
             task=asyncio.current_task(),
@@ -341,8 +352,12 @@ class RecordsEndpoint:
                 self._end(conn, TOKEN_REVOKED)
             elif conn.receiving and now - conn.slice_started >= limits.summary_interval:
                 if share is None:
-                    share = self._flags().expected_share(STRICT_FLAG)
+                    share = self._strict_share(self._flags())
                 self._end_slice(conn, END_INTERVAL, conn.cohort, share)
+
+    def _strict_share(self, snapshot: FlagSnapshotView) -> float | None:
+        """The expected strict share recorded on summaries (the default's when the flag is absent)."""
+        return expected_strict_share(snapshot, self._default_strategy)
 
     def _end(self, conn: _Connection, why: str) -> None:
         conn.ended = (CLOSE_POLICY_VIOLATION, why)
@@ -395,6 +410,7 @@ class RecordsEndpoint:
         telemetry = self._telemetry
         shadow_runner = self._shadow
         flags = self._flags
+        default_strategy = self._default_strategy
         limits = self._limits
         max_records = limits.max_records
         max_length = limits.max_record_length
@@ -425,10 +441,10 @@ class RecordsEndpoint:
                     started = time.perf_counter()
             snapshot = flags()
             if snapshot.revision != cohort.flags_revision:
-                new = decide_cohort(snapshot, context, VERSIONS).cohort
+                new = decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
                 if not new.same_treatment(cohort):
                     telemetry.cohort_changed(cohort, new)
-                    self._end_slice(conn, END_COHORT_CHANGED, new, snapshot.expected_share(STRICT_FLAG))
+                    self._end_slice(conn, END_COHORT_CHANGED, new, self._strict_share(snapshot))
                     log.info(
                         "cohort changed",
                         extra={
@@ -443,7 +459,7 @@ class RecordsEndpoint:
                     strategy = STRATEGIES[new.strategy]
                 cohort = conn.cohort = new
             elif started - conn.slice_started >= slice_seconds:
-                self._end_slice(conn, END_INTERVAL, cohort, snapshot.expected_share(STRICT_FLAG))
+                self._end_slice(conn, END_INTERVAL, cohort, self._strict_share(snapshot))
             summary = conn.summary
 
             span = telemetry.start_batch(conn.connect)

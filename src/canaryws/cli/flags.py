@@ -1,4 +1,4 @@
-"""``canaryws flags``: show, ramp, enable and disable the cohort flags; export them.
+"""``canaryws flags``: show, ramp, enable and disable the cohort flags; archive them; export them.
 
 The commands talk to a :class:`FlagBackend`, never to a file directly. :func:`open_backend`
 selects it from the environment: with ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN`` set, the
@@ -8,8 +8,9 @@ otherwise the local flags file (:class:`FileFlagBackend`). ``export`` writes the
 client-features document to the flags file (the bootstrap).
 
 Exit codes: 0 success, 2 usage errors (unknown flag, bad percent, missing Unleash
-settings for ``export``), 1 I/O errors, invalid flags documents, an unreachable Unleash
-or one that rejects the token.
+settings for ``export``), 1 I/O errors, invalid flags documents (including the one
+``archive`` would leave when another flag depends on the archived one), an unreachable
+Unleash or one that rejects the token.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from canaryws.adapters.flags.unleash_admin import (
     UnleashError,
     fetch_client_document,
 )
+from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import (
     FLEXIBLE_ROLLOUT,
     FlagEditError,
@@ -44,6 +46,7 @@ from canaryws.core.flagdoc import (
     describe,
     with_enabled,
     with_rollout,
+    without_feature,
 )
 
 DEFAULT_FLAGS_PATH = Path("flags/features.json")
@@ -56,6 +59,7 @@ UNLEASH_ENVIRONMENT = "UNLEASH_ENVIRONMENT"
 UNLEASH_PROJECT = "UNLEASH_PROJECT"
 DEFAULT_UNLEASH_ENVIRONMENT = "development"
 DEFAULT_UNLEASH_PROJECT = "default"
+DEFAULT_STRATEGY_ENVVAR = "CANARYWS_DEFAULT_STRATEGY"  # the service's strategy while records.strict is absent
 
 
 # ----------------------------------------------------------------------- backends
@@ -91,6 +95,18 @@ class FlagChange:
         return self.old_revision != self.new_revision
 
 
+@dataclass(frozen=True, slots=True)
+class FlagArchive:
+    """The outcome of ``archive``: the flag as it was, and the revisions."""
+
+    flag: str
+    before: FlagRow
+    old_revision: str
+    new_revision: str
+    location: str
+    notes: tuple[str, ...] = ()
+
+
 class FlagBackend(Protocol):
     """Where the flags live. Raise FlagEditError for requests that cannot apply (unknown
     flag, bad percent) and FlagsDocumentError for unreadable or invalid flags."""
@@ -103,6 +119,8 @@ class FlagBackend(Protocol):
     def set_rollout(self, flag: str, percent: int) -> FlagChange: ...
 
     def set_enabled(self, flag: str, enabled: bool) -> FlagChange: ...
+
+    def archive(self, flag: str) -> FlagArchive: ...
 
 
 class FileFlagBackend:
@@ -128,6 +146,10 @@ class FileFlagBackend:
     def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
         old, new = update_document(self._path, lambda doc: with_enabled(doc, flag, enabled))
         return self._change(flag, old, new)
+
+    def archive(self, flag: str) -> FlagArchive:
+        old, new = update_document(self._path, lambda doc: without_feature(doc, flag))
+        return FlagArchive(flag, _row(old, flag), old.revision, new.revision, self.location)
 
     def _change(self, flag: str, old: FlagsDocument, new: FlagsDocument, notes: tuple[str, ...] = ()) -> FlagChange:
         return FlagChange(
@@ -196,6 +218,17 @@ class UnleashAdminBackend:
                 f"its default one: {after.strategies}",
             )
         return self._change(flag, change.before, change.after, notes + _problem_notes(change.after))
+
+    def archive(self, flag: str) -> FlagArchive:
+        change = self._admin.archive(flag)
+        return FlagArchive(
+            flag,
+            _row(change.before.document, flag),
+            change.before.document.revision,
+            change.after.document.revision,
+            self.where,
+            _problem_notes(change.after),
+        )
 
     def _change(self, flag: str, old: ServerFlags, new: ServerFlags, notes: tuple[str, ...]) -> FlagChange:
         return FlagChange(
@@ -456,6 +489,33 @@ def _set_enabled(flags_path: Path, flag: str, enabled: bool) -> None:
         click.echo(f"{flag}: already {after} {_revisions(change)} in {change.location}")
     for note in change.notes:
         click.echo(f"note: {note}", err=True)
+
+
+@flags_group.command()
+@_flags_option()
+@click.argument("flag")
+def archive(flags_path: Path, flag: str) -> None:
+    """Remove FLAG: the clean-up once it is at 100 % (or no longer needed).
+
+    In the flags file, the feature is removed from the document (validated, atomic
+    write). On an Unleash server, the flag is archived in UNLEASH_PROJECT, so it leaves
+    every environment, not only UNLEASH_ENVIRONMENT (Unleash keeps it in its archive,
+    where it can be revived). Refused while another flag depends on FLAG.
+
+    A service then evaluates FLAG as absent: without records.strict, a replica gives
+    every client its CANARYWS_DEFAULT_STRATEGY (default lenient); a note says so.
+    """
+    with _reported_errors():
+        archived = _open_backend(flags_path).archive(flag)
+    click.echo(f"{flag}: archived (revision {archived.old_revision} -> {archived.new_revision}) in {archived.location}")
+    for note in archived.notes:
+        click.echo(f"note: {note}", err=True)
+    if flag == STRICT_FLAG:
+        click.echo(
+            f"note: {flag} is archived: replicas without {DEFAULT_STRATEGY_ENVVAR}=strict fall back to the "
+            "lenient strategy for every client",
+            err=True,
+        )
 
 
 @flags_group.command()

@@ -7,12 +7,16 @@ flag adapters wrap the Unleash engine behind that shape).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 STRICT_FLAG = "records.strict"
 SHADOW_FLAG = "records.shadow"
 COHORT_FLAGS = (STRICT_FLAG, SHADOW_FLAG)
+# What a client gets when ``records.strict`` is absent from the flags document
+# (``CANARYWS_DEFAULT_STRATEGY``): lenient until the flag's clean-up sets strict.
+DEFAULT_STRATEGIES = ("lenient", "strict")
+DEFAULT_STRATEGY = "lenient"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,10 @@ class FlagSnapshotView(Protocol):
 
     def expected_share(self, flag: str) -> float | None:
         """Share of client ids the flag is on for, if the flags alone determine it."""
+        ...
+
+    def has_flag(self, flag: str) -> bool:
+        """True when the flags document defines ``flag`` (enabled or not)."""
         ...
 
 
@@ -89,15 +97,26 @@ def decide_cohort(
     snapshot: FlagSnapshotView,
     context: EvaluationContext,
     versions: Mapping[str, int],
+    default_strategy: str = DEFAULT_STRATEGY,
 ) -> CohortDecision:
     """Evaluate the cohort flags once; ``records.strict`` on means the strict strategy.
 
-    ``versions`` maps strategy name to the version the service runs.
+    ``versions`` maps strategy name to the version the service runs. When
+    ``records.strict`` is not found in the document, the strategy is ``default_strategy``
+    ("lenient" or "strict", validated by the settings), and the flag's evaluation reports
+    that value (its reason stays ``error``: the flag was not found). When the flag is
+    present, its evaluation alone decides: on is strict, off (disabled, or no strategy
+    matched) is lenient.
     """
     unleash_ctx = context.as_unleash()
     strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
     shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
-    strategy = "strict" if strict.enabled else "lenient"
+    if strict.found:
+        strategy = "strict" if strict.enabled else "lenient"
+    else:
+        strategy = default_strategy
+        on = strategy == "strict"
+        strict = replace(strict, enabled=on, variant="on" if on else "off")
     cohort = Cohort(
         strategy=strategy,
         strategy_version=versions[strategy],
@@ -105,3 +124,12 @@ def decide_cohort(
         flags_revision=snapshot.revision,
     )
     return CohortDecision(cohort=cohort, evaluations=(strict, shadow))
+
+
+def expected_strict_share(snapshot: FlagSnapshotView, default_strategy: str = DEFAULT_STRATEGY) -> float | None:
+    """The share of client ids expected in the strict cohort (None when it depends on who
+    connects): the flag's own share, or, with ``records.strict`` absent, 1.0 when the
+    default strategy is strict and 0.0 when it is lenient (everyone gets the default)."""
+    if not snapshot.has_flag(STRICT_FLAG):
+        return 1.0 if default_strategy == "strict" else 0.0
+    return snapshot.expected_share(STRICT_FLAG)

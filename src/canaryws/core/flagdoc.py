@@ -12,8 +12,8 @@ Unknown fields are allowed and preserved (Unleash keeps adding fields). Strategy
 parameters are normalised to strings, as Unleash serves them: the engine rejects the
 whole document when a parameter is a JSON number.
 
-Edits (:func:`with_rollout`, :func:`with_enabled`) return new documents and never
-mutate their input.
+Edits (:func:`with_rollout`, :func:`with_enabled`, :func:`without_feature`) return new
+documents and never mutate their input.
 """
 
 from __future__ import annotations
@@ -308,6 +308,38 @@ def with_enabled(doc: FlagsDocument, flag: str, enabled: bool) -> FlagsDocument:
     data, feature = _editable_feature(doc, flag)
     feature["enabled"] = enabled
     return validate_flags_data(data)
+
+
+def without_feature(doc: FlagsDocument, flag: str) -> FlagsDocument:
+    """A new document without ``flag`` (its clean-up: ``canaryws flags archive``).
+
+    Everything else is kept as it is, segments included. Refused while another
+    feature depends on ``flag`` (FlagsDocumentError naming them: the document
+    would be invalid); an unknown flag is a FlagEditError.
+    """
+    _editable_feature(doc, flag)  # FlagEditError for an unknown flag
+    dependents = dependents_of(doc.data["features"], flag)
+    if dependents:
+        raise FlagsDocumentError(
+            f"cannot archive {flag!r}: {', '.join(repr(name) for name in dependents)} "
+            f"depend{'s' if len(dependents) == 1 else ''} on it; remove the dependency first"
+        )
+    data = copy.deepcopy(doc.data)
+    data["features"] = [feature for feature in data["features"] if feature["name"] != flag]
+    return validate_flags_data(data)
+
+
+def dependents_of(features: Iterable[Mapping[str, Any]], flag: str) -> list[str]:
+    """The names of the features (other than ``flag``) with a dependency on ``flag``, in order."""
+    names: list[str] = []
+    for feature in features:
+        name = feature.get("name")
+        if name == flag or name in names:
+            continue
+        dependencies = feature.get("dependencies") or []
+        if any(isinstance(d, Mapping) and d.get("feature") == flag for d in dependencies):
+            names.append(str(name))
+    return names
 
 
 def _check_percent(percent: int) -> None:

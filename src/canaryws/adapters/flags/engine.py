@@ -133,6 +133,10 @@ class FlagSnapshot:
             share = self._shares[flag] = expected_share(self._document.feature(flag))
             return share
 
+    def has_flag(self, flag: str) -> bool:
+        """True when the document defines ``flag`` (enabled or not)."""
+        return flag in self._outcomes or flag in self._fixed
+
     def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation:
         """Evaluate ``flag`` for an Unleash context (``userId``, ``sessionId``, ...)."""
         outcomes = self._outcomes.get(flag)

@@ -27,6 +27,9 @@ such as ``http://127.0.0.1:4242/api``; admin token in ``Authorization``):
 - ``PATCH .../environments/{env}/strategies/{id}``: a JSON Patch of
   ``/parameters/rollout`` (keeps the strategy's constraints, segments, title);
 - ``POST .../environments/{env}/strategies``: a new flexibleRollout;
+- ``DELETE /admin/projects/{project}/features/{flag}``: archives the flag (in every
+  environment; 202, 404 for a flag the project does not have, 403 while another flag
+  depends on it; Unleash keeps it in its archive, where it can be revived);
 - ``GET /client/features`` with a client (backend) token: ``export``.
 
 Errors are :class:`UnleashError` (unreachable, token rejected, unexpected answer) and
@@ -54,6 +57,7 @@ from canaryws.core.flagdoc import (
     FlagsDocument,
     FlagsDocumentError,
     compute_revision,
+    dependents_of,
     validate_flags_data,
 )
 
@@ -465,6 +469,33 @@ class UnleashAdmin:
                 http.call("PATCH", path, body=plan.body)
             else:
                 http.call("POST", f"{self._env_path(flag)}/strategies", body=plan.body)
+            return ServerChange(before, self._read(http))
+
+    def archive(self, flag: str) -> ServerChange:
+        """Archive ``flag`` in the project: it leaves every environment and the client API.
+
+        Refused (FlagsDocumentError) while another flag of the project depends on it, as
+        Unleash itself would refuse it (HTTP 403).
+        """
+        with self._session() as http:
+            before = self._read(http)
+            feature = self._admin_feature(before, flag)
+            children = [str(name) for name in feature.get("children") or [] if name != flag]
+            dependents = children + [
+                name for name in dependents_of(before.admin_features.values(), flag) if name not in children
+            ]
+            if dependents:
+                raise FlagsDocumentError(
+                    f"cannot archive {flag!r}: {', '.join(repr(name) for name in dependents)} "
+                    f"depend{'s' if len(dependents) == 1 else ''} on it in Unleash project {self.project}; "
+                    "remove the dependency first"
+                )
+            try:
+                http.call("DELETE", f"{self._project_path()}/features/{quote(flag, safe='')}", want_json=False)
+            except UnleashError as exc:
+                if exc.status != 404:
+                    raise
+                raise FlagEditError(f"unknown flag {flag!r} in Unleash project {self.project}") from None
             return ServerChange(before, self._read(http))
 
     # ----------------------------------------------------------------- internals
