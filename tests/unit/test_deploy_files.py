@@ -178,10 +178,27 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
     seed_env = env_of(services["unleash-seed"])
     assert seed_env["UNLEASH_ADMIN_TOKEN"] == unleash_env["INIT_ADMIN_API_TOKENS"]
 
+    # the guard reads the collector's trace files, rolls back on the server, serves its metrics
+    guard = services["guard"]
+    guard_env = env_of(guard)
+    assert guard["image"] == services["canaryws-1"]["image"] and guard["command"][0] == "guard"
+    assert guard_env["UNLEASH_ADMIN_TOKEN"] == unleash_env["INIT_ADMIN_API_TOKENS"]
+    assert guard_env["UNLEASH_URL"] == "http://unleash:4242/api"
+    option = dict(zip(guard["command"][1::2], guard["command"][2::2], strict=False))
+    guard_mounts = {v["target"]: v for v in guard["volumes"]}
+    file_exporter_dir = str(PurePosixPath(next(v for k, v in load_yaml(OTEL_CONFIG)["exporters"].items()
+                                               if k.split("/")[0] == "file")["path"]).parent)
+    assert option["--traces"] == file_exporter_dir and guard_mounts[file_exporter_dir]["read_only"] is True
+    assert option["--metrics-host"] == "0.0.0.0"
+    assert guard["restart"] == "no"  # a rollback must not be followed by a restart loop
+
     # Prometheus scrapes both replicas and the collector; its rule file is the mounted alerts.yml
     prom = load_yaml(PROMETHEUS_CONFIG)
     targets = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
     assert {f"{name}:8000" for name in CANARYWS_SERVICES} | {"otel-collector:8888"} <= targets
+    assert f"guard:{option['--metrics-port']}" in targets
+    scrape_interval = float(prom["global"]["scrape_interval"].removesuffix("s"))
+    assert float(option["--metrics-linger"]) > 2 * scrape_interval  # the rollback is scraped before it exits
     prom_mounts = {v["target"]: v["source"] for v in services["prometheus"]["volumes"] if v["type"] == "bind"}
     assert prom["rule_files"] == ["/etc/prometheus/alerts.yml"]
     assert prom_mounts["/etc/prometheus/alerts.yml"] == "./prometheus/alerts.yml"
