@@ -26,6 +26,7 @@ from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
 from canaryws.adapters.websocket import EndpointLimits, ExposeAbort, RecordsEndpoint
+from canaryws.core.cohorts import expected_strict_share
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws")
@@ -106,7 +107,8 @@ def build_service(settings: Settings) -> Service:
         data_dir=settings.data_dir, service_name=settings.service_name, environ=settings.environ
     )
     # The flag gauges read the source's status at scrape time, after the source exists.
-    flags_telemetry = FlagsTelemetry(telemetry.meter_provider, lambda: flags.status())
+    flags_telemetry = FlagsTelemetry(telemetry.meter_provider, lambda: flags.status(),
+                                     lambda: expected_strict_share(flags.current, settings.default_strategy))
     flags = build_flag_source(settings, lambda result: flags_telemetry.reloaded(settings.flags_backend, result))
     flags.load()
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)

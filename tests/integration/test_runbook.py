@@ -523,6 +523,7 @@ def test_a_cohort_gets_no_traffic(tmp_path: Path, runbook: Runbook) -> None:
         lines = ran.out.strip().splitlines()
         assert json.loads(lines[0]) == {"name": "records.strict", "enabled": True, "rollout": 50}
         strict_n = sum(s == "strict" for s in cohorts.values())
+        assert metric_value(ran.out, "canaryws_flags_strict_share", source="file") == 0.5
         assert metric_value(ran.out, "canaryws_errors_total", strategy="strict", code="invalid_json") == 3 * strict_n
         assert metric_value(ran.out, "canaryws_batches_total", strategy="strict") == 0
         report = json.loads(lines[-1])

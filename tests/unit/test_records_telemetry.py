@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, 
 from opentelemetry.trace import INVALID_SPAN, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
@@ -85,7 +85,8 @@ def _summary(strategy: str, batches: list[tuple[list[Any], float]]) -> Connectio
     return summary
 
 
-def _points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _points(reader: InMemoryMetricReader, names: tuple[str, ...] = ("canaryws.batches", "canaryws.records")
+            ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     data = reader.get_metrics_data()
     assert data is not None
     return {
@@ -94,7 +95,7 @@ def _points(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, st
         for scope in resource.scope_metrics
         for metric in scope.metrics
         for point in metric.data.data_points
-        if metric.name in ("canaryws.batches", "canaryws.records")
+        if metric.name in names
     }
 
 
@@ -163,3 +164,15 @@ def test_with_otlp_metrics_the_duration_is_the_sdks_histogram_recorded_per_batch
                 for metric in scope.metrics if metric.name == "canaryws.batch.duration"
                 for point in metric.data.data_points]
     assert point.count == 1 and point.sum == 0.004
+
+
+def test_the_strict_share_gauge_follows_the_flags_and_is_absent_when_unknown() -> None:
+    reader = InMemoryMetricReader()
+    share: list[float | None] = [0.25]
+    FlagsTelemetry(MeterProvider(metric_readers=[reader]), lambda: {"source": "unleash"}, lambda: share[0])
+    gauge = ("canaryws.flags.strict_share",)
+    assert _points(reader, gauge)[(gauge[0], (("source", "unleash"),))] == 0.25
+    share[0] = 1.0  # a ramp to 100 %, read at the next collection
+    assert _points(reader, gauge)[(gauge[0], (("source", "unleash"),))] == 1.0
+    share[0] = None  # a split that depends on more than the client id: no point at all
+    assert _points(reader, gauge) == {}

@@ -521,10 +521,14 @@ class DurationHistograms:
 class FlagsTelemetry:
     """Metrics of the flag source: reload results, revision and age of the flags."""
 
-    def __init__(self, meter_provider: MeterProvider, status: Callable[[], Mapping[str, Any]]) -> None:
-        """``status`` returns the flag source's status; it is read at scrape time only."""
+    def __init__(self, meter_provider: MeterProvider, status: Callable[[], Mapping[str, Any]],
+                 strict_share: Callable[[], float | None] | None = None) -> None:
+        """``status`` returns the flag source's status and ``strict_share`` the share of client
+        ids the flags in force route to strict (None when it depends on more than the id);
+        both are read at scrape time only."""
         meter = meter_provider.get_meter("canaryws.flags")
         self._status = status
+        self._strict_share = strict_share
         self._reloads = meter.create_counter(
             "canaryws.flags.reloads", unit="{reload}", description="Flag document reloads by source and result"
         )
@@ -540,6 +544,13 @@ class FlagsTelemetry:
             unit="1",
             description="1 for the flags revision in force (labels: source, revision, state)",
         )
+        if strict_share is not None:
+            meter.create_observable_gauge(
+                "canaryws.flags.strict_share",
+                callbacks=[self._observe_strict_share],
+                unit="1",
+                description="Share of client ids the flags in force route to the strict cohort",
+            )
 
     def reloaded(self, source: str, result: str) -> None:
         self._reloads.add(1, {"source": source, "result": result})
@@ -554,6 +565,12 @@ class FlagsTelemetry:
             1,
             {"source": str(st.get("source")), "revision": str(st.get("revision")), "state": str(st.get("state"))},
         )
+
+
+    def _observe_strict_share(self, _options: CallbackOptions) -> Iterable[Observation]:
+        share = self._strict_share() if self._strict_share is not None else None
+        if share is not None:
+            yield Observation(share, {"source": str(self._status().get("source"))})
 
 
 def span_context(span: Span) -> SpanContext | None:
