@@ -61,12 +61,15 @@ class Server:
         return feature
 
     def wait_served(self, flag: str, check: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
-        """The flag as the client API serves it, once ``check`` holds (it refreshes about once a second)."""
+        """The flag as the client API serves it, once it is served and ``check`` holds (the client
+        API refreshes about once a second, so a flag just created may not be served yet)."""
         deadline = time.monotonic() + timeout
-        while not check(feature := self.served(flag)):
-            assert time.monotonic() < deadline, f"{flag} is still served as {feature}"
+        while True:
+            features = [f for f in self.client_features()["features"] if f["name"] == flag]
+            if features and check(features[0]):
+                return features[0]
+            assert time.monotonic() < deadline, f"{flag} is still served as {features}"
             time.sleep(0.2)
-        return feature
 
 
 def _deploy(script: str, env: dict[str, str], *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
