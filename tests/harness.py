@@ -111,7 +111,21 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-class Service:
+class LoopbackUrls:
+    """``http_url`` and ``ws_url`` of something listening on 127.0.0.1:``port``."""
+
+    port: int
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/records"
+
+
+class Service(LoopbackUrls):
     """One ``canaryws serve`` subprocess with its own flags file and data dir."""
 
     def __init__(self, root: Path, flags: dict[str, Any] | str | None = None,
@@ -152,14 +166,6 @@ class Service:
         self.stop()
 
     # -- helpers ---------------------------------------------------------------
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/records"
-
     def token(self, client_id: str) -> str:
         if self._tokens is None:
             self._tokens = TokenAuthority.from_data_dir(self.data_dir)

@@ -56,10 +56,6 @@ class Server:
         result: dict[str, Any] = response.json()
         return result
 
-    def served(self, flag: str) -> dict[str, Any]:
-        (feature,) = [f for f in self.client_features()["features"] if f["name"] == flag]
-        return feature
-
     def wait_served(self, flag: str, check: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """The flag as the client API serves it, once it is served and ``check`` holds (the client
         API refreshes about once a second, so a flag just created may not be served yet)."""

@@ -29,6 +29,7 @@ from canaryws.core.flagdoc import validate_flags_data
 from harness import (
     PROTOCOL,
     REPO,
+    LoopbackUrls,
     Service,
     UnleashServer,
     flags_doc,
@@ -71,7 +72,7 @@ def render_site(conf: str, listen_port: int, replica_ports: list[int], log_dir: 
     return site
 
 
-class Nginx:
+class Nginx(LoopbackUrls):
     """nginx in the foreground, everything (pid, logs, temp files) under ``root``."""
 
     def __init__(self, root: Path, replica_ports: list[int]) -> None:
@@ -118,14 +119,6 @@ class Nginx:
     def main_log_text(self) -> str:
         return "\n".join(p.read_text(errors="replace") for p in (self.main_log, self.root / "nginx.out")
                          if p.exists())
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/records"
 
     def access_lines(self) -> list[str]:
         return self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []

@@ -165,8 +165,14 @@ def file_flags(path: Path) -> dict[str, Any]:
     return {f["name"]: f for f in json.loads(path.read_text())["features"]}
 
 
-def connection_spans(service: Service) -> list[dict[str, Any]]:
-    return [s for s in service.spans() if s["name"] == "records.connection"]
+def wait_summaries(service: Service, count: int) -> None:
+    """Until the trace file holds ``count`` connection summary spans."""
+    service.wait_for_spans(lambda spans: sum(s["name"] == "records.connection" for s in spans) >= count)
+
+
+def wait_server_flags(service: Service) -> None:
+    """Until the service serves the Unleash server's flags (not the bootstrap file)."""
+    wait_until(lambda: service.get("/readyz").json()["flags"].get("flags_from") == "server", 15, "server flags")
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -321,7 +327,7 @@ def test_rollout_stage_then_roll_back_on_the_flags_file(tmp_path: Path, runbook:
         service.wait_for_revision(lambda st: st["revision"] != before)
         clients = [f"tenant-{i:03d}" for i in range(120)]
         drive(service, clients, batches=5, records=blank_heavy)
-        service.wait_for_spans(lambda spans: len([s for s in spans if s["name"] == "records.connection"]) >= 120)
+        wait_summaries(service, 120)
 
         ran = runbook.run("stage-report", env)
         assert "Verdict: promote" in ran.out, ran.out
@@ -372,8 +378,7 @@ def test_roll_back_on_the_unleash_server(tmp_path: Path, runbook: Runbook, unlea
     unleash.set_rollout("records.strict", 100)
     with unleash_service(tmp_path, unleash, flags_doc(strict_rollout=100)) as service:
         env = server_env(service, unleash)
-        wait_until(lambda: service.get("/readyz").json()["flags"].get("flags_from") == "server", 15,
-                   "the service to take the server's flags")
+        wait_server_flags(service)
         with Clients(service, [f"u-{i}" for i in range(10)]) as open_clients:
             assert set(open_clients.welcomes.values()) == {"strict"}
             ran = runbook.run("rollback-unleash", env)
@@ -430,7 +435,7 @@ def test_strict_rejecting_legitimate_traffic(tmp_path: Path, runbook: Runbook) -
         drive(service, [noisy], batches=20, records=lambda n: ["", "  ", None, "ok"])  # 3 rejected per batch
         drive(service, [quiet], batches=10, records=lambda n: ["", "ok"])  # 1 per batch
         drive(service, [c for c in cohorts if c not in (noisy, quiet)], batches=3, records=clean)
-        service.wait_for_spans(lambda spans: len([s for s in spans if s["name"] == "records.connection"]) >= 80)
+        wait_summaries(service, 80)
 
         ran = runbook.run("reject-metrics", env)
         for reason, n in (("empty", 30), ("blank", 20), ("missing", 20)):
@@ -468,7 +473,7 @@ def test_the_unleash_server_unreachable(tmp_path: Path, runbook: Runbook, unleas
     env = server_env(service, unleash)
     try:
         service.start()
-        wait_until(lambda: service.get("/readyz").json()["flags"].get("flags_from") == "server", 15, "server flags")
+        wait_server_flags(service)
         unleash.down()
         wait_until(lambda: service.get("/readyz").json()["flags"].get("stale") is True, 15, "stale flags")
         ran = runbook.run("flags-readyz", env)
@@ -518,7 +523,7 @@ def test_a_cohort_gets_no_traffic(tmp_path: Path, runbook: Runbook) -> None:
                         else:
                             await send_batch(ws, f"{cid}-{n}", clean(n))
         asyncio.run(traffic())
-        service.wait_for_spans(lambda spans: len([s for s in spans if s["name"] == "records.connection"]) >= 40)
+        wait_summaries(service, 40)
         ran = runbook.run("cohort-nodata", file_env(service))
         lines = ran.out.strip().splitlines()
         assert json.loads(lines[0]) == {"name": "records.strict", "enabled": True, "rollout": 50}
@@ -606,7 +611,7 @@ def test_a_latency_regression(tmp_path: Path, runbook: Runbook) -> None:
         assert service.proc is not None
         env = file_env(service, CANARYWS_PID=str(service.proc.pid))
         drive(service, [f"l-{i:02d}" for i in range(40)], batches=8, records=blank_heavy)
-        service.wait_for_spans(lambda spans: len([s for s in spans if s["name"] == "records.connection"]) >= 40)
+        wait_summaries(service, 40)
         ran = runbook.run("latency-report", env)
         latency = json.loads(ran.out)
         for cohort in ("strict", "lenient"):
@@ -721,7 +726,7 @@ def test_flag_clean_up_on_the_unleash_server(tmp_path: Path, runbook: Runbook, u
     with unleash_service(tmp_path, unleash, flags_doc(strict_rollout=100),
                          CANARYWS_DEFAULT_STRATEGY="strict") as service:
         env = server_env(service, unleash)
-        wait_until(lambda: service.get("/readyz").json()["flags"].get("flags_from") == "server", 15, "server flags")
+        wait_server_flags(service)
         with Clients(service, [f"s-{i}" for i in range(5)]) as open_clients:
             ran = runbook.run("cleanup-check", env)
             assert {json.loads(line)["name"]: json.loads(line)["rollout"] for line in ran.out.splitlines()} == {

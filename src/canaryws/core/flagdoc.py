@@ -318,15 +318,19 @@ def without_feature(doc: FlagsDocument, flag: str) -> FlagsDocument:
     would be invalid); an unknown flag is a FlagEditError.
     """
     _editable_feature(doc, flag)  # FlagEditError for an unknown flag
-    dependents = dependents_of(doc.data["features"], flag)
-    if dependents:
-        raise FlagsDocumentError(
-            f"cannot archive {flag!r}: {', '.join(repr(name) for name in dependents)} "
-            f"depend{'s' if len(dependents) == 1 else ''} on it; remove the dependency first"
-        )
+    refuse_archive_of_a_dependency(flag, dependents_of(doc.data["features"], flag))
     data = copy.deepcopy(doc.data)
     data["features"] = [feature for feature in data["features"] if feature["name"] != flag]
     return validate_flags_data(data)
+
+
+def refuse_archive_of_a_dependency(flag: str, dependents: list[str], where: str = "") -> None:
+    """FlagsDocumentError naming ``dependents`` (``where``: e.g. " in Unleash project X"), if any."""
+    if dependents:
+        raise FlagsDocumentError(
+            f"cannot archive {flag!r}: {', '.join(repr(name) for name in dependents)} "
+            f"depend{'s' if len(dependents) == 1 else ''} on it{where}; remove the dependency first"
+        )
 
 
 def dependents_of(features: Iterable[Mapping[str, Any]], flag: str) -> list[str]:

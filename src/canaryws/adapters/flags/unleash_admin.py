@@ -58,6 +58,7 @@ from canaryws.core.flagdoc import (
     FlagsDocumentError,
     compute_revision,
     dependents_of,
+    refuse_archive_of_a_dependency,
     validate_flags_data,
 )
 
@@ -484,12 +485,7 @@ class UnleashAdmin:
             dependents = children + [
                 name for name in dependents_of(before.admin_features.values(), flag) if name not in children
             ]
-            if dependents:
-                raise FlagsDocumentError(
-                    f"cannot archive {flag!r}: {', '.join(repr(name) for name in dependents)} "
-                    f"depend{'s' if len(dependents) == 1 else ''} on it in Unleash project {self.project}; "
-                    "remove the dependency first"
-                )
+            refuse_archive_of_a_dependency(flag, dependents, f" in Unleash project {self.project}")
             try:
                 http.call("DELETE", f"{self._project_path()}/features/{quote(flag, safe='')}", want_json=False)
             except UnleashError as exc:
