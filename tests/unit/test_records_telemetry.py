@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+import statistics
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, 
 from opentelemetry.trace import INVALID_SPAN, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
+from canaryws.adapters.telemetry.records import NEVER, FlagsTelemetry, RecordsTelemetry
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
@@ -48,15 +51,36 @@ def _batch_telemetry(ratio: float, draws: list[float]) -> tuple[RecordsTelemetry
     return RecordsTelemetry(tracer_provider, MeterProvider(), rng=lambda: next(values)), exporter
 
 
-def test_a_batch_drawn_out_costs_no_span_and_a_batch_drawn_in_is_recorded_as_batch() -> None:
-    telemetry, exporter = _batch_telemetry(0.25, [0.3, 0.2, 0.25, 0.0])
-    spans = [telemetry.start_batch(None) for _ in range(4)]
-    assert [span is INVALID_SPAN for span in spans] == [True, False, True, False]
-    for span in spans:
-        span.end()
-    finished = exporter.get_finished_spans()
-    assert len(finished) == 2
-    assert all(dict(span.attributes or {}) == {"canaryws.span.role": "batch"} for span in finished)
+def test_the_batch_gap_is_a_geometric_draw_and_the_span_it_selects_is_recorded_as_batch() -> None:
+    # gap = floor(log(1 - u) / log(1 - ratio)): u = 0 samples the next batch; 1 - u = 0.75^k gives k.
+    telemetry, exporter = _batch_telemetry(0.25, [0.0, 1 - 0.75**3 + 1e-9, 1 - 0.75**3 - 1e-9])
+    assert [telemetry.batch_gap() for _ in range(3)] == [0, 3, 2]
+    telemetry.start_batch(None).end()
+    (span,) = exporter.get_finished_spans()
+    assert dict(span.attributes or {}) == {"canaryws.span.role": "batch"}
+
+
+def test_counting_down_the_gaps_samples_each_batch_with_the_ratio() -> None:
+    rng = random.Random(7)
+    telemetry, _ = _batch_telemetry(0.01, [rng.random() for _ in range(20_000)])
+    sampled, gap, batches = [], telemetry.batch_gap(), 200_000
+    for i in range(batches):  # what the batch loop does
+        if gap:
+            gap -= 1
+        else:
+            sampled.append(i)
+            gap = telemetry.batch_gap()
+    share = len(sampled) / batches
+    assert abs(share - 0.01) < 0.001  # about 2000 sampled: ±4.5 standard deviations
+    gaps = [b - a - 1 for a, b in itertools.pairwise(sampled)]
+    assert abs(statistics.fmean(gaps) - 99) < 5  # geometric: mean (1 - p) / p
+    assert sum(g == 0 for g in gaps) / len(gaps) == pytest.approx(0.01, abs=0.006)  # P(gap = 0) = p
+
+
+@pytest.mark.parametrize(("ratio", "gap"), [(1.0, 0), (0.0, NEVER)])
+def test_the_batch_gap_of_all_or_nothing_needs_no_draw(ratio: float, gap: int) -> None:
+    telemetry, _ = _batch_telemetry(ratio, [])
+    assert telemetry.batch_gap() == gap
 
 
 def test_batch_spans_follow_the_delegate_when_its_ratio_is_unknown() -> None:
@@ -72,6 +96,7 @@ def test_batch_spans_follow_the_delegate_when_its_ratio_is_unknown() -> None:
     tracer_provider = TracerProvider(sampler=ConnectionSpansSampler(Custom()))
     tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry = RecordsTelemetry(tracer_provider, MeterProvider(), rng=lambda: pytest.fail("no draw expected"))
+    assert telemetry.batch_gap() == 0  # every batch gets a span, for the sampler to decide
     telemetry.start_batch(None).end()
     (span,) = exporter.get_finished_spans()
     assert dict(span.attributes or {}) == {"canaryws.span.role": "batch"}
@@ -81,7 +106,7 @@ def _summary(strategy: str, batches: list[tuple[list[Any], float]]) -> Connectio
     summary = ConnectionSummary.opening("c", "client", Cohort(strategy, 1, False, "r1"), 1.0)
     for records, seconds in batches:
         outcome = (STRICT if strategy == "strict" else LENIENT).process(records, 100)
-        summary.add(outcome, outcome.reason_counts(), seconds)
+        summary.add(outcome, seconds)
     return summary
 
 
@@ -120,7 +145,7 @@ def test_batch_metrics_are_the_retired_slices_plus_the_open_ones_and_never_step_
         open_slices[0] = _summary("strict", [])
     lenient = open_slices[1]
     outcome = LENIENT.process(["d"], 100)
-    lenient.add(outcome, outcome.reason_counts(), 0.001)
+    lenient.add(outcome, 0.001)
     second = _points(reader)
     assert second[("canaryws.batches", (("strategy", "strict"),))] == 1  # not lost, not doubled
     assert second[("canaryws.batches", (("strategy", "lenient"),))] == 2
@@ -157,7 +182,7 @@ def test_with_otlp_metrics_the_duration_is_the_sdks_histogram_recorded_per_batch
     reader = InMemoryMetricReader()
     telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
     outcome = STRICT.process(["a"], 100)
-    telemetry.batch_done(INVALID_SPAN, "b", outcome, outcome.reason_counts(), 0.004, "c1")
+    telemetry.batch_done(INVALID_SPAN, "b", outcome, 0.004, "c1")
     data = reader.get_metrics_data()
     assert data is not None
     (point,) = [point for resource in data.resource_metrics for scope in resource.scope_metrics

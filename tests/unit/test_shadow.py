@@ -72,10 +72,9 @@ def answer(telemetry: Telemetry, summary: ConnectionSummary, records: list[Any] 
     """What the endpoint does before the shadow runs: process, count, keep the batch span open."""
     strategy = STRICT if summary.strategy == "strict" else LENIENT
     outcome = strategy.process(records, max_length)
-    counts = outcome.reason_counts()
-    summary.add(outcome, counts, 0.001)
+    summary.add(outcome, 0.001)
     span = telemetry.records.start_batch(None)
-    telemetry.records.batch_done(span, "b1", outcome, counts, 0.001, summary.connection_id, end=False)
+    telemetry.records.batch_done(span, "b1", outcome, 0.001, summary.connection_id, end=False)
     return span, outcome
 
 

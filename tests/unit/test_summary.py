@@ -186,7 +186,7 @@ def busy_summary() -> ConnectionSummary:
     batch2 = ["ok", "waytoolongvalue", "", None]
     for records, seconds in ((batch1, 0.002), (batch2, 0.5)):
         outcome = STRICT.process(records, 8)
-        summary.add(outcome, outcome.reason_counts(), seconds)
+        summary.add(outcome, seconds)
         summary.add_shadow(compare(outcome, LENIENT.process(records, 8)))
     summary.add_error("bad_frame")
     summary.add_error("bad_frame")
@@ -198,7 +198,7 @@ def busy_summary() -> ConnectionSummary:
 def test_add_counts_batches_records_reasons_and_latency() -> None:
     summary = new_summary()
     outcome = STRICT.process([" a ", "", "  ", "b", None, 5], 4096)
-    summary.add(outcome, outcome.reason_counts(), 0.0015)
+    summary.add(outcome, 0.0015)
     assert (summary.batches, summary.records, summary.accepted, summary.skipped, summary.rejected) == (1, 6, 2, 0, 4)
     assert summary.reasons == {
         ("rejected", "empty"): 1,
@@ -210,7 +210,7 @@ def test_add_counts_batches_records_reasons_and_latency() -> None:
     assert summary.latency_sum_s == pytest.approx(0.0015)
 
     lenient = LENIENT.process(["", "", "x"], 4096)
-    summary.add(lenient, lenient.reason_counts(), 2.0)
+    summary.add(lenient, 2.0)
     assert (summary.batches, summary.records, summary.accepted, summary.skipped) == (2, 9, 3, 2)
     assert summary.reasons[("skipped", "empty")] == 2
     assert summary.reasons[("rejected", "empty")] == 1

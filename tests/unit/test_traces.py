@@ -63,7 +63,7 @@ def make_summary(connection: str, seq: int = 0, *, end: str = END_INTERVAL, batc
     for _ in range(batches):
         records = ["a", "", "b\x00", "x" * 20]
         outcome = STRICT.process(records, 10)
-        summary.add(outcome, outcome.reason_counts(), 0.003)
+        summary.add(outcome, 0.003)
         summary.add_shadow(compare(outcome, LENIENT.process(records, 10)))
     return summary
 

@@ -30,7 +30,7 @@ def summary(connection: str = "c1", client: str = "u1", strategy: str = "strict"
                           close_code=close_code if end == END_CLOSED else None)
     for i in range(batches):
         outcome = STRICT.process(["a", "", None], 10)
-        s.add(outcome, outcome.reason_counts(), 0.001 * (i + 1))
+        s.add(outcome, 0.001 * (i + 1))
     return s
 
 

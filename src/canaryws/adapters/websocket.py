@@ -13,10 +13,11 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -104,6 +105,34 @@ class ExposeAbort:
             if callable(abort):
                 scope[ABORT_SCOPE_KEY] = abort
             scope[CHANNEL_SCOPE_KEY] = (receive, send)
+        await self.app(scope, receive, send)
+
+
+class RecordsRoute:
+    """Serves ``/records`` WebSocket connections itself and passes everything else to ``app``.
+
+    A connection's task resumes through every ASGI layer that awaits the endpoint, on
+    every frame it waits for (about 30 ns a layer on this stack; docs/benchmarks.md). A
+    route inside FastAPI sits under about ten of them (the app, its error and exception
+    middleware, the OpenTelemetry middleware, the router, the route's session wrappers)
+    that do nothing for this endpoint after the handshake. Placed outside FastAPI, the
+    endpoint's handshake and batch loop run under the service's own thin wrappers only.
+    """
+
+    def __init__(self, app: ASGIApp, handle: Callable[[WebSocket], Awaitable[None]], path: str = "/records") -> None:
+        self.app = app
+        self.handle = handle
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if path == self.path:
+                await self.handle(WebSocket(scope, receive, send))
+                return
         await self.app(scope, receive, send)
 
 
@@ -405,10 +434,16 @@ class RecordsEndpoint:
     # -- batches -------------------------------------------------------------
 
     async def _serve(self, websocket: WebSocket, conn: _Connection) -> int:
-        """The batch loop; returns the close code."""
+        """The batch loop; returns the close code.
+
+        Per batch it does the work and little else (docs/benchmarks.md): two clock reads,
+        the rate bucket, one flags-revision comparison, the summary's counts, and a
+        countdown to the next sampled batch span; span attributes are built for sampled
+        batches only.
+        """
         receive, send = websocket.scope.get(CHANNEL_SCOPE_KEY) or (websocket.receive, websocket.send)
         telemetry = self._telemetry
-        shadow_runner = self._shadow
+        shadow_run = self._shadow.run
         flags = self._flags
         default_strategy = self._default_strategy
         limits = self._limits
@@ -419,9 +454,15 @@ class RecordsEndpoint:
         window = limits.duplicate_id_window
         recent: RecentIds | None = None  # created at the first answer: idle connections stay small
         cohort = conn.cohort
-        strategy = STRATEGIES[cohort.strategy]
+        strategy = STRATEGIES[cohort.strategy].process
+        shadow = cohort.shadow
         context = conn.context
         connection_id = context.connection_id
+        clock = time.perf_counter
+        decode_batch = contract.decode_batch
+        encode_result = contract.encode_result
+        each_batch = telemetry.records_each_batch
+        gap = telemetry.batch_gap()  # batches until the next batch span
         while True:
             conn.receiving = True
             message = await receive()
@@ -432,13 +473,13 @@ class RecordsEndpoint:
             if text is None:
                 await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
                 return CLOSE_UNSUPPORTED_DATA
-            started = time.perf_counter()
+            started = clock()
             if bucket is not None:
                 wait = bucket.take(started)
                 if wait:
                     telemetry.throttled(cohort.strategy)
                     await asyncio.sleep(wait)
-                    started = time.perf_counter()
+                    started = clock()
             snapshot = flags()
             if snapshot.revision != cohort.flags_revision:
                 new = decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
@@ -456,15 +497,21 @@ class RecordsEndpoint:
                     conn.sending_since = started
                     await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
                     conn.sending_since = 0.0
-                    strategy = STRATEGIES[new.strategy]
                 cohort = conn.cohort = new
+                strategy = STRATEGIES[new.strategy].process
+                shadow = new.shadow
             elif started - conn.slice_started >= slice_seconds:
                 self._end_slice(conn, END_INTERVAL, cohort, self._strict_share(snapshot))
             summary = conn.summary
 
-            span = telemetry.start_batch(conn.connect)
+            if gap:
+                gap -= 1
+                span: Span = INVALID_SPAN
+            else:
+                span = telemetry.start_batch(conn.connect)
+                gap = telemetry.batch_gap()
             try:
-                batch = contract.decode_batch(text, max_records)
+                batch = decode_batch(text, max_records)
                 if recent is not None and batch.id in recent:
                     raise contract.duplicate_id(batch.id, window)
             except contract.MessageError as err:
@@ -475,9 +522,9 @@ class RecordsEndpoint:
                 conn.sending_since = 0.0
                 continue
             try:
-                outcome = strategy.process(batch.records, max_length)
+                outcome = strategy(batch.records, max_length)
                 conn.sending_since = started
-                await send({"type": "websocket.send", "text": contract.encode_result(batch.id, outcome)})
+                await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
                 conn.sending_since = 0.0
             except BaseException:
                 span.end()
@@ -486,12 +533,12 @@ class RecordsEndpoint:
                 if recent is None:
                     recent = RecentIds(window)
                 recent.add(batch.id)
-            elapsed = time.perf_counter() - started
-            counts = outcome.reason_counts()  # once per batch, for the summary and the span
-            summary.add(outcome, counts, elapsed)
-            telemetry.batch_done(span, batch.id, outcome, counts, elapsed, connection_id, end=not cohort.shadow)
-            if cohort.shadow:  # after the answer went out; ends the span
-                shadow_runner.run(summary, span, batch.records, outcome)
+            elapsed = clock() - started
+            summary.add(outcome, elapsed)
+            if span is not INVALID_SPAN or each_batch:
+                telemetry.batch_done(span, batch.id, outcome, elapsed, connection_id, end=not shadow)
+            if shadow:  # after the answer went out; ends the span
+                shadow_run(summary, span, batch.records, outcome)
 
 
 @dataclass(slots=True, kw_only=True)

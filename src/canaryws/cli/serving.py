@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from socket import socket
 from types import FrameType
@@ -148,15 +149,21 @@ class _Tracked:
     """One WebSocket connection as the drain sees it: its server protocol (with the inbound
     queue and the transport), its ``send``, and where its app task is."""
 
-    __slots__ = ("closing", "parked", "protocol", "queue", "send", "transport")
+    __slots__ = ("closing", "protocol", "queue", "receiving", "send", "transport")
 
     def __init__(self, protocol: object, queue: asyncio.Queue[Any], transport: asyncio.Transport, send: Send) -> None:
         self.protocol = protocol
         self.queue = queue
         self.transport = transport
         self.send = send
-        self.parked = False  # the app task waits in receive()
+        self.receiving: Awaitable[Message] | None = None  # the app's latest receive() awaitable
         self.closing = False  # the drain sent its close frame
+
+    @property
+    def parked(self) -> bool:
+        """The app task waits in receive(): its latest receive() coroutine is suspended."""
+        pending = self.receiving
+        return inspect.iscoroutine(pending) and inspect.getcoroutinestate(pending) == inspect.CORO_SUSPENDED
 
     @property
     def idle(self) -> bool:
@@ -199,24 +206,30 @@ class ConnectionDrain:
             return
         tracked = _Tracked(protocol, queue, transport, send)
 
-        async def tracked_receive() -> Message:
-            if self._draining and not tracked.closing and queue.empty():
-                await self._close(tracked)  # all it read is answered; receive() returns the disconnect
-            tracked.parked = True
-            try:
-                message = await receive()
-            finally:
-                tracked.parked = False
-            if self._draining and not tracked.closing:
-                # The protocol resumes reading when its queue empties; while draining, nothing new is read.
-                tracked.stop_reading()
-            return message
+        def tracked_receive() -> Awaitable[Message]:
+            # Until the drain starts: the protocol's own receive() coroutine, remembered (so
+            # the drain can tell a parked app) but not wrapped, since a wrapper coroutine
+            # would be created and resumed on every frame (docs/benchmarks.md).
+            if self._draining:
+                return self._receive_draining(tracked, receive)
+            tracked.receiving = pending = receive()
+            return pending
 
         self._open.add(tracked)
         try:
             await self.app(scope, tracked_receive, send)
         finally:
             self._open.discard(tracked)
+
+    async def _receive_draining(self, tracked: _Tracked, receive: Receive) -> Message:
+        if not tracked.closing and tracked.queue.empty():
+            await self._close(tracked)  # all it read is answered; receive() returns the disconnect
+        tracked.receiving = pending = receive()
+        message = await pending
+        if not tracked.closing:
+            # The protocol resumes reading when its queue empties; while draining, nothing new is read.
+            tracked.stop_reading()
+        return message
 
     async def _close(self, tracked: _Tracked) -> None:
         tracked.closing = True

@@ -13,6 +13,7 @@ place that writes and reads them.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
 from canaryws.core.compare import Divergence
+from canaryws.core.histogram import BOUNDS_MS
 from canaryws.core.strategies.outcome import Outcome
 
 A_ROLE = "canaryws.span.role"  # what a span is: connect, batch, connection (samplers and readers key on it)
@@ -71,7 +73,8 @@ class ConnectionSummary:
     skipped: int = 0
     rejected: int = 0
     errors: int = 0
-    reasons: dict[tuple[str, str], int] = field(default_factory=dict)  # ("rejected", "empty") -> n
+    skipped_reasons: dict[str, int] = field(default_factory=dict)  # "blank" -> n (see :attr:`reasons`)
+    rejected_reasons: dict[str, int] = field(default_factory=dict)
     error_codes: dict[str, int] = field(default_factory=dict)
     latency: list[int] = field(default_factory=histogram.empty)
     latency_sum_s: float = 0.0
@@ -81,18 +84,35 @@ class ConnectionSummary:
     shadow_divergent: int = 0
     divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
 
-    def add(self, outcome: Outcome, counts: Mapping[tuple[str, str], int], seconds: float) -> None:
-        """Count one answered batch; ``counts`` is ``outcome.reason_counts()``, computed once per batch."""
+    def add(self, outcome: Outcome, seconds: float) -> None:
+        """Count one answered batch (the batch loop's only bookkeeping call, so kept lean:
+        reasons are tallied by their string, without building a per-batch counts dict)."""
         self.batches += 1
-        self.records += outcome.size
-        self.accepted += len(outcome.accepted)
-        self.skipped += len(outcome.skipped)
-        self.rejected += len(outcome.rejected)
-        reasons = self.reasons
-        for key, n in counts.items():
-            reasons[key] = reasons.get(key, 0) + n
-        self.latency[histogram.bucket_of(seconds * 1000.0)] += 1
+        accepted = len(outcome.accepted)
+        skipped = outcome.skipped
+        rejected = outcome.rejected
+        self.accepted += accepted
+        self.records += accepted + len(skipped) + len(rejected)
+        if skipped:
+            self.skipped += len(skipped)
+            tally = self.skipped_reasons
+            for _, reason in skipped:
+                tally[reason] = tally.get(reason, 0) + 1
+        if rejected:
+            self.rejected += len(rejected)
+            tally = self.rejected_reasons
+            for _, reason in rejected:
+                tally[reason] = tally.get(reason, 0) + 1
+        self.latency[bisect_left(BOUNDS_MS, seconds * 1000.0)] += 1
         self.latency_sum_s += seconds
+
+    @property
+    def reasons(self) -> dict[tuple[str, str], int]:
+        """Records by ``(outcome, reason)``: ``("rejected", "empty") -> n`` (a new dict; safe to
+        read from another thread while the batch loop counts)."""
+        counts = {("skipped", reason): n for reason, n in list(self.skipped_reasons.items())}
+        counts.update((("rejected", reason), n) for reason, n in list(self.rejected_reasons.items()))
+        return counts
 
     def add_error(self, code: str) -> None:
         self.errors += 1
@@ -180,8 +200,10 @@ class ConnectionSummary:
         for key, value in attrs.items():
             if key.startswith(_C):
                 kind, _, reason = key[len(_C):].partition(".")
-                if kind in ("skipped", "rejected") and reason:
-                    summary.reasons[(kind, reason)] = int(value)
+                if kind == "skipped" and reason:
+                    summary.skipped_reasons[reason] = int(value)
+                elif kind == "rejected" and reason:
+                    summary.rejected_reasons[reason] = int(value)
                 elif kind == "errors" and reason:
                     summary.error_codes[reason] = int(value)
             elif key.startswith(A_SHADOW_DIVERGENCE):

@@ -13,7 +13,9 @@
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
-from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import HistogramMetricFamily
@@ -37,6 +39,7 @@ from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
 SCOPE = "canaryws.records"
 PROVIDER_NAME = "Unleash"
 _EMPTY_CONTEXT = otel_context.Context()
+NEVER = sys.maxsize  # a batch gap that never ends: no batch spans
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 
@@ -279,19 +282,28 @@ class RecordsTelemetry:
 
     # -- per batch -----------------------------------------------------------
 
-    def start_batch(self, connect: SpanContext | None) -> Span:
-        """A root span (new trace) linked to the connection's connect span.
+    def batch_gap(self) -> int:
+        """How many batches to leave without a span before the next batch span.
 
-        When the sampler's share of batch spans is known, the draw happens here and a batch
-        left out costs one random number (``INVALID_SPAN``: every call on it is a no-op);
-        see :attr:`ConnectionSpansSampler.batch_ratio`."""
+        The batch loop counts this down and calls :meth:`start_batch` when it reaches 0,
+        so a batch left out costs a decrement, not a call and a random number. The gap is
+        a geometric draw with the sampler's share of batch spans (``batch_ratio``), so
+        every batch is still sampled independently with that probability: one draw per
+        sampled batch instead of one per batch. 0 (a span for every batch, which the
+        sampler then decides on) when the share is unknown (see
+        :attr:`ConnectionSpansSampler.batch_ratio`); :data:`NEVER` when it is 0.
+        """
         ratio = self._batch_ratio
-        if ratio is None:
-            role = "batch"
-        elif ratio < 1.0 and (ratio <= 0.0 or self._random() >= ratio):
-            return INVALID_SPAN
-        else:
-            role = PRESAMPLED_BATCH_ROLE
+        if ratio is None or ratio >= 1.0:
+            return 0
+        if ratio <= 0.0:
+            return NEVER
+        return min(int(math.log(1.0 - self._random()) / math.log1p(-ratio)), NEVER)
+
+    def start_batch(self, connect: SpanContext | None) -> Span:
+        """A root span (new trace) linked to the connection's connect span, for a batch
+        :meth:`batch_gap` selected (or, when the share is unknown, for the sampler to decide)."""
+        role = "batch" if self._batch_ratio is None else PRESAMPLED_BATCH_ROLE
         links = (Link(connect),) if connect is not None and connect.is_valid else None
         return self.tracer.start_span(
             "records.batch",
@@ -301,18 +313,24 @@ class RecordsTelemetry:
             attributes={A_ROLE: role},
         )
 
+    @property
+    def records_each_batch(self) -> bool:
+        """True when :meth:`batch_done` must run for every batch, sampled or not: the
+        batch duration goes out as an OTel histogram (OTLP metrics)."""
+        return self._duration is not None
+
     def batch_done(
         self,
         span: Span,
         batch_id: str,
         outcome: Outcome,
-        counts: dict[tuple[str, str], int],
         elapsed: float,
         connection_id: str,
         *,
         end: bool = True,
     ) -> None:
-        """Metrics and span attributes of one answered batch; ``counts`` is ``outcome.reason_counts()``.
+        """Metrics and span attributes of one answered batch. The batch loop calls it for
+        sampled batches only, unless :attr:`records_each_batch`.
 
         With ``end`` false the span stays open for the shadow comparison (:meth:`shadow_done`).
         """
@@ -330,7 +348,7 @@ class RecordsTelemetry:
                 "canaryws.batch.skipped": len(outcome.skipped),
                 "canaryws.batch.rejected": len(outcome.rejected),
             }
-            for (kind, reason), n in counts.items():
+            for (kind, reason), n in outcome.reason_counts().items():
                 attrs[f"canaryws.batch.{kind}.{reason}"] = n
             span.set_attributes(attrs)
         if end:
