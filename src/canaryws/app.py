@@ -103,9 +103,9 @@ class Service:
 
 def freeze_startup_objects() -> None:
     """Collect once, then move every object alive after start-up (modules, the OTel SDK,
-    FastAPI, the flags, about 90,000 objects) to the garbage collector's permanent
+    FastAPI, the flags, about 94,000 objects) to the garbage collector's permanent
     generation (``gc.freeze``), so that no later collection scans them again. Without it,
-    every full collection walked them all: about 45 ms with the event loop stopped, every
+    every full collection walked them all: 45-70 ms with the event loop stopped, every
     100,000 batches or so under load (docs/benchmarks.md). Objects created later are
     collected as usual."""
     gc.collect()

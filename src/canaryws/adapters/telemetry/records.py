@@ -459,7 +459,7 @@ class SummaryTotals:
         batches[strategy] = batches.get(strategy, 0) + summary.batches
         key = (strategy, "accepted", "")
         records[key] = records.get(key, 0) + summary.accepted
-        for (outcome, reason), n in list(summary.reasons.items()):
+        for (outcome, reason), n in summary.reasons.items():  # a new dict: safe while batches go on
             key = (strategy, outcome, reason)
             records[key] = records.get(key, 0) + n
 
