@@ -46,7 +46,8 @@ What it does, in order:
    canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
    (goal >= 0.9), lean / echo, naive / canaryws, 2workers / canaryws (no goals), and the
    shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
-   (goal <= 1.0: the shadow costs no more than the second strategy's own work).
+   (goal <= 1.0: the shadow costs no more than the second strategy's own work; a round in
+   which lean-both - lean is not positive has no value, rather than a negative one).
 
 4. Scale (``--no-scale`` skips it). (a) ``--idle`` idle connections on ``canaryws-idle``:
    warm-up (50 connections sending batches for a moment, then closed), RSS baseline, open
@@ -635,7 +636,11 @@ def median(values: Sequence[float | None]) -> float | None:
 
 
 def ratio_value(ratio: Ratio, by_server: dict[str, dict[str, Any]]) -> float | None:
-    """One round's value of a ratio; None when a server of it is missing or the division is undefined."""
+    """One round's value of a ratio; None when a server of it is missing or the division is undefined.
+
+    The shadow cost's denominator is a difference of two CPU measurements (lean-both - lean):
+    in a round where noise makes it zero or negative, the round has no ratio (a negative one
+    would read as a goal met)."""
     try:
         if ratio.kind == "throughput":
             num, den = by_server[ratio.numerator]["rate"], by_server[ratio.denominator]["rate"]
@@ -644,7 +649,7 @@ def ratio_value(ratio: Ratio, by_server: dict[str, dict[str, Any]]) -> float | N
             den = by_server["lean-both"]["cpu_us_per_msg"] - by_server["lean"]["cpu_us_per_msg"]
     except (KeyError, TypeError):
         return None
-    return num / den if den else None
+    return num / den if den > 0 else None
 
 
 def shadow_parts(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:

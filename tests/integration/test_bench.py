@@ -59,12 +59,19 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
         assert run["connections"] == 50, (name, run)
         assert run["cpu_us_per_msg"] > 0, (name, run)
 
-    # every ratio is a finite positive number (goals are not asserted)
+    # every throughput ratio is a finite positive number (goals are not asserted). The shadow
+    # cost divides two differences of CPU measurements of 1 s each: in one smoke round either
+    # sign is noise, and a round whose denominator is not positive has no value (that rule is
+    # tested deterministically in tests/unit/test_bench_ratios.py).
     ratios = result["summary"]["ratios"]
     assert set(ratios) >= RATIOS, ratios
     for name, ratio in ratios.items():
         value = ratio["median"]
-        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, ratio)
+        if name == "shadow cost":
+            assert value is None or (isinstance(value, float) and math.isfinite(value)), (name, ratio)
+            assert value is not None or ratio["met"] is False, (name, ratio)
+        else:
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, ratio)
 
     # scale: every idle connection opened (client and server agree) and stayed open
     idle = result["scale"]["idle"]
