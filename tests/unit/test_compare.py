@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canaryws.core.compare import VALUE_MISMATCH, Divergence, accepted_only_kind, compare
+from canaryws.core.compare import MERGE_DIVERGENCES, VALUE_MISMATCH, Divergence, accepted_only_kind, compare
 from canaryws.core.strategies import LENIENT, STRICT, Outcome, Strategy
 from records_data import GUIDE_BATCH, records_strategy
 
@@ -171,3 +171,66 @@ def test_swapping_primary_and_shadow_gives_the_same_counts(records: list[Any], m
 def test_a_strategy_never_diverges_from_itself(records: list[Any], max_length: int | None) -> None:
     assert _compare(STRICT, STRICT, records, max_length).divergent == 0
     assert _compare(LENIENT, LENIENT, records, max_length).divergent == 0
+
+
+# -- any two outcomes, against the definition -----------------------------------------
+
+# One record's fate under one strategy: accepted with a value, or skipped/rejected with a reason.
+fates = st.one_of(
+    st.tuples(st.just("accepted"), st.sampled_from(["a", "b", "c"])),
+    st.tuples(st.sampled_from(["skipped", "rejected"]), st.sampled_from(["blank", "too_long", "empty"])),
+)
+
+
+def outcome_of(strategy: str, batch: list[tuple[str, str]]) -> Outcome:
+    lists: dict[str, list[tuple[int, str]]] = {"accepted": [], "skipped": [], "rejected": []}
+    for index, (fate, detail) in enumerate(batch):
+        lists[fate].append((index, detail))
+    return Outcome(strategy, 1, lists["accepted"], lists["skipped"], lists["rejected"])
+
+
+def by_definition(primary: list[tuple[str, str]], shadow: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The module docstring's rule, record by record."""
+    counts: dict[tuple[str, str], int] = {}
+    for (p_fate, p_detail), (s_fate, s_detail) in zip(primary, shadow, strict=True):
+        if p_fate == "accepted" and s_fate == "accepted":
+            key = (VALUE_MISMATCH, "value") if p_detail != s_detail else None
+        elif p_fate == "accepted":
+            key = (STRICT_ONLY, s_detail)
+        elif s_fate == "accepted":
+            key = (LENIENT_ONLY, p_detail)
+        else:
+            key = None
+        if key is not None:
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(fates, fates), max_size=3 * MERGE_DIVERGENCES))
+def test_any_two_outcomes_are_compared_by_the_definition(pairs: list[tuple[tuple[str, str], tuple[str, str]]]) -> None:
+    """Mostly-equal and wholly different batches alike: the in-order walk (up to
+    MERGE_DIVERGENCES divergent records) and the by-index comparison past it agree with
+    the rule applied record by record."""
+    primary_batch = [p for p, _ in pairs]
+    shadow_batch = [s for _, s in pairs]
+    primary, shadow = outcome_of("strict", primary_batch), outcome_of("lenient", shadow_batch)
+    expected = by_definition(primary_batch, shadow_batch)
+    assert compare(primary, shadow) == Divergence(len(pairs), sum(expected.values()), expected)
+    assert compare(shadow, primary) == Divergence(len(pairs), sum(expected.values()), expected)
+
+
+@pytest.mark.parametrize("divergent", [1, MERGE_DIVERGENCES - 1, MERGE_DIVERGENCES, MERGE_DIVERGENCES + 1, 40])
+@pytest.mark.parametrize("where", ["start", "spread", "end"])
+def test_divergent_records_anywhere_in_a_long_batch(divergent: int, where: str) -> None:
+    """A 200-record batch that strict and lenient treat alike but for ``divergent`` records
+    with control characters: at its start, spread over it, or at its end."""
+    size = 200
+    positions = {"start": range(divergent), "end": range(size - divergent, size),
+                 "spread": range(0, size, size // divergent)}[where]
+    bad = set(list(positions)[:divergent])
+    records = [f"bad\x01{i}" if i in bad else f" r{i} " for i in range(size)]
+    strict_out, lenient_out = both(records)
+    expected = Divergence(size, divergent, {(LENIENT_ONLY, "control_character"): divergent})
+    assert compare(strict_out, lenient_out) == expected
+    assert compare(lenient_out, strict_out) == expected

@@ -22,6 +22,7 @@ from canaryws.adapters.telemetry.records import NEVER, FlagsTelemetry, RecordsTe
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
+from canaryws.core.compare import compare
 from canaryws.core.strategies import LENIENT, STRICT
 from canaryws.core.summary import NORMAL_CLOSE_CODES, ConnectionSummary
 
@@ -149,6 +150,50 @@ def test_batch_metrics_are_the_retired_slices_plus_the_open_ones_and_never_step_
     second = _points(reader)
     assert second[("canaryws.batches", (("strategy", "strict"),))] == 1  # not lost, not doubled
     assert second[("canaryws.batches", (("strategy", "lenient"),))] == 2
+    assert all(second[key] >= value for key, value in first.items())
+
+
+def test_shadow_metrics_are_the_retired_slices_plus_the_open_ones_and_never_step_back() -> None:
+    reader = InMemoryMetricReader()
+    telemetry = RecordsTelemetry(TracerProvider(), MeterProvider(metric_readers=[reader]))
+    names = ("canaryws.shadow.batches", "canaryws.shadow.records", "canaryws.shadow.divergent",
+             "canaryws.shadow.work")
+
+    def shadowed(strategy: str, batches: list[list[Any]]) -> ConnectionSummary:
+        summary = ConnectionSummary.opening("c", "client", Cohort(strategy, 1, True, "r1"), 1.0)
+        for records in batches:
+            primary, other = (STRICT, LENIENT) if strategy == "strict" else (LENIENT, STRICT)
+            summary.add_shadow(compare(primary.process(records, 3), other.process(records, 3)), 0.25)
+        return summary
+
+    open_slices = [shadowed("strict", [["a", "b\x01"], ["toolong"]]), shadowed("lenient", [["c"]]),
+                   shadowed("strict", [])]  # a connection with no comparison yet adds nothing
+    telemetry.totals.track(lambda: list(open_slices))
+    strict = (("shadow_strategy", "lenient"), ("strategy", "strict"))
+    lenient = (("shadow_strategy", "strict"), ("strategy", "lenient"))
+    first = _points(reader, names)
+    assert first == {
+        ("canaryws.shadow.batches", strict): 2,
+        ("canaryws.shadow.records", strict): 3,
+        ("canaryws.shadow.work", strict): 0.5,
+        ("canaryws.shadow.divergent", (("kind", "accepted_by_lenient_only"), ("reason", "control_character"),
+                                       *strict)): 1,
+        ("canaryws.shadow.divergent", (("kind", "accepted_by_lenient_only"), ("reason", "too_long"), *strict)): 1,
+        ("canaryws.shadow.batches", lenient): 1,
+        ("canaryws.shadow.records", lenient): 1,
+        ("canaryws.shadow.work", lenient): 0.25,
+    }
+    # the strict slice ends (retired, replaced by an empty one), then both connections go on
+    with telemetry.totals.lock:
+        telemetry.totals.retire(open_slices[0])
+        open_slices[0] = shadowed("strict", [])
+    open_slices[0].add_shadow(compare(STRICT.process(["\x02"], 3), LENIENT.process(["\x02"], 3)), 0.25)
+    open_slices[1].add_shadow(compare(LENIENT.process(["d"], 3), STRICT.process(["d"], 3)), 0.25)
+    second = _points(reader, names)
+    assert second[("canaryws.shadow.batches", strict)] == 3  # not lost, not doubled
+    assert second[("canaryws.shadow.divergent", (("kind", "accepted_by_lenient_only"),
+                                                 ("reason", "control_character"), *strict))] == 2
+    assert second[("canaryws.shadow.batches", lenient)] == 2
     assert all(second[key] >= value for key, value in first.items())
 
 

@@ -26,19 +26,19 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from time import perf_counter
 from typing import Any
 
 from opentelemetry.trace import Span
 
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core.compare import compare
-from canaryws.core.strategies import STRATEGIES, Outcome
+from canaryws.core.strategies import OTHER_STRATEGY, STRATEGIES, Outcome
 from canaryws.core.summary import ConnectionSummary
 
 log = logging.getLogger("canaryws.shadow")
 
 DEFAULT_SAMPLE_RATE = 1.0
-OTHER_STRATEGY = {"strict": "lenient", "lenient": "strict"}
 
 
 class ShadowRunner:
@@ -58,6 +58,7 @@ class ShadowRunner:
         self._max_length = max_length
         self._sample_rate = sample_rate
         self._rng = rng
+        self._other = {name: (other, STRATEGIES[other].process) for name, other in OTHER_STRATEGY.items()}
 
     def run(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome) -> bool:
         """Compare ``outcome`` (the answer just sent) with the other strategy's on ``records``.
@@ -66,21 +67,23 @@ class ShadowRunner:
         compared: sampled out (``sampled_out``) or the comparison failed (``error``, logged);
         the skip is counted on the summary, in ``canaryws_shadow_skipped_total`` and on the span.
         """
-        answered_ns = time.time_ns() if span.is_recording() else None
+        recording = span.is_recording()  # a sampled batch: its span ends at the answer's time
+        answered_ns = time.time_ns() if recording else None
         if self._sample_rate < 1.0 and self._rng() >= self._sample_rate:
             self._skip(summary, span, outcome.strategy, "sampled_out", answered_ns)
             return False
         try:
-            other = OTHER_STRATEGY[outcome.strategy]
-            started = time.perf_counter()
-            divergence = compare(outcome, STRATEGIES[other].process(records, self._max_length))
-            work = time.perf_counter() - started
+            other, process = self._other[outcome.strategy]
+            started = perf_counter()
+            divergence = compare(outcome, process(records, self._max_length))
+            work = perf_counter() - started
         except Exception:  # a comparison must never reach the connection
             log.exception("shadow comparison failed")
             self._skip(summary, span, outcome.strategy, "error", answered_ns)
             return False
-        summary.add_shadow(divergence)
-        self._telemetry.shadow_done(span, outcome.strategy, other, divergence, work, answered_ns)
+        summary.add_shadow(divergence, work)  # the shadow metrics are read from the summaries
+        if recording:  # an unsampled batch's span is a no-op one: nothing to set or end
+            self._telemetry.shadow_done(span, other, divergence, answered_ns)
         return True
 
     def _skip(self, summary: ConnectionSummary, span: Span, strategy: str, reason: str,
@@ -90,4 +93,4 @@ class ShadowRunner:
         span.end(end_time=answered_ns)
 
 
-__all__ = ["DEFAULT_SAMPLE_RATE", "OTHER_STRATEGY", "ShadowRunner"]
+__all__ = ["DEFAULT_SAMPLE_RATE", "ShadowRunner"]

@@ -81,6 +81,7 @@ class ConnectionSummary:
     shadow_records: int = 0
     shadow_divergent: int = 0
     divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
+    shadow_work_s: float = 0.0  # time the comparisons took; a process metric only, not a span attribute
 
     def add(self, outcome: Outcome, seconds: float) -> None:
         """Count one answered batch (the batch loop's only bookkeeping call, so kept lean:
@@ -116,9 +117,11 @@ class ConnectionSummary:
         self.errors += 1
         self.error_codes[code] = self.error_codes.get(code, 0) + 1
 
-    def add_shadow(self, divergence: Divergence) -> None:
+    def add_shadow(self, divergence: Divergence, work_s: float = 0.0) -> None:
+        """Count one shadow comparison that took ``work_s`` seconds."""
         self.shadow_batches += 1
         self.shadow_records += divergence.records
+        self.shadow_work_s += work_s
         if divergence.divergent:
             self.shadow_divergent += divergence.divergent
             totals = self.divergence

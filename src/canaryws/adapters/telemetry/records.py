@@ -33,6 +33,7 @@ from canaryws.adapters.telemetry.sampling import PRESAMPLED_BATCH_ROLE, Connecti
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
+from canaryws.core.strategies import OTHER_STRATEGY
 from canaryws.core.strategies.outcome import Outcome
 from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
 
@@ -113,9 +114,9 @@ class RecordsTelemetry:
         self._cohort_changes = meter.create_counter(
             "canaryws.cohort.changes", unit="{change}", description="Open connections that switched cohort"
         )
-        # The shadow's counts add up in plain objects, one per (strategy, shadow strategy),
-        # reported by observable counters: a few additions per comparison, no SDK call.
-        self._shadow_pairs: dict[tuple[str, str], _ShadowPair] = {}
+        # The shadow's counts are kept on the connection summaries too (add_shadow) and read
+        # from them at collection, like the batch metrics: a comparison does no metric work.
+        # Only the skips (sampled out, error), which have no per-summary reason, add up here.
         self._shadow_skipped_totals: dict[tuple[str, ...], int] = {}
         meter.create_observable_counter(
             "canaryws.shadow.batches",
@@ -159,22 +160,23 @@ class RecordsTelemetry:
         return observe
 
     def _pair_observer(
-        self, value: Callable[[_ShadowPair], float]
+        self, value: Callable[[ShadowTotals], float]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
         """An observable counter's callback reporting ``value`` of each shadow pair."""
 
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
-            for pair in list(self._shadow_pairs.values()):
-                yield Observation(value(pair), pair.attrs)
+            return [Observation(value(pair), self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy))
+                    for (strategy, shadow_strategy), pair in self._totals.shadow().items()]
 
         return observe
 
     def _observe_divergent(self, _options: CallbackOptions) -> Iterable[Observation]:
-        for pair in list(self._shadow_pairs.values()):
-            strategy, shadow_strategy = pair.attrs["strategy"], pair.attrs["shadow_strategy"]
-            for (kind, reason), n in list(pair.divergent.items()):
-                yield Observation(n, self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy,
-                                                 "kind", kind, "reason", reason))
+        return [
+            Observation(n, self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy,
+                                       "kind", kind, "reason", reason))
+            for (strategy, shadow_strategy), pair in self._totals.shadow().items()
+            for (kind, reason), n in pair.divergent.items()
+        ]
 
     def _attrs(self, *pairs: str) -> dict[str, str]:
         cached = self._attr_cache.get(pairs)
@@ -363,27 +365,10 @@ class RecordsTelemetry:
         if span.is_recording():
             span.set_attribute("canaryws.shadow.skipped", reason)
 
-    def shadow_done(
-        self,
-        span: Span,
-        strategy: str,
-        shadow_strategy: str,
-        divergence: Divergence,
-        work_seconds: float,
-        end_ns: int | None,
-    ) -> None:
-        """Count one shadow comparison and end the batch span at ``end_ns`` (when the answer went out)."""
-        pair = self._shadow_pairs.get((strategy, shadow_strategy))
-        if pair is None:
-            pair = self._shadow_pairs[strategy, shadow_strategy] = _ShadowPair(
-                self._attrs("strategy", strategy, "shadow_strategy", shadow_strategy))
-        pair.batches += 1
-        pair.records += divergence.records
-        pair.work += work_seconds
-        if divergence.counts:
-            divergent = pair.divergent
-            for key, n in divergence.counts.items():
-                divergent[key] = divergent.get(key, 0) + n
+    def shadow_done(self, span: Span, shadow_strategy: str, divergence: Divergence, end_ns: int | None) -> None:
+        """Set one shadow comparison on the batch span and end it at ``end_ns`` (when the answer
+        went out). The comparison's counts are the summary's (``add_shadow``), which the
+        ``canaryws.shadow.*`` metrics read at collection."""
         if span.is_recording():
             attrs: dict[str, Any] = {
                 "canaryws.shadow.strategy": shadow_strategy,
@@ -413,10 +398,9 @@ DURATION_DESCRIPTION = "Time from frame received to result sent"
 
 
 @dataclass(slots=True)
-class _ShadowPair:
-    """The shadow's running totals for one (strategy, shadow strategy) pair."""
+class ShadowTotals:
+    """The shadow's totals for one (strategy, shadow strategy) pair."""
 
-    attrs: dict[str, str]  # strategy, shadow_strategy
     batches: int = 0
     records: int = 0
     work: float = 0.0  # seconds
@@ -424,7 +408,7 @@ class _ShadowPair:
 
 
 class SummaryTotals:
-    """Process-wide batch metrics, read from the connection summaries at collection time.
+    """Process-wide batch and shadow metrics, read from the connection summaries at collection time.
 
     The endpoint registers where the open connections' summaries are (:meth:`track`) and
     hands over each slice it ends (:meth:`retire`, under :attr:`lock`, in the same step as
@@ -440,6 +424,7 @@ class SummaryTotals:
         self._records: dict[tuple[str, str, str], int] = {}  # (strategy, outcome, reason) -> n
         self._latency: dict[str, list[int]] = {}
         self._latency_sum: dict[str, float] = {}
+        self._shadow: dict[tuple[str, str], ShadowTotals] = {}  # (strategy, shadow strategy) ->
 
     def track(self, live: Callable[[], Iterable[ConnectionSummary]]) -> None:
         """``live()`` returns the summaries of the open connections (a snapshot)."""
@@ -449,6 +434,7 @@ class SummaryTotals:
         """Fold an ended slice into the totals; call with :attr:`lock` held."""
         self._fold_counts(summary, self._batches, self._records)
         self._fold_latency(summary, self._latency, self._latency_sum)
+        self._fold_shadow(summary, self._shadow)
 
     @staticmethod
     def _fold_counts(summary: ConnectionSummary, batches: dict[str, int],
@@ -476,6 +462,22 @@ class SummaryTotals:
             buckets[i] += n
         latency_sum[strategy] = latency_sum.get(strategy, 0.0) + summary.latency_sum_s
 
+    @staticmethod
+    def _fold_shadow(summary: ConnectionSummary, pairs: dict[tuple[str, str], ShadowTotals]) -> None:
+        if not summary.shadow_batches:
+            return
+        strategy = summary.strategy
+        key = (strategy, OTHER_STRATEGY.get(strategy, ""))
+        totals = pairs.get(key)
+        if totals is None:
+            totals = pairs[key] = ShadowTotals()
+        totals.batches += summary.shadow_batches
+        totals.records += summary.shadow_records
+        totals.work += summary.shadow_work_s
+        divergent = totals.divergent
+        for reason, n in list(summary.divergence.items()):  # a copy: batches go on meanwhile
+            divergent[reason] = divergent.get(reason, 0) + n
+
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int]]:
         """Batches and records now: retired slices plus the open connections' current slices."""
         with self.lock:
@@ -492,6 +494,15 @@ class SummaryTotals:
             for summary in self._live():
                 self._fold_latency(summary, latency, latency_sum)
         return latency, latency_sum
+
+    def shadow(self) -> dict[tuple[str, str], ShadowTotals]:
+        """The shadow's totals now, by (strategy, shadow strategy), the same way."""
+        with self.lock:
+            pairs = {key: ShadowTotals(t.batches, t.records, t.work, dict(t.divergent))
+                     for key, t in self._shadow.items()}
+            for summary in self._live():
+                self._fold_shadow(summary, pairs)
+        return pairs
 
     def observe_batches(self, _options: CallbackOptions) -> Iterable[Observation]:
         batches = self.counts()[0]

@@ -22,5 +22,6 @@ LENIENT = Strategy(lenient.NAME, lenient.VERSION, lenient.process)
 STRICT = Strategy(strict.NAME, strict.VERSION, strict.process)
 STRATEGIES: dict[str, Strategy] = {LENIENT.name: LENIENT, STRICT.name: STRICT}
 VERSIONS: dict[str, int] = {s.name: s.version for s in STRATEGIES.values()}
+OTHER_STRATEGY: dict[str, str] = {STRICT.name: LENIENT.name, LENIENT.name: STRICT.name}  # what a shadow runs
 
-__all__ = ["LENIENT", "STRATEGIES", "STRICT", "VERSIONS", "Outcome", "Strategy"]
+__all__ = ["LENIENT", "OTHER_STRATEGY", "STRATEGIES", "STRICT", "VERSIONS", "Outcome", "Strategy"]
