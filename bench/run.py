@@ -382,6 +382,10 @@ class Settings:
     pause: float
     only: frozenset[str] | None = None  # --servers: the throughput servers to run (None: all)
 
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON values (``only`` as a sorted list)."""
+        return {**vars(self), "only": sorted(self.only) if self.only is not None else None}
+
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
         quick = bool(args.quick)
@@ -947,7 +951,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "started": started,
             "finished": time.time(),
             "machine": info,
-            "settings": {**vars(settings), "production_env": PRODUCTION_ENV, "rlimit_nofile": list(nofile),
+            "settings": {**settings.to_json(), "production_env": PRODUCTION_ENV, "rlimit_nofile": list(nofile),
                          "servers": {name: {"port": s.port,
                                             "argv": s.argv[1:] if s.argv[0] == sys.executable else s.argv,
                                             "env": {k: v for k, v in s.env.items() if k.startswith(DROPPED_PREFIXES)}}

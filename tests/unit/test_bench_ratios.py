@@ -4,6 +4,7 @@ second strategy's own work (lean-both - lean) does not measure above zero."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -43,3 +44,13 @@ def test_a_round_whose_second_strategy_work_is_not_positive_has_no_shadow_ratio(
     assert shadow_cost(run, [defined, negative, zero])["median"] == 1.0
     only_noise = shadow_cost(run, [negative, zero])
     assert only_noise == {"per_round": [None, None], "median": None, "met": False}
+
+
+def test_settings_of_a_run_limited_to_some_servers_go_into_the_json_document() -> None:
+    run = load_run()
+    args = run.parse_args(["--servers", "lean,canaryws", "--rounds", "2"])
+    settings = run.Settings.from_args(args)
+    document = json.loads(json.dumps(settings.to_json()))
+    assert document["only"] == ["canaryws", "lean"]
+    assert document["rounds"] == 2 and document["scale"] is False
+    assert run.Settings.from_args(run.parse_args([])).to_json()["only"] is None
