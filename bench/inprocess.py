@@ -16,7 +16,8 @@ Variants (each in a child process, since the OTel SDK reads its environment once
 ``canaryws-shadow`` (the shadow flag on: the other strategy and the comparison run
 after each answer), ``lean-both`` (lean plus, inline, the lenient strategy and the
 comparison of its outcome with the answer: the second strategy's own work).
-``--profile`` writes a pyinstrument profile of the canaryws run.
+``--profile`` writes a pyinstrument profile of the canaryws run. The loop is uvloop, as under
+``canaryws serve``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import uvloop
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -152,7 +155,8 @@ def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
                 print(profiler.output_text(unicode=True, color=False, show_all=False), file=sys.stderr)
             return min([await run_once() for _ in range(rounds)])
 
-    best = asyncio.run(measure())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # as `canaryws serve` runs
+        best = runner.run(measure())
     print(json.dumps({"variant": variant, "us_per_batch": best / batches * 1e6}))
 
 

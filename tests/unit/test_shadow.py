@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -253,3 +254,73 @@ def test_sample_rate_bounds_are_allowed(telemetry: Telemetry, rate: float) -> No
     summary = new_summary()
     span, outcome = answer(telemetry, summary)
     assert runner.run(summary, span, RECORDS, outcome) is (rate == 1.0)
+
+
+# -- submit: the comparisons of a loop round run after its answers -------------------------
+
+
+def test_submitted_comparisons_run_after_the_round_in_order_with_spans_ending_at_the_answer(
+    telemetry: Telemetry,
+) -> None:
+    runner = runner_for(telemetry)
+    summaries = [new_summary(f"c{i}") for i in range(3)]
+
+    async def round_of_answers() -> tuple[list[int], list[int], list[int]]:
+        before, after = [], []
+        for summary in summaries:
+            span, outcome = answer(telemetry, summary)
+            before.append(time.time_ns())
+            runner.submit(summary, span, RECORDS, outcome)
+            after.append(time.time_ns())
+        counted = [s.shadow_batches for s in summaries]  # nothing compared yet: the round goes on
+        await asyncio.sleep(0)  # the loop's next round runs the one flush callback
+        return counted, before, after
+
+    counted, before, after = asyncio.run(round_of_answers())
+    assert counted == [0, 0, 0]
+    assert [s.shadow_batches for s in summaries] == [1, 1, 1]
+    assert [s.shadow_divergent for s in summaries] == [2, 2, 2]
+    finished = telemetry.finished()
+    assert [(span.attributes or {})["canaryws.connection.id"] for span in finished] == ["c0", "c1", "c2"]
+    for span, start, end in zip(finished, before, after, strict=True):
+        assert span.end_time is not None and start <= span.end_time <= end  # the answer's time
+
+
+def test_flush_runs_what_is_pending_at_once(telemetry: Telemetry) -> None:
+    """What the endpoint does before it ends a summary slice."""
+    runner = runner_for(telemetry)
+    summary = new_summary()
+
+    async def submit_then_flush() -> int:
+        span, outcome = answer(telemetry, summary)
+        runner.submit(summary, span, RECORDS, outcome)
+        runner.flush()
+        return summary.shadow_batches
+
+    assert asyncio.run(submit_then_flush()) == 1
+    assert summary.shadow_batches == 1  # the scheduled callback found nothing left to run
+    runner.flush()  # nothing pending: nothing happens
+    assert summary.shadow_batches == 1
+
+
+def test_a_failing_bookkeeping_step_loses_neither_the_other_comparisons_nor_the_span(
+    telemetry: Telemetry, caplog: pytest.LogCaptureFixture
+) -> None:
+    class BrokenSummary(ConnectionSummary):
+        def add_shadow(self, divergence: Any, work_s: float = 0.0) -> None:
+            raise RuntimeError("broken")
+
+    runner = runner_for(telemetry)
+    broken = BrokenSummary("b", "client-b", "strict", 1, True, "rev")
+    fine = new_summary("f")
+
+    async def round_of_two() -> None:
+        for summary in (broken, fine):
+            span, outcome = answer(telemetry, summary)
+            runner.submit(summary, span, RECORDS, outcome)
+        await asyncio.sleep(0)
+
+    asyncio.run(round_of_two())
+    assert fine.shadow_batches == 1
+    assert len(telemetry.finished()) == 2  # the broken one's span ended too
+    assert [r.getMessage() for r in caplog.records if r.name == "canaryws.shadow"] == ["shadow bookkeeping failed"]

@@ -1,18 +1,23 @@
 """Shadow runs: the other strategy processes a batch too, after its answer went out.
 
 The endpoint sends its answer first; only then does it hand the batch to
-:meth:`ShadowRunner.run`, which runs the other strategy, compares the two outcomes
-(:func:`canaryws.core.compare.compare`) and records the divergence on the connection's
-summary, in the metrics and on the batch span. The answer never waits for it and never
-depends on it: by then it is written to the socket, and nothing the comparison does
-(an exception included) reaches the connection.
+:meth:`ShadowRunner.submit`. The comparison (:meth:`ShadowRunner.run`: the other
+strategy, :func:`canaryws.core.compare.compare`, the divergence counted on the
+connection's summary, which the ``canaryws.shadow.*`` metrics read, and set on the batch
+span) runs in an event-loop callback, once the loop has run the other connections whose
+frames arrived in the same round: their answers go out first, back to back, and the
+round's comparisons follow. The answer never waits for a comparison and never depends on
+it, and nothing a comparison does (an exception included) reaches a connection.
 
-The comparison runs inline, in the connection's own task, before it reads its next frame.
-An earlier design queued batches for one drain callback per process; the queued records
-and outcomes outlived the young-generation garbage collections and were scanned and
-promoted by them, which made the shadow cost about three times the second strategy's own
-work (docs/benchmarks.md). Inline there is nothing to queue, to bound or to flush at
-shutdown, and a summary that ends never has comparisons outstanding.
+Why a round, not inline after each answer (docs/benchmarks.md): on a socket, an answer
+written while the client sleeps costs the server the client's wake-up inside the write.
+A comparison between two answers leaves the client time to fall asleep again, so each
+answer paid a wake-up; answers written back to back mostly find it awake. The pending
+comparisons live for one loop round (an earlier design that queued them for up to
+0.5 ms per process kept them alive across young-generation garbage collections, which
+scanned and promoted them). :meth:`ShadowRunner.flush` runs them at once: the endpoint
+calls it before it ends a summary slice, so a summary never ends with comparisons
+outstanding.
 
 The cost is bounded by **sampling**: a shadow-eligible batch is compared with probability
 ``sample_rate`` (``CANARYWS_SHADOW_SAMPLE_RATE``, default 1.0); the ``records.shadow``
@@ -22,6 +27,7 @@ most one batch's work (``CANARYWS_MAX_RECORDS`` records), like the answer's own.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -59,16 +65,39 @@ class ShadowRunner:
         self._sample_rate = sample_rate
         self._rng = rng
         self._other = {name: (other, STRATEGIES[other].process) for name, other in OTHER_STRATEGY.items()}
+        self._pending: list[tuple[ConnectionSummary, Span, Sequence[Any], Outcome, int | None]] = []
 
-    def run(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome) -> bool:
-        """Compare ``outcome`` (the answer just sent) with the other strategy's on ``records``.
+    def submit(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome) -> None:
+        """Compare ``outcome`` (the answer just sent) in this loop round's comparisons: after
+        the connections already scheduled in the round have sent their answers."""
+        pending = self._pending
+        if not pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        pending.append((summary, span, records, outcome, time.time_ns() if span.is_recording() else None))
 
-        Ends the batch span, at the time of the answer. Returns False when the batch was not
-        compared: sampled out (``sampled_out``) or the comparison failed (``error``, logged);
-        the skip is counted on the summary, in ``canaryws_shadow_skipped_total`` and on the span.
+    def flush(self) -> None:
+        """Run the submitted comparisons now, in the order they came."""
+        pending, self._pending = self._pending, []
+        run = self.run
+        for summary, span, records, outcome, answered_ns in pending:
+            try:
+                run(summary, span, records, outcome, answered_ns)
+            except Exception:  # run() contains the comparison's own errors; this is the rest
+                log.exception("shadow bookkeeping failed")
+                span.end()
+
+    def run(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome,
+            answered_ns: int | None = None) -> bool:
+        """Compare ``outcome`` (the answer sent) with the other strategy's on ``records``, now.
+
+        Ends the batch span, at the time of the answer (``answered_ns``; now when None).
+        Returns False when the batch was not compared: sampled out (``sampled_out``) or the
+        comparison failed (``error``, logged); the skip is counted on the summary, in
+        ``canaryws_shadow_skipped_total`` and on the span.
         """
         recording = span.is_recording()  # a sampled batch: its span ends at the answer's time
-        answered_ns = time.time_ns() if recording else None
+        if recording and answered_ns is None:
+            answered_ns = time.time_ns()
         if self._sample_rate < 1.0 and self._rng() >= self._sample_rate:
             self._skip(summary, span, outcome.strategy, "sampled_out", answered_ns)
             return False

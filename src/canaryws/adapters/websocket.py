@@ -415,6 +415,7 @@ class RecordsEndpoint:
     def _end_slice(self, conn: _Connection, why: str, next_cohort: Cohort | None = None,
                    strict_share: float | None = None) -> None:
         """Emit the connection's current summary and start the next."""
+        self._shadow.flush()  # a summary never ends with comparisons outstanding
         summary = conn.summary
         summary.end = why
         end_ns = time.time_ns()
@@ -443,7 +444,7 @@ class RecordsEndpoint:
         """
         receive, send = websocket.scope.get(CHANNEL_SCOPE_KEY) or (websocket.receive, websocket.send)
         telemetry = self._telemetry
-        shadow_run = self._shadow.run
+        shadow_submit = self._shadow.submit
         flags = self._flags
         default_strategy = self._default_strategy
         limits = self._limits
@@ -537,8 +538,8 @@ class RecordsEndpoint:
             summary.add(outcome, elapsed)
             if span is not INVALID_SPAN or each_batch:
                 telemetry.batch_done(span, batch.id, outcome, elapsed, connection_id, end=not shadow)
-            if shadow:  # after the answer went out; ends the span
-                shadow_run(summary, span, batch.records, outcome)
+            if shadow:  # compared once this round's answers are out; ends the span
+                shadow_submit(summary, span, batch.records, outcome)
 
 
 @dataclass(slots=True, kw_only=True)
