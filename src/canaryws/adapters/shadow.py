@@ -77,6 +77,8 @@ class ShadowRunner:
 
     def flush(self) -> None:
         """Run the submitted comparisons now, in the order they came."""
+        if not self._pending:  # the common case at a slice's end, and after an explicit flush
+            return
         pending, self._pending = self._pending, []
         run = self.run
         for summary, span, records, outcome, answered_ns in pending:

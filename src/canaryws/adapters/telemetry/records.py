@@ -475,8 +475,8 @@ class SummaryTotals:
         totals.records += summary.shadow_records
         totals.work += summary.shadow_work_s
         divergent = totals.divergent
-        for reason, n in list(summary.divergence.items()):  # a copy: batches go on meanwhile
-            divergent[reason] = divergent.get(reason, 0) + n
+        for kind_reason, n in list(summary.divergence.items()):  # a copy: batches go on meanwhile
+            divergent[kind_reason] = divergent.get(kind_reason, 0) + n
 
     def counts(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int]]:
         """Batches and records now: retired slices plus the open connections' current slices."""
