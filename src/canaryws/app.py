@@ -58,6 +58,7 @@ class FlagSource(Protocol):
     """What the app needs from a flag source (file or Unleash server)."""
 
     name: str
+    snapshot: FlagSnapshot | None  # the snapshot in force, as a plain attribute (None before load())
 
     @property
     def current(self) -> FlagSnapshot: ...
@@ -138,7 +139,7 @@ def build_service(settings: Settings) -> Service:
         sample_rate=settings.shadow_sample_rate,
     )
     records = RecordsEndpoint(
-        flags=lambda: flags.current,
+        flags=flags,
         tokens=tokens,
         telemetry=records_telemetry,
         limits=EndpointLimits(

@@ -52,12 +52,24 @@ def test_bucket_rejects_nonsense_settings() -> None:
 
 def test_recent_ids_forget_the_oldest_beyond_the_window() -> None:
     recent = RecentIds(3)
-    for batch_id in ("a", "b", "c"):
-        recent.add(batch_id)
+    assert [recent.remember(batch_id) for batch_id in ("a", "b", "c")] == [True, True, True]
     assert "a" in recent and len(recent) == 3
-    recent.add("d")
+    assert recent.remember("d")
     assert "a" not in recent and {"b", "c", "d"} == {i for i in "abcd" if i in recent}
-    recent.add("d")  # adding a remembered id changes nothing
+    assert not recent.remember("d")  # a remembered id: reported, and nothing changes
     assert len(recent) == 3 and "b" in recent
+    assert recent.remember("a")  # forgotten: new again
     with pytest.raises(ValueError):
         RecentIds(0)
+
+
+@given(st.lists(st.sampled_from("abcdefgh"), max_size=200), st.integers(min_value=1, max_value=6))
+def test_recent_ids_report_exactly_the_ids_among_the_last_window_remembered(ids: list[str], window: int) -> None:
+    """remember() is False exactly for an id among the last ``window`` ids it returned True for."""
+    recent = RecentIds(window)
+    remembered: list[str] = []
+    for batch_id in ids:
+        expected = batch_id not in remembered[-window:]
+        assert recent.remember(batch_id) is expected
+        if expected:
+            remembered.append(batch_id)

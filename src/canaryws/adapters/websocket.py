@@ -3,7 +3,7 @@
 One batch reads as a straight line: frame → decode → (pinned cohort) → strategy →
 encode → frame → telemetry → [shadow strategy → compare, after the answer went out].
 The cohort is decided at connect time and re-decided only when the flags revision
-changes (a string comparison per batch, no SDK call).
+changes (an identity test of the flag source's snapshot per batch, no call).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from opentelemetry import trace
 from opentelemetry.trace import INVALID_SPAN, Span
@@ -35,8 +36,8 @@ from canaryws.core.cohorts import (
     decide_cohort,
     expected_strict_share,
 )
-from canaryws.core.limits import RecentIds, TokenBucket
-from canaryws.core.strategies import STRATEGIES, VERSIONS
+from canaryws.core.limits import RecentIds
+from canaryws.core.strategies import STRATEGIES, VERSIONS, Outcome
 from canaryws.core.summary import END_CLOSED, END_COHORT_CHANGED, END_INTERVAL, ConnectionSummary
 
 log = logging.getLogger("canaryws.records")
@@ -73,6 +74,21 @@ class EndpointLimits:
     send_timeout: float = 10.0  # a result blocked this long (the peer stopped reading) ends the connection
     duplicate_id_window: int = 1024  # answered batch ids remembered per connection; 0 turns the check off
     sweep_interval: float = 1.0  # how often open connections are checked (slow reader, token, idle slice)
+
+
+class FlagsInForce(Protocol):
+    """The flag source as the endpoint reads it (canaryws.app.FlagSource)."""
+
+    @property
+    def current(self) -> FlagSnapshotView:
+        """The snapshot in force."""
+        ...
+
+    @property
+    def snapshot(self) -> FlagSnapshotView | None:
+        """The same snapshot as a plain attribute: a new object whenever a reload is applied,
+        so that the batch loop notices a reload with one identity test."""
+        ...
 
 
 def no_revocations(_identity: Identity) -> str | None:
@@ -142,7 +158,7 @@ class RecordsEndpoint:
     def __init__(
         self,
         *,
-        flags: Callable[[], FlagSnapshotView],
+        flags: FlagsInForce,
         tokens: TokenAuthority,
         telemetry: RecordsTelemetry,
         limits: EndpointLimits,
@@ -165,6 +181,9 @@ class RecordsEndpoint:
         self._revoked = revoked
         self._open: dict[str, _Connection] = {}
         self._per_client: dict[str, int] = {}
+        # Batches answered in this loop round, counted on their summaries once the round's
+        # answers are out (see _serve): (summary, outcome, started, answered) on the perf_counter clock.
+        self._answered: list[tuple[ConnectionSummary, Outcome, float, float]] = []
         telemetry.totals.track(lambda: [conn.summary for conn in list(self._open.values())])
 
     @property
@@ -272,7 +291,7 @@ class RecordsEndpoint:
         context = EvaluationContext(client_id, connection_id, self._properties(websocket))
         connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"])
         with trace.use_span(connect_span, end_on_exit=True):
-            snapshot = self._flags()
+            snapshot = self._flags.current
             decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy)
             self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
             self._telemetry.set_cohort(connect_span, decision.cohort)
@@ -282,7 +301,6 @@ class RecordsEndpoint:
                 extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision},
             )
         cohort = decision.cohort
-        limits = self._limits
         now = time.perf_counter()
         conn = _Connection(
             context=context,
@@ -294,11 +312,6 @@ class RecordsEndpoint:
             slice_started=now,
             task=asyncio.current_task(),
             abort=websocket.scope.get(ABORT_SCOPE_KEY),
-            bucket=(
-                TokenBucket(limits.max_messages_per_second, limits.message_burst, now)
-                if limits.max_messages_per_second > 0
-                else None
-            ),
         )
         self._open[connection_id] = conn
         self._telemetry.opened(cohort)
@@ -379,9 +392,10 @@ class RecordsEndpoint:
                 self._end(conn, TOKEN_EXPIRED)
             elif self._revoked(conn.identity) is not None:
                 self._end(conn, TOKEN_REVOKED)
-            elif conn.receiving and now - conn.slice_started >= limits.summary_interval:
+            elif now - conn.slice_started >= limits.summary_interval:  # busy or idle: the loop reads
+                # conn.summary afresh after each await, so a slice may end while it waits
                 if share is None:
-                    share = self._strict_share(self._flags())
+                    share = self._strict_share(self._flags.current)
                 self._end_slice(conn, END_INTERVAL, conn.cohort, share)
 
     def _strict_share(self, snapshot: FlagSnapshotView) -> float | None:
@@ -415,7 +429,8 @@ class RecordsEndpoint:
     def _end_slice(self, conn: _Connection, why: str, next_cohort: Cohort | None = None,
                    strict_share: float | None = None) -> None:
         """Emit the connection's current summary and start the next."""
-        self._shadow.flush()  # a summary never ends with comparisons outstanding
+        self._count_answered()  # a summary never ends with answered batches uncounted,
+        self._shadow.flush()  # or with comparisons outstanding
         summary = conn.summary
         summary.end = why
         end_ns = time.time_ns()
@@ -434,26 +449,57 @@ class RecordsEndpoint:
 
     # -- batches -------------------------------------------------------------
 
+    def _count_answered(self) -> None:
+        """Count the batches answered in this loop round on their summaries, in the order
+        they were answered (an event-loop callback that :meth:`_serve` schedules once per
+        round; :meth:`_end_slice` calls it too)."""
+        answered = self._answered
+        if not answered:  # the common case at a slice's end
+            return
+        batches = answered.copy()
+        answered.clear()
+        for summary, outcome, started, answered_at in batches:
+            try:
+                summary.add(outcome, answered_at - started)
+            except Exception:  # one batch's bookkeeping must not lose the others'
+                log.exception("batch bookkeeping failed")
+
     async def _serve(self, websocket: WebSocket, conn: _Connection) -> int:
         """The batch loop; returns the close code.
 
-        Per batch it does the work and little else (docs/benchmarks.md): two clock reads,
-        the rate bucket, one flags-revision comparison, the summary's counts, and a
-        countdown to the next sampled batch span; span attributes are built for sampled
-        batches only.
+        Between a batch and its answer it does the work and little else
+        (docs/benchmarks.md): a clock read, the rate bucket (on locals), an identity test
+        of the flags snapshot, the duplicate-id check and a countdown to the next sampled
+        batch span. No slice ends here on a timer: the sweep ends the interval slices of
+        busy and idle connections alike, so the loop reads ``conn.summary`` afresh after
+        each await.
+        After the answer: a second clock read, and the batch joins the round's answered
+        batches, which :meth:`_count_answered` counts on the summaries once the loop has
+        run the other connections scheduled in the same round. Their answers go out back
+        to back, not one per bookkeeping step (on a socket, a gap between two answers lets
+        the client fall asleep, and the next answer's write pays for waking it). Span
+        attributes are built for sampled batches only.
         """
         receive, send = websocket.scope.get(CHANNEL_SCOPE_KEY) or (websocket.receive, websocket.send)
         telemetry = self._telemetry
         shadow_submit = self._shadow.submit
+        answered = self._answered
+        count_answered = self._count_answered
+        call_soon = asyncio.get_running_loop().call_soon
         flags = self._flags
+        seen: object = None  # the flags snapshot the loop last compared its cohort's revision with
         default_strategy = self._default_strategy
         limits = self._limits
         max_records = limits.max_records
         max_length = limits.max_record_length
-        slice_seconds = limits.summary_interval
-        bucket = conn.bucket
+        # The rate limit: core.limits.TokenBucket's arithmetic on locals (a method call per
+        # frame cost more than the arithmetic; docs/benchmarks.md).
+        rate = limits.max_messages_per_second
+        limited = rate > 0
+        burst = tokens = float(limits.message_burst)
+        stamp = conn.slice_started
         window = limits.duplicate_id_window
-        recent: RecentIds | None = None  # created at the first answer: idle connections stay small
+        recent: RecentIds | None = None  # created at the first batch: idle connections stay small
         cohort = conn.cohort
         strategy = STRATEGIES[cohort.strategy].process
         shadow = cohort.shadow
@@ -465,45 +511,45 @@ class RecordsEndpoint:
         each_batch = telemetry.records_each_batch
         gap = telemetry.batch_gap()  # batches until the next batch span
         while True:
-            conn.receiving = True
             message = await receive()
-            conn.receiving = False
-            if message["type"] == "websocket.disconnect":
-                return int(message.get("code") or 1005)
             text = message.get("text")
             if text is None:
+                if message["type"] == "websocket.disconnect":
+                    return int(message.get("code") or 1005)
                 await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
                 return CLOSE_UNSUPPORTED_DATA
             started = clock()
-            if bucket is not None:
-                wait = bucket.take(started)
-                if wait:
+            if limited:  # = TokenBucket.take: refill (up to the burst), take one, wait off a debt
+                tokens += (started - stamp) * rate
+                if tokens > burst:
+                    tokens = burst
+                stamp = started
+                tokens -= 1.0
+                if tokens < 0.0:
                     telemetry.throttled(cohort.strategy)
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(-tokens / rate)
                     started = clock()
-            snapshot = flags()
-            if snapshot.revision != cohort.flags_revision:
-                new = decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
-                if not new.same_treatment(cohort):
-                    telemetry.cohort_changed(cohort, new)
-                    self._end_slice(conn, END_COHORT_CHANGED, new, self._strict_share(snapshot))
-                    log.info(
-                        "cohort changed",
-                        extra={
-                            "from_strategy": cohort.strategy,
-                            "to_strategy": new.strategy,
-                            "flags_revision": new.flags_revision,
-                        },
-                    )
-                    conn.sending_since = started
-                    await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
-                    conn.sending_since = 0.0
-                cohort = conn.cohort = new
-                strategy = STRATEGIES[new.strategy].process
-                shadow = new.shadow
-            elif started - conn.slice_started >= slice_seconds:
-                self._end_slice(conn, END_INTERVAL, cohort, self._strict_share(snapshot))
-            summary = conn.summary
+            if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
+                seen = snapshot = flags.current
+                if snapshot.revision != cohort.flags_revision:
+                    new = decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
+                    if not new.same_treatment(cohort):
+                        telemetry.cohort_changed(cohort, new)
+                        self._end_slice(conn, END_COHORT_CHANGED, new, self._strict_share(snapshot))
+                        log.info(
+                            "cohort changed",
+                            extra={
+                                "from_strategy": cohort.strategy,
+                                "to_strategy": new.strategy,
+                                "flags_revision": new.flags_revision,
+                            },
+                        )
+                        conn.sending_since = started
+                        await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
+                        conn.sending_since = 0.0
+                    cohort = conn.cohort = new
+                    strategy = STRATEGIES[new.strategy].process
+                    shadow = new.shadow
 
             if gap:
                 gap -= 1
@@ -513,10 +559,13 @@ class RecordsEndpoint:
                 gap = telemetry.batch_gap()
             try:
                 batch = decode_batch(text, max_records)
-                if recent is not None and batch.id in recent:
-                    raise contract.duplicate_id(batch.id, window)
+                if window:
+                    if recent is None:
+                        recent = RecentIds(window)
+                    if not recent.remember(batch.id):
+                        raise contract.duplicate_id(batch.id, window)
             except contract.MessageError as err:
-                summary.add_error(err.code)
+                conn.summary.add_error(err.code)
                 telemetry.batch_error(span, err.code, err.detail, cohort.strategy, connection_id)
                 conn.sending_since = started
                 await send({"type": "websocket.send", "text": contract.encode_error(err)})
@@ -530,16 +579,14 @@ class RecordsEndpoint:
             except BaseException:
                 span.end()
                 raise
-            if window:
-                if recent is None:
-                    recent = RecentIds(window)
-                recent.add(batch.id)
-            elapsed = clock() - started
-            summary.add(outcome, elapsed)
+            ended = clock()
+            if not answered:
+                call_soon(count_answered)
+            answered.append((conn.summary, outcome, started, ended))  # (the sweep may end a slice during a send)
             if span is not INVALID_SPAN or each_batch:
-                telemetry.batch_done(span, batch.id, outcome, elapsed, connection_id, end=not shadow)
+                telemetry.batch_done(span, batch.id, outcome, ended - started, connection_id, end=not shadow)
             if shadow:  # compared once this round's answers are out; ends the span
-                shadow_submit(summary, span, batch.records, outcome)
+                shadow_submit(conn.summary, span, batch.records, outcome)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -555,7 +602,5 @@ class _Connection:
     slice_started: float  # time.perf_counter() at the slice's start
     task: asyncio.Task[None] | None
     abort: Callable[[], None] | None  # drops the TCP connection (see ExposeAbort)
-    bucket: TokenBucket | None
-    receiving: bool = False  # parked in receive(): between batches
     sending_since: float = 0.0  # perf_counter() when the pending send started; 0.0 when none is pending
     ended: tuple[int, str] | None = field(default=None)  # (close code, reason) once the sweep ended it

@@ -6,8 +6,6 @@ deterministic under test.
 
 from __future__ import annotations
 
-from collections import deque
-
 
 class TokenBucket:
     """``rate`` messages per second with bursts of up to ``burst``.
@@ -16,6 +14,11 @@ class TokenBucket:
     before handling it (0.0 while the bucket holds a token). Waiting repays the debt, so
     a connection that floods is slowed to ``rate`` and loses nothing: while it waits the
     server does not read its next frame, and TCP pushes back on the sender.
+
+    The batch loop (``canaryws.adapters.websocket``) runs this arithmetic on its own local
+    variables, since a method call per frame cost more than the arithmetic; this class is
+    its specification, and ``tests/unit/test_endpoint_rate.py`` checks the loop's waits
+    against it frame by frame.
     """
 
     __slots__ = ("burst", "rate", "stamp", "tokens")
@@ -39,27 +42,48 @@ class TokenBucket:
 
 
 class RecentIds:
-    """The last ``window`` batch ids a connection was answered for (oldest forgotten first)."""
+    """The last ``window`` batch ids a connection was answered for (oldest forgotten first).
 
-    __slots__ = ("_ids", "_order", "window")
+    One dict maps each id to its number in the connection's sequence of remembered ids;
+    an id is among the last ``window`` when its number is within ``window`` of the next
+    one. Forgetting is lazy: older entries stay until the dict holds ``window`` of them
+    beyond the window, and are then dropped in one pass. Per batch that is one lookup
+    and one store, instead of evicting the oldest id one by one (each eviction reads an
+    id that has not been touched for ``window`` batches, a cache miss, more than once).
+    """
+
+    __slots__ = ("_ids", "_next", "window")
 
     def __init__(self, window: int) -> None:
         if window < 1:
             raise ValueError("the window holds at least one id")
         self.window = window
-        self._ids: set[str] = set()
-        self._order: deque[str] = deque()
+        self._ids: dict[str, int] = {}
+        self._next = 0  # the number the next remembered id gets
 
     def __contains__(self, batch_id: str) -> bool:
-        return batch_id in self._ids
+        seq = self._ids.get(batch_id)
+        return seq is not None and seq >= self._next - self.window
 
     def __len__(self) -> int:
-        return len(self._ids)
+        return min(self._next, self.window)
 
-    def add(self, batch_id: str) -> None:
-        if batch_id in self._ids:
-            return
-        self._ids.add(batch_id)
-        self._order.append(batch_id)
-        if len(self._order) > self.window:
-            self._ids.discard(self._order.popleft())
+    def remember(self, batch_id: str) -> bool:
+        """Remember ``batch_id`` and return True, or return False (and change nothing)
+        when it is one of the last ``window`` ids: one call per batch does both the
+        duplicate check and the bookkeeping."""
+        ids = self._ids
+        seq = ids.get(batch_id)
+        n = self._next
+        if seq is not None and seq >= n - self.window:
+            return False
+        ids[batch_id] = n
+        self._next = n + 1
+        if len(ids) >= 2 * self.window:
+            self._forget()
+        return True
+
+    def _forget(self) -> None:
+        """Drop the ids that fell out of the window (about half of them)."""
+        oldest = self._next - self.window
+        self._ids = {batch_id: seq for batch_id, seq in self._ids.items() if seq >= oldest}

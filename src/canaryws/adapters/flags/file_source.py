@@ -58,7 +58,9 @@ class FileFlagSource:
         self._step_ms = step_ms
         self._clock = clock
         self._log = logging.getLogger(LOGGER_NAME)
-        self._current: FlagSnapshot | None = None
+        # The snapshot in force, None before load(); a plain attribute, so that the batch loop can
+        # tell a reload by identity without a call (see current, which raises before load()).
+        self.snapshot: FlagSnapshot | None = None
         self._signature: FileSignature | None = None  # of the version last read
         self._degraded = False
         self._last_error: str | None = None
@@ -71,9 +73,9 @@ class FileFlagSource:
     @property
     def current(self) -> FlagSnapshot:
         """The snapshot in force (the last good one). RuntimeError before :meth:`load`."""
-        if self._current is None:
+        if self.snapshot is None:
             raise RuntimeError(f"flags file {self._path} has not been loaded; call load() first")
-        return self._current
+        return self.snapshot
 
     @property
     def revision(self) -> str:
@@ -89,7 +91,7 @@ class FileFlagSource:
             snapshot = FlagSnapshot.from_document(parse_flags_document(raw), source=self.name, loaded_at=self._clock())
         except FlagsDocumentError as exc:
             raise FlagsDocumentError([f"{self._path}: {p}" for p in exc.problems]) from None
-        self._current = snapshot
+        self.snapshot = snapshot
         self._signature = signature
         self._degraded = False
         self._log.info(
@@ -117,7 +119,7 @@ class FileFlagSource:
             snapshot = FlagSnapshot.from_document(doc, source=self.name, loaded_at=self._clock())
         except FlagsDocumentError as exc:
             return self._reject(f"{self._path}: {exc}")
-        self._current = snapshot
+        self.snapshot = snapshot
         self._mark_valid()
         self._log.info(
             "flags reloaded from %s: revision %s -> %s",

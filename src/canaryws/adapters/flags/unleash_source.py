@@ -110,7 +110,9 @@ class UnleashFlagSource:
         self._stale_after = stale_after if stale_after is not None else max(2 * refresh_interval, refresh_interval + 3)
         self._on_reload = on_reload
         self._log = logging.getLogger(LOGGER_NAME)
-        self._current: FlagSnapshot | None = None
+        # The snapshot in force, None before load(); a plain attribute, so that the batch loop can
+        # tell a reload by identity without a call (see current, which raises before load()).
+        self.snapshot: FlagSnapshot | None = None
         self._bootstrap_raw = ""
         self._from_server = False
         self._last_contact: float | None = None
@@ -124,9 +126,9 @@ class UnleashFlagSource:
     # -- the FlagSnapshotView provider ------------------------------------------------
     @property
     def current(self) -> FlagSnapshot:
-        if self._current is None:
+        if self.snapshot is None:
             raise RuntimeError("UnleashFlagSource.load() was not called")
-        return self._current
+        return self.snapshot
 
     @property
     def revision(self) -> str:
@@ -136,12 +138,12 @@ class UnleashFlagSource:
         """Bootstrap from the flags file (raises FlagsDocumentError when it is invalid)."""
         doc = read_document(self._bootstrap_path)
         self._bootstrap_raw = self._bootstrap_path.read_text()
-        self._current = FlagSnapshot.from_document(doc, source="unleash-bootstrap")
+        self.snapshot = FlagSnapshot.from_document(doc, source="unleash-bootstrap")
         self._log.info(
             "flags bootstrapped from %s: revision %s; polling Unleash at %s every %ss",
             self._bootstrap_path, doc.revision, self._url, self._refresh_interval,
         )
-        return self._current
+        return self.snapshot
 
     # -- SDK callbacks (on the event loop) --------------------------------------------
     def _contact(self) -> None:
@@ -166,7 +168,7 @@ class UnleashFlagSource:
             self._notify("invalid")
             return
         old = self.current.revision
-        self._current = snapshot
+        self.snapshot = snapshot
         self._from_server = True
         if self._problem == "invalid":
             self._problem = None

@@ -531,7 +531,7 @@ class DurationHistograms:
 
     def __init__(self, totals: SummaryTotals) -> None:
         self._totals = totals
-        self._le = [repr(bound / 1000.0) for bound in histogram.BOUNDS_MS]
+        self._le = [repr(bound) for bound in histogram.BOUNDS_S]
 
     def collect(self) -> Iterable[HistogramMetricFamily]:
         family = HistogramMetricFamily(self.name, DURATION_DESCRIPTION, labels=["strategy"], unit="seconds")
