@@ -532,14 +532,19 @@ class RecordsEndpoint:
             if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
                 seen = snapshot = flags.current
                 if snapshot.revision != cohort.flags_revision:
-                    new = decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
-                    if not new.same_treatment(cohort):
-                        telemetry.cohort_changed(cohort, new)
+                    old, new = cohort, decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
+                    # The connection's cohort changes before the next await: a slice the sweep
+                    # ends while the cohort frame is sent must start the next one under it.
+                    cohort = conn.cohort = new
+                    strategy = STRATEGIES[new.strategy].process
+                    shadow = new.shadow
+                    if not new.same_treatment(old):
+                        telemetry.cohort_changed(old, new)
                         self._end_slice(conn, END_COHORT_CHANGED, new, self._strict_share(snapshot))
                         log.info(
                             "cohort changed",
                             extra={
-                                "from_strategy": cohort.strategy,
+                                "from_strategy": old.strategy,
                                 "to_strategy": new.strategy,
                                 "flags_revision": new.flags_revision,
                             },
@@ -547,9 +552,6 @@ class RecordsEndpoint:
                         conn.sending_since = started
                         await send({"type": "websocket.send", "text": contract.encode_cohort_change(new)})
                         conn.sending_since = 0.0
-                    cohort = conn.cohort = new
-                    strategy = STRATEGIES[new.strategy].process
-                    shadow = new.shadow
 
             if gap:
                 gap -= 1
