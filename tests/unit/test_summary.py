@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
 from canaryws.core.compare import Divergence, compare
-from canaryws.core.strategies import LENIENT, STRICT
+from canaryws.core.strategies import LENIENT, STRICT, Outcome
 from canaryws.core.summary import (
     END_CLOSED,
     END_COHORT_CHANGED,
@@ -47,6 +47,18 @@ def test_bucket_of_uses_upper_inclusive_bounds() -> None:
     for i, bound in enumerate(bounds):
         assert histogram.bucket_of(bound) == i
         assert histogram.bucket_of(bound * 1.0001) == i + 1
+
+
+def test_the_summary_buckets_seconds_as_bucket_of_buckets_milliseconds() -> None:
+    """ConnectionSummary.add bisects the bounds in seconds (no call per batch): the same
+    buckets as bucket_of, at every bound, just above it and between two bounds."""
+    values_ms = [0.0, *histogram.BOUNDS_MS, *(b * 1.0001 for b in histogram.BOUNDS_MS),
+                 *((low + high) / 2 for low, high in itertools.pairwise(histogram.BOUNDS_MS)), 1e9]
+    outcome = Outcome("strict", 1, accepted=[], skipped=[], rejected=[])
+    for value in values_ms:
+        summary = ConnectionSummary("c", "client", "strict", 1, False, "r1")
+        summary.add(outcome, value / 1000.0)
+        assert summary.latency.index(1) == histogram.bucket_of(value), value
 
 
 def test_values_above_the_top_bound_go_to_the_overflow_bucket() -> None:

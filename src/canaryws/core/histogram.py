@@ -15,19 +15,15 @@ import bisect
 from collections.abc import Iterable, Sequence
 
 BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 2 ** (k / 2), 6) for k in range(39))
-BOUNDS_S: tuple[float, ...] = tuple(bound / 1000.0 for bound in BOUNDS_MS)  # the same bounds in seconds
+# The same bounds in seconds: ConnectionSummary.add bisects them directly, and the Prometheus
+# histogram exports them as its ``le`` labels.
+BOUNDS_S: tuple[float, ...] = tuple(bound / 1000.0 for bound in BOUNDS_MS)
 SIZE = len(BOUNDS_MS) + 1
 
 
 def bucket_of(milliseconds: float) -> int:
     """Index of the bucket a value in milliseconds falls into."""
     return bisect.bisect_left(BOUNDS_MS, milliseconds)
-
-
-def bucket_of_seconds(seconds: float) -> int:
-    """Index of the bucket a value in seconds falls into (:data:`BOUNDS_S`, the bounds
-    the Prometheus histogram exports as ``le``)."""
-    return bisect.bisect_left(BOUNDS_S, seconds)
 
 
 def empty() -> list[int]:
@@ -63,4 +59,4 @@ def quantile(counts: Sequence[int], q: float) -> float | None:
     return BOUNDS_MS[-1]
 
 
-__all__ = ["BOUNDS_MS", "BOUNDS_S", "SIZE", "bucket_of", "bucket_of_seconds", "empty", "merge", "quantile"]
+__all__ = ["BOUNDS_MS", "BOUNDS_S", "SIZE", "bucket_of", "empty", "merge", "quantile"]

@@ -105,7 +105,7 @@ class ConnectionSummary:
             tally = self.rejected_reasons
             for _, reason in rejected:
                 tally[reason] = tally.get(reason, 0) + 1
-        self.latency[bisect_left(BOUNDS_S, seconds)] += 1  # = histogram.bucket_of_seconds
+        self.latency[bisect_left(BOUNDS_S, seconds)] += 1  # histogram.bucket_of, in seconds
         self.latency_sum_s += seconds
 
     @property
