@@ -50,8 +50,8 @@ def test_bucket_of_uses_upper_inclusive_bounds() -> None:
 
 
 def test_the_summary_buckets_seconds_as_bucket_of_buckets_milliseconds() -> None:
-    """ConnectionSummary.add bisects the bounds in seconds (no call per batch): the same
-    buckets as bucket_of, at every bound, just above it and between two bounds."""
+    """ConnectionSummary.add takes seconds: the same buckets as bucket_of gives the value
+    in milliseconds, at every bound, just above it and between two bounds."""
     values_ms = [0.0, *histogram.BOUNDS_MS, *(b * 1.0001 for b in histogram.BOUNDS_MS),
                  *((low + high) / 2 for low, high in itertools.pairwise(histogram.BOUNDS_MS)), 1e9]
     outcome = Outcome("strict", 1, accepted=[], skipped=[], rejected=[])

@@ -15,8 +15,7 @@ import bisect
 from collections.abc import Iterable, Sequence
 
 BOUNDS_MS: tuple[float, ...] = tuple(round(0.05 * 2 ** (k / 2), 6) for k in range(39))
-# The same bounds in seconds: ConnectionSummary.add bisects them directly, and the Prometheus
-# histogram exports them as its ``le`` labels.
+# The same bounds in seconds: the Prometheus histogram's ``le`` labels.
 BOUNDS_S: tuple[float, ...] = tuple(bound / 1000.0 for bound in BOUNDS_MS)
 SIZE = len(BOUNDS_MS) + 1
 

@@ -13,7 +13,6 @@ place that writes and reads them.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,6 @@ from typing import Any
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort
 from canaryws.core.compare import Divergence
-from canaryws.core.histogram import BOUNDS_S
 from canaryws.core.strategies.outcome import Outcome
 
 A_ROLE = "canaryws.span.role"  # what a span is: connect, batch, connection (samplers and readers key on it)
@@ -88,7 +86,7 @@ class ConnectionSummary:
     def add(self, outcome: Outcome, seconds: float) -> None:
         """Count one answered batch that took ``seconds`` (called once per batch, so kept
         lean: reasons are tallied by their string, without building a per-batch counts
-        dict, and the latency bucket is found without a call of ours)."""
+        dict). The batch loop calls it after its loop round's answers are out."""
         self.batches += 1
         accepted = len(outcome.accepted)
         skipped = outcome.skipped
@@ -105,7 +103,7 @@ class ConnectionSummary:
             tally = self.rejected_reasons
             for _, reason in rejected:
                 tally[reason] = tally.get(reason, 0) + 1
-        self.latency[bisect_left(BOUNDS_S, seconds)] += 1  # histogram.bucket_of, in seconds
+        self.latency[histogram.bucket_of(seconds * 1000.0)] += 1
         self.latency_sum_s += seconds
 
     @property
