@@ -82,6 +82,7 @@ def build_flag_source(settings: Settings, on_reload: Callable[[str], None]) -> F
             bootstrap_path=settings.flags_path,
             app_name=settings.service_name,
             environment=settings.unleash_environment,
+            project=settings.unleash_project,
             refresh_interval=settings.unleash_refresh_interval,
             request_timeout=settings.unleash_request_timeout,
             on_reload=on_reload,
@@ -156,6 +157,8 @@ def build_service(settings: Settings) -> Service:
         allowed_origins=settings.allowed_origins,
         revoked=revocations.revoked,
         default_strategy=settings.default_strategy,
+        app_name=settings.service_name,
+        environment=settings.unleash_environment,
     )
 
     @contextlib.asynccontextmanager
@@ -163,11 +166,14 @@ def build_service(settings: Settings) -> Service:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
         revocations_watcher = asyncio.create_task(revocations.run(), name="revocations-watcher")
         sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
+        if isinstance(flags, UnleashFlagSource):  # connections wait for the server's flags, within a bound
+            await flags.wait_first_poll(settings.unleash_startup_wait)
         freeze_startup_objects()
         log.info(
             "canaryws ready",
             extra={
-                "flags_source": "file",
+                "flags_source": flags.name,
+                "flags_from": flags.flags_from if isinstance(flags, UnleashFlagSource) else "file",
                 "flags_path": str(settings.flags_path),
                 "flags_revision": flags.revision,
                 "default_strategy": settings.default_strategy,

@@ -78,6 +78,7 @@ class Settings:
     unleash_url: str | None = None
     unleash_api_token: str | None = field(default=None, repr=False)
     unleash_environment: str = "development"
+    unleash_project: str = "default"
     unleash_refresh_interval: float = 15.0
     unleash_request_timeout: float = 5.0
     unleash_startup_wait: float = 3.0
@@ -126,6 +127,7 @@ class Settings:
             "unleash_url": ("UNLEASH_URL", str),
             "unleash_api_token": ("UNLEASH_API_TOKEN", str),
             "unleash_environment": ("UNLEASH_ENVIRONMENT", str),
+            "unleash_project": ("UNLEASH_PROJECT", str),
             "unleash_refresh_interval": ("UNLEASH_REFRESH_INTERVAL", float),
             "unleash_request_timeout": ("UNLEASH_REQUEST_TIMEOUT", float),
             "unleash_startup_wait": ("CANARYWS_UNLEASH_STARTUP_WAIT", float),

@@ -77,7 +77,7 @@ def test_operator_ramps_a_running_service_with_the_cli(tmp_path: Path) -> None:
 
 def test_serve_refuses_an_invalid_flags_file_with_a_clear_message(tmp_path: Path) -> None:
     flags = tmp_path / "features.json"
-    flags.write_text(json.dumps({"version": 2, "features": [{"name": "x", "enabled": True,
+    flags.write_text(json.dumps({"version": 2, "features": [{"name": "records.strict", "enabled": True,
                                                              "strategies": [{"name": "nope"}]}]}))
     done = canaryws("serve", "--flags", str(flags), "--data-dir", str(tmp_path / "d"), "--port", "1")
     assert done.returncode != 0

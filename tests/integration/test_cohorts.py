@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from websockets.asyncio.client import ClientConnection
 
-from harness import Service, cohorts_of, flags_doc, send_batch
+from harness import Service, cohorts_of, flags_doc, metric_value, send_batch
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +89,21 @@ def test_open_connection_switches_at_a_batch_boundary(tmp_path: Path) -> None:
                 assert result["accepted"] == [{"index": 1, "value": "x"}]
                 # the kill switch reaches the open connection the same way
                 service.write_flags(flags_doc(strict_rollout=100, strict_enabled=False))
-                t1 = time.monotonic()
-                while True:
-                    frames = await send_batch(ws, f"k-{time.monotonic()}", [""])
-                    if frames[0]["type"] == "cohort" or time.monotonic() - t1 > 3:
-                        break
-                    await asyncio.sleep(0.05)
+                frames = await until_cohort_frame(ws)
                 assert frames[0]["cohort"]["strategy"] == "lenient"
                 assert frames[1]["strategy"] == "lenient" and frames[1]["skipped"] == [{"index": 0, "reason": "empty"}]
 
         asyncio.run(scenario())
+
+
+async def until_cohort_frame(ws: ClientConnection, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """Batches every 50 ms until one is answered after a cohort frame (or ``timeout`` s): its frames."""
+    started = time.monotonic()
+    while True:
+        frames = await send_batch(ws, f"k-{time.monotonic()}", [""])
+        if frames[0]["type"] == "cohort" or time.monotonic() - started > timeout:
+            return frames
+        await asyncio.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -104,10 +112,8 @@ def test_open_connection_switches_at_a_batch_boundary(tmp_path: Path) -> None:
         "{ this is not json",
         json.dumps([1, 2, 3]),
         json.dumps({"version": 2, "features": "nope"}),
-        json.dumps({"version": 2, "features": [{"name": "records.strict", "enabled": True,
-                                                "strategies": [{"name": "myCustomStrategy", "parameters": {}}]}]}),
     ],
-    ids=["bad-json", "wrong-top-level", "wrong-shape", "unknown-strategy"],
+    ids=["bad-json", "wrong-top-level", "wrong-shape"],
 )
 def test_broken_flags_file_keeps_the_last_good_flags(tmp_path: Path, broken: str) -> None:
     with Service(tmp_path, flags_doc(strict_rollout=100)) as service:
@@ -137,6 +143,51 @@ def test_broken_flags_file_keeps_the_last_good_flags(tmp_path: Path, broken: str
         service.write_flags(flags_doc(strict_rollout=0))
         status = service.wait_for_revision(lambda st: st["state"] == "ok" and st["revision"] != good)
         assert status["state"] == "ok" and status["revision"] != good
+
+
+def test_a_strict_flag_the_engine_cannot_evaluate_is_held_and_disabling_it_still_applies(tmp_path: Path) -> None:
+    """A document whose records.strict has a custom strategy (another team's, say) is applied
+    except for records.strict, which keeps its last good definition; the kill switch applies."""
+    with Service(tmp_path, flags_doc(strict_rollout=100)) as service:
+        good = service.get("/readyz").json()["flags"]["revision"]
+        broken = flags_doc(strict_rollout=0)
+        broken["features"][0]["strategies"].append({"name": "myCustomStrategy", "parameters": {}})
+        broken["features"].append({"name": "payments.other", "enabled": True, "strategies": [
+            {"name": "default", "constraints": [{"contextName": "userId", "operator": "REGEX", "value": "^a"}]}]})
+        service.write_flags(broken)
+        status = service.wait_for_revision(lambda st: st["revision"] != good)
+        assert status["state"] == "degraded"
+        assert status["cohort_flags"]["records.strict"] == {
+            "state": "held", "since": status["cohort_flags"]["records.strict"]["since"], "kept_revision": good,
+            "problems": ["custom_strategy"]}
+        assert service.get("/readyz").status_code == 200
+        assert service.get("/readyz?require=cohort-flags").status_code == 503
+        assert service.get("/readyz?require=everything").status_code == 400
+
+        async def scenario() -> None:
+            async with service.client("after-break") as (ws, welcome):
+                assert welcome["cohort"]["strategy"] == "strict"  # the kept 100 %, not the served 0 %
+                frames = await send_batch(ws, "b", [""])
+                assert frames[-1]["rejected"] == [{"index": 0, "code": "empty"}]
+                # the kill switch, on the same broken definition, reaches the open connection
+                killed = copy.deepcopy(broken)
+                killed["features"][0]["enabled"] = False
+                service.write_flags(killed)
+                frames = await until_cohort_frame(ws)
+                assert frames[0]["cohort"]["strategy"] == "lenient"
+
+        metrics = service.get("/metrics").text
+        assert metric_value(metrics, "canaryws_flags_cohort_held", flag="records.strict", source="file") == 1
+        assert metric_value(metrics, "canaryws_flags_problems", kind="custom_strategy", source="file") == 1
+        asyncio.run(scenario())
+        status = service.get("/readyz").json()["flags"]
+        assert status["state"] == "ok" and status["cohort_flags"]["records.strict"] == {"state": "disabled"}
+        assert service.get("/readyz?require=cohort-flags").status_code == 200
+        metrics = service.get("/metrics").text
+        assert metric_value(metrics, "canaryws_flags_cohort_held", flag="records.strict", source="file") == 0
+        errors = [r for r in service.log_records() if r.get("level") == "ERROR" and r.get("logger") == "canaryws.flags"]
+        assert len(errors) == 1 and errors[0]["message"].startswith("records.strict as served in revision")
+        assert "Traceback" not in service.logs()
 
 
 def test_service_refuses_to_start_on_an_invalid_flags_file(tmp_path: Path) -> None:

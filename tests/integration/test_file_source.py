@@ -103,6 +103,8 @@ def test_load_and_status(flags_file: Path) -> None:
         "state": "ok",
         "last_error": None,
         "last_error_at": None,
+        "cohort_flags": {"records.strict": {"state": "ok"}, "records.shadow": {"state": "disabled"}},
+        "problems": {},
     }
 
 
@@ -112,12 +114,24 @@ def test_load_refuses_a_missing_file(tmp_path: Path) -> None:
         FileFlagSource(missing).load()
 
 
-def test_load_refuses_an_invalid_file(flags_file: Path) -> None:
-    flags_file.write_text('{"version": 2, "features": [{"name": "a", "enabled": true, "strategies": [{"name": "x"}]}]}')
+def test_load_refuses_a_file_whose_strict_flag_cannot_be_evaluated(flags_file: Path) -> None:
+    flags_file.write_text('{"version": 2, "features": [{"name": "records.strict", "enabled": true, '
+                          '"strategies": [{"name": "x"}]}, '
+                          '{"name": "a", "enabled": true, "strategies": [{"name": "y"}]}]}')
     with pytest.raises(
-        FlagsDocumentError, match=f"{flags_file}: features\\[0\\].strategies\\[0\\].name: unknown strategy 'x'"
+        FlagsDocumentError, match=f"{flags_file}: .*records.strict: features\\[0\\].strategies\\[0\\].name: "
+                                  "strategy 'x' is not one the Unleash engine implements"
     ):
         FileFlagSource(flags_file).load()
+
+
+def test_load_accepts_problems_in_other_flags(flags_file: Path) -> None:
+    flags_file.write_text('{"version": 2, "features": [{"name": "records.strict", "enabled": true, '
+                          '"strategies": []}, {"name": "a", "enabled": true, "strategies": [{"name": "y"}]}]}')
+    source = FileFlagSource(flags_file)
+    assert source.load().cohort_state("records.strict") == "ok"
+    assert source.status()["state"] == "ok"
+    assert source.status()["problems"] == {"custom_strategy": 1}
 
 
 def test_current_before_load_is_an_error(flags_file: Path) -> None:
@@ -205,12 +219,12 @@ def test_an_invalid_edit_keeps_the_last_good_flags_until_fixed(
     fixed = with_enabled(shipped(), "records.shadow", True)
 
     async def scenario() -> None:
-        flags_file.write_text(flags_file.read_text().replace('"enabled": true', '"enabled": "yes"', 1))
+        flags_file.write_text(flags_file.read_text().replace('"version": 2', '"version": "2"', 1))
         await wait_until(lambda: source.status()["state"] == "degraded", APPLY_WITHIN)
         status = source.status()
         assert status["revision"] == good.revision
         assert source.current is good
-        assert "features[0].enabled: Input should be a valid boolean" in status["last_error"]
+        assert 'version: Input should be a valid integer (got "2")' in status["last_error"]
         datetime.fromisoformat(status["last_error_at"])
         assert recorder.results == ["invalid"]
 

@@ -455,14 +455,14 @@ def test_flags_stale_because_the_file_is_broken(tmp_path: Path, runbook: Runbook
     with Service(tmp_path, flags_doc(strict_rollout=10)) as service:
         env = file_env(service)
         good = service.get("/readyz").json()["flags"]["revision"]
-        service.write_flags('{"version": 2, "features": [{"name": "records.strict", "enabled": "yes"}]}')
+        service.write_flags('{"version": 2, "features": {"records.strict": {"enabled": false}}}')
         wait_until(lambda: service.get("/readyz").json()["flags"]["state"] == "degraded", 10, "degraded flags")
         ran = runbook.run("flags-readyz", env)
         flags = json.loads(ran.out)
         assert (flags["state"], flags["revision"], flags["source"]) == ("degraded", good, "file")
-        assert "enabled" in flags["last_error"]
+        assert "features: Input should be a valid list" in flags["last_error"]
         ran = runbook.run("flags-file-check", env, expect=1)
-        assert "features[0].enabled" in ran.err + ran.out, ran.err
+        assert "features: Input should be a valid list" in ran.err + ran.out, ran.err
 
 
 @covers("flags-readyz", "unleash-health", "unleash-bootstrap-rollback", "unleash-after-restart", "unleash-back")
@@ -506,6 +506,55 @@ def test_the_unleash_server_unreachable(tmp_path: Path, runbook: Runbook, unleas
     finally:
         service.stop()
         unleash.up()
+
+
+@covers("held-readyz", "held-show", "held-disable")
+def test_a_cohort_flag_is_held(tmp_path: Path, runbook: Runbook, unleash: UnleashServer) -> None:
+    """records.strict gets a strategy of another team's (a custom strategy defined on the server):
+    the replica keeps its last good definition; disabling it still applies."""
+    unleash.set_enabled("records.strict", True)
+    unleash.set_rollout("records.strict", 100)
+    admin = {"Authorization": unleash.values["UNLEASH_ADMIN_TOKEN"]}
+    strategies = f"{unleash.url}/admin/projects/default/features/records.strict/environments/development/strategies"
+    created = httpx.post(f"{unleash.url}/admin/strategies", headers=admin, timeout=10,
+                         json={"name": "company-region", "description": "another team's", "parameters": []})
+    assert created.status_code in (201, 409), created.text  # 409: an earlier run of this module created it
+    service = unleash_service(tmp_path, unleash, flags_doc(strict_rollout=100))
+    env = server_env(service, unleash)
+    added: str | None = None
+    try:
+        service.start()
+        wait_server_flags(service)
+        good = service.get("/readyz").json()["flags"]["revision"]
+        answer = httpx.post(strategies, headers=admin, timeout=10,
+                            json={"name": "company-region", "parameters": {}, "constraints": []})
+        assert answer.status_code == 200, answer.text
+        added = answer.json()["id"]
+        wait_until(lambda: service.get("/readyz").json()["flags"]["cohort_flags"]["records.strict"]["state"]
+                   == "held", REFRESH + 5, "records.strict held")
+
+        ran = runbook.run("held-readyz", env)
+        cohort_flags = json.loads(ran.out.splitlines()[0])
+        assert cohort_flags["records.strict"]["state"] == "held"
+        assert cohort_flags["records.strict"]["kept_revision"] == good
+        assert cohort_flags["records.strict"]["problems"] == ["custom_strategy"]
+        assert 'canaryws_flags_cohort_held{flag="records.strict",source="unleash"} 1' in ran.out, ran.out
+        assert 'canaryws_flags_problems{kind="custom_strategy",source="unleash"} 1' in ran.out, ran.out
+        ran = runbook.run("held-show", env)
+        assert "warning: records.strict cannot be evaluated as intended" in ran.err, ran.err
+        assert "strategy 'company-region' is not one the Unleash engine implements" in ran.err, ran.err
+        assert strategies_of(service, ["held-1", "held-2"]) == {"held-1": "strict", "held-2": "strict"}
+
+        runbook.run("held-disable", env)
+        wait_until(lambda: service.get("/readyz").json()["flags"]["cohort_flags"]["records.strict"]["state"]
+                   == "disabled", REFRESH + 5, "records.strict disabled")
+        assert strategies_of(service, ["held-1", "held-2"]) == {"held-1": "lenient", "held-2": "lenient"}
+        assert service.get("/readyz").json()["flags"]["state"] == "ok"
+    finally:
+        service.stop()
+        if added is not None:
+            httpx.delete(f"{strategies}/{added}", headers=admin, timeout=10).raise_for_status()
+        unleash.set_enabled("records.strict", True)
 
 
 @covers("cohort-nodata")

@@ -273,9 +273,9 @@ def test_the_number_of_workers_is_validated_and_bad_shared_state_stops_the_super
         done = run_cli(*args, env={"CANARYWS_WORKERS": value})
         assert done.returncode == 1, done.stderr
         assert "cannot start: invalid configuration: CANARYWS_WORKERS" in done.stderr, done.stderr
-    # A bad flags document stops the supervisor before any worker exists.
+    # A flags document a service cannot start on stops the supervisor before any worker exists.
     flags = tmp_path / "bad.json"
-    flags.write_text('{"version": 2, "features": [{"name": 5}]}')
+    flags.write_text('{"version": 2, "features": [{"name": "records.strict", "enabled": true, "strategies": 5}]}')
     done = run_cli(*args, "--workers", "2", "--flags", str(flags))
     assert done.returncode == 1 and "cannot start: flags document" in done.stderr, done.stderr
     assert "starting workers" not in done.stderr

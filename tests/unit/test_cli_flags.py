@@ -64,8 +64,11 @@ def test_show_json_is_machine_readable(flags_file: Path) -> None:
         "rollout": 0,
         "strategies": "flexibleRollout 0% (userId)",
         "description": listing["flags"][0]["description"],
+        "problems": [],
     }
     assert listing["flags"][1]["enabled"] is False
+    assert listing["cohort_flags"] == {"records.strict": "ok", "records.shadow": "disabled"}
+    assert listing["problems"] == []
 
 
 def test_rollout_prints_one_line_and_updates_the_file(flags_file: Path) -> None:
@@ -141,15 +144,48 @@ def test_a_missing_file_is_an_io_error(tmp_path: Path) -> None:
         assert result.stderr == f"Error: {missing}: cannot read flags file: No such file or directory\n"
 
 
-def test_an_invalid_file_is_reported_with_the_location(flags_file: Path) -> None:
-    flags_file.write_text(flags_file.read_text().replace('"name": "flexibleRollout"', '"name": "myCustom"', 1))
+def test_a_file_that_is_not_a_flags_document_is_reported_with_the_location(flags_file: Path) -> None:
+    flags_file.write_text(flags_file.read_text().replace('"version": 2', '"version": "two"', 1))
     raw = flags_file.read_bytes()
-    for args in (("show",), ("rollout", "records.strict", "5")):
+    for args in (("show",), ("rollout", "records.strict", "5"), ("disable", "records.strict")):
         result = run(*args, "--flags", str(flags_file))
         assert result.exit_code == 1
-        assert f"Error: {flags_file}: features[0].strategies[0].name: unknown strategy 'myCustom'" in result.stderr
+        assert f'Error: {flags_file}: version: Input should be a valid integer (got "two")' in result.stderr
         assert "Traceback" not in result.output
     assert flags_file.read_bytes() == raw
+
+
+def test_a_cohort_flag_the_service_cannot_evaluate_is_a_warning_and_disabling_it_works(flags_file: Path) -> None:
+    flags_file.write_text(flags_file.read_text().replace('"name": "flexibleRollout"', '"name": "myCustom"', 1))
+    result = run("show", "--flags", str(flags_file))
+    assert result.exit_code == 0
+    assert ("warning: records.strict cannot be evaluated as intended (features[0].strategies[0].name: strategy "
+            "'myCustom' is not one the Unleash engine implements") in result.stderr
+    assert "keeps its last good definition of records.strict" in result.stderr
+    listing = json.loads(run("show", "--json", "--flags", str(flags_file)).stdout)
+    assert listing["cohort_flags"]["records.strict"] == "invalid"
+    assert [(p["flag"], p["kind"]) for p in listing["problems"]] == [("records.strict", "custom_strategy")]
+    assert listing["flags"][0]["problems"][0].startswith("features[0].strategies[0].name: strategy 'myCustom'")
+    result = run("disable", "records.strict", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    assert "records.strict: enabled -> disabled" in result.stdout
+    assert "records.strict is disabled, which a service applies" in result.stderr
+    assert read_document(flags_file).entries("records.strict")[0]["enabled"] is False
+
+
+def test_problems_of_other_flags_are_warnings_and_edits_go_through(flags_file: Path) -> None:
+    data = json.loads(flags_file.read_text())
+    data["features"].append({"name": "payments.regex", "enabled": True, "strategies": [
+        {"name": "default", "constraints": [{"contextName": "userId", "operator": "NOT_AN_OPERATOR", "value": "x"}]}]})
+    data["features"].append({"name": "payments.broken", "enabled": "sometimes", "strategies": []})
+    flags_file.write_text(json.dumps(data))
+    result = run("show", "--flags", str(flags_file))
+    assert result.exit_code == 0
+    assert "warning: 2 problems in flags canaryws does not evaluate (invalid_shape: 1, unknown_operator: 1)" in (
+        result.stderr)
+    result = run("rollout", "records.strict", "5", "--flags", str(flags_file))
+    assert result.exit_code == 0, result.output
+    assert rows(flags_file)["records.strict"] == (True, 5)
 
 
 def test_archive_removes_the_flag_and_keeps_the_rest_of_the_file(flags_file: Path) -> None:

@@ -54,10 +54,16 @@ def test_read_document_names_the_path_when_missing(tmp_path: Path) -> None:
 
 
 def test_read_document_names_the_path_when_invalid(flags_file: Path) -> None:
-    flags_file.write_text('{"version": 2, "features": [{"name": "a", "enabled": "yes", "strategies": []}]}')
+    flags_file.write_text('{"version": 2, "features": {"name": "a"}}')
     with pytest.raises(FlagsDocumentError) as info:
         read_document(flags_file)
-    assert str(info.value) == f'{flags_file}: features[0].enabled: Input should be a valid boolean (got "yes")'
+    assert str(info.value) == f'{flags_file}: features: Input should be a valid list (got {{"name": "a"}})'
+
+
+def test_read_document_keeps_the_problems_of_single_flags(flags_file: Path) -> None:
+    flags_file.write_text('{"version": 2, "features": [{"name": "a", "enabled": "yes", "strategies": []}]}')
+    doc = read_document(flags_file)
+    assert [str(p) for p in doc.problems] == ['features[0].enabled: Input should be a valid boolean (got "yes")']
 
 
 def test_read_document_of_a_directory(tmp_path: Path) -> None:
@@ -125,10 +131,10 @@ def test_an_edit_producing_an_invalid_document_is_not_written(flags_file: Path) 
 
     def corrupt(doc: FlagsDocument) -> FlagsDocument:
         data = validate_flags_data(doc.data).data
-        data["features"][0]["strategies"][0]["name"] = "myCustom"
+        data["features"] = {"records.strict": data["features"][0]}
         return FlagsDocument(data=data, revision=compute_revision(data))
 
-    with pytest.raises(FlagsDocumentError, match="unknown strategy 'myCustom'"):
+    with pytest.raises(FlagsDocumentError, match="features: Input should be a valid list"):
         update_document(flags_file, corrupt)
     assert flags_file.read_bytes() == raw
 

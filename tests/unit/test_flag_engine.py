@@ -25,7 +25,6 @@ from canaryws.core.cohorts import (
 )
 from canaryws.core.flagdoc import (
     FlagsDocument,
-    FlagsDocumentError,
     compute_revision,
     parse_flags_document,
     validate_flags_data,
@@ -265,12 +264,17 @@ def test_snapshots_are_independent() -> None:
     assert not low.evaluate(STRICT_FLAG, {"userId": "a"}).enabled
 
 
-def test_a_document_the_engine_cannot_load_is_rejected() -> None:
-    """Safety net: a document that bypassed validation (numeric parameter)."""
+def test_a_flag_the_engine_cannot_parse_is_left_out_and_reported() -> None:
+    """Safety net: a flag that bypassed validation (a numeric parameter makes the engine drop
+    the whole state): the engine is asked flag by flag, that one is left out, the rest loads."""
     data = validate_flags_data(
-        {"version": 2, "features": [{"name": "f", "enabled": True, "strategies": [{"name": "default"}]}]}
+        {"version": 2, "features": [{"name": "f", "enabled": True, "strategies": [{"name": "default"}]},
+                                    {"name": "g", "enabled": True, "strategies": [{"name": "default"}]}]}
     ).data
     data["features"][0]["strategies"][0]["parameters"] = {"rollout": 25}
     bypassed = FlagsDocument(data=data, revision=compute_revision(data))
-    with pytest.raises(FlagsDocumentError, match=r"engine rejected the document \(features not loaded: f\)"):
-        FlagSnapshot.from_document(bypassed, source="test")
+    snapshot = FlagSnapshot.from_document(bypassed, source="test")
+    assert [(p.flag, p.kind, str(p)) for p in snapshot.assessment.problems] == [
+        ("f", "invalid_shape", "features[0]: the Unleash engine cannot parse this flag; it is not evaluated")]
+    assert not snapshot.has_flag("f")
+    assert snapshot.evaluate("g", {}).enabled

@@ -204,17 +204,37 @@ def test_repeated_dependencies_are_served_once() -> None:
     assert canonical_document(served)["features"][0]["dependencies"] == [dependency]
 
 
-@pytest.mark.parametrize("answer", [[], {"features": {}}, {"features": [1]}, "x"])
+@pytest.mark.parametrize("answer", [[], {"features": {}}, "x"])
 def test_something_else_than_a_client_features_document_is_an_error(answer: Any) -> None:
     with pytest.raises(UnleashError, match="client-features document"):
         canonical_document(answer)
 
 
-def test_a_document_canaryws_rejects_is_kept_with_its_problems() -> None:
+def test_an_entry_that_is_not_a_flag_is_kept_last_for_validation_to_report() -> None:
+    served = {"version": 2, "features": [1, CLIENT_STRICT]}
+    assert canonical_document(served)["features"] == [CLIENT_STRICT, 1]
+    assert [p.kind for p in validate_flags_data(canonical_document(served)).problems] == ["invalid_shape"]
+
+
+def test_the_project_filter_keeps_that_projects_flags() -> None:
+    other = {**CLIENT_STRICT, "name": "payments.new-checkout", "project": "payments"}
+    served = {"version": 2, "features": [other, CLIENT_STRICT]}
+    assert [f["name"] for f in canonical_document(served, project="default")["features"]] == ["records.strict"]
+    assert [f["name"] for f in canonical_document(served)["features"]] == ["payments.new-checkout", "records.strict"]
+
+
+def test_a_flag_with_problems_is_kept_in_the_document_with_them() -> None:
     data = client_document([admin_flag("f", [strategy("a", name="myCustom")])], "development")
-    doc, problems = as_flags_document(data)
-    assert doc.feature_names() == ["f"]
-    assert problems and "unknown strategy 'myCustom'" in problems[0]
+    doc, fatal = as_flags_document(data)
+    assert doc.feature_names() == ["f"] and fatal == ()
+    from canaryws.adapters.flags.engine import assess
+
+    assert [p.kind for p in assess(doc).problems] == ["custom_strategy"]
+
+
+def test_what_is_not_a_flags_document_is_kept_with_why() -> None:
+    doc, fatal = as_flags_document({"version": "2", "features": []})
+    assert doc.feature_names() == [] and fatal == ('version: Input should be a valid integer (got "2")',)
     assert as_flags_document(client_document([ADMIN_STRICT], "development"))[1] == ()
 
 

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from canaryws.adapters.websocket import ACCESS_TOKEN_SCOPE_KEY
 
 ACCESS_TOKEN_PARAM = "access_token"
+REQUIRE_COHORT_FLAGS = "cohort-flags"  # /readyz?require=cohort-flags: 503 while a cohort flag is held
 
 
 class AccessTokenScrubber:
@@ -61,11 +62,24 @@ def probes_router(
         return JSONResponse({"status": "ok"})
 
     @router.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(require: str | None = None) -> JSONResponse:
         """Readiness: flags are loaded; reports the flag source, revision and state, and
-        the state of telemetry export (informational)."""
+        the state of telemetry export (informational).
+
+        A cohort flag held at its last good definition leaves the replica ready (every
+        replica reads the same flags: failing them all would turn a flag problem into an
+        outage) with ``flags.state: degraded``; ``?require=cohort-flags`` makes it 503
+        instead, for a load balancer or check that should act on it."""
         status = flags_status()
         ready = bool(status.get("revision"))
+        if require is not None:
+            if require != REQUIRE_COHORT_FLAGS:
+                return JSONResponse(
+                    {"error": "invalid_require", "detail": f"require must be {REQUIRE_COHORT_FLAGS!r}"},
+                    status_code=400,
+                )
+            held = [flag for flag, state in (status.get("cohort_flags") or {}).items() if state.get("state") == "held"]
+            ready = ready and not held
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "flags": status}
         if telemetry_status is not None:
             body["telemetry"] = telemetry_status()

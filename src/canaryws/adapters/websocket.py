@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Protocol
 
 from opentelemetry import trace
@@ -74,6 +75,12 @@ class EndpointLimits:
     send_timeout: float = 10.0  # a result blocked this long (the peer stopped reading) ends the connection
     duplicate_id_window: int = 1024  # answered batch ids remembered per connection; 0 turns the check off
     sweep_interval: float = 1.0  # how often open connections are checked (slow reader, token, idle slice)
+
+
+def now_iso() -> str:
+    """Now, as the Unleash SDKs write the context's ``currentTime`` (``datetime.isoformat``
+    in UTC, e.g. ``2026-12-06T17:04:20.123456+00:00``)."""
+    return datetime.now(UTC).isoformat()
 
 
 class FlagsInForce(Protocol):
@@ -166,10 +173,16 @@ class RecordsEndpoint:
         allowed_origins: frozenset[str] | None = None,
         revoked: Callable[[Identity], str | None] = no_revocations,
         default_strategy: str = DEFAULT_STRATEGY,
+        app_name: str = "canaryws",
+        environment: str = "development",
     ) -> None:
         """``default_strategy``: the strategy of every client while ``records.strict`` is
-        absent from the flags document (``CANARYWS_DEFAULT_STRATEGY``)."""
+        absent from the flags document (``CANARYWS_DEFAULT_STRATEGY``); ``app_name`` and
+        ``environment``: the ``appName`` and ``environment`` of every evaluation context
+        (the values the service's Unleash SDK client registers)."""
         self._flags = flags
+        self._app_name = app_name
+        self._environment = environment
         self._default_strategy = default_strategy
         self._tokens = tokens
         self._telemetry = telemetry
@@ -288,11 +301,12 @@ class RecordsEndpoint:
         connection_id = uuid.uuid4().hex
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
-        context = EvaluationContext(client_id, connection_id, self._properties(websocket))
+        context = EvaluationContext(client_id, connection_id, self._properties(websocket), self._app_name,
+                                    self._environment)
         connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"])
         with trace.use_span(connect_span, end_on_exit=True):
             snapshot = self._flags.current
-            decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy)
+            decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
             self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
             self._telemetry.set_cohort(connect_span, decision.cohort)
             await websocket.accept(subprotocol=subprotocol)
@@ -532,7 +546,7 @@ class RecordsEndpoint:
             if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
                 seen = snapshot = flags.current
                 if snapshot.revision != cohort.flags_revision:
-                    old, new = cohort, decide_cohort(snapshot, context, VERSIONS, default_strategy).cohort
+                    old, new = cohort, decide_cohort(snapshot, context, VERSIONS, default_strategy, now_iso()).cohort
                     # The connection's cohort changes before the next await: a slice the sweep
                     # ends while the cohort frame is sent must start the next one under it.
                     cohort = conn.cohort = new

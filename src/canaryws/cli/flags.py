@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from canaryws.adapters.flags.engine import Assessment, FlagSnapshot, assess, cohort_verdicts
 from canaryws.adapters.flags.file_store import read_document, update_document, write_document_atomic
 from canaryws.adapters.flags.unleash_admin import (
     ServerFlags,
@@ -40,6 +41,7 @@ from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import (
     FLEXIBLE_ROLLOUT,
     FlagEditError,
+    FlagProblem,
     FlagRow,
     FlagsDocument,
     FlagsDocumentError,
@@ -76,6 +78,8 @@ class FlagListing:
     project: str | None = None  # Unleash only
     environment: str | None = None  # Unleash only
     notes: tuple[str, ...] = ()  # warnings for the operator (stderr)
+    problems: tuple[FlagProblem, ...] = ()  # every problem, the engine's included (as the service sees them)
+    cohort_flags: Mapping[str, str] = dataclasses.field(default_factory=dict)  # flag -> verdict (engine)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,16 +140,15 @@ class FileFlagBackend:
         return str(self._path)
 
     def describe(self) -> FlagListing:
-        doc = read_document(self._path)
-        return FlagListing(self.source, self.location, doc.revision, tuple(describe(doc)))
+        return _listing(self.source, self.location, read_document(self._path))
 
     def set_rollout(self, flag: str, percent: int) -> FlagChange:
         old, new = update_document(self._path, lambda doc: with_rollout(doc, flag, percent))
-        return self._change(flag, old, new, _other_strategies_notes(new, flag))
+        return self._change(flag, old, new, _other_strategies_notes(new, flag) + _problem_notes(assess(new)))
 
     def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
         old, new = update_document(self._path, lambda doc: with_enabled(doc, flag, enabled))
-        return self._change(flag, old, new)
+        return self._change(flag, old, new, _problem_notes(assess(new)))
 
     def archive(self, flag: str) -> FlagArchive:
         old, new = update_document(self._path, lambda doc: without_feature(doc, flag))
@@ -193,19 +196,12 @@ class UnleashAdminBackend:
 
     def describe(self) -> FlagListing:
         flags = self._admin.flags()
-        return FlagListing(
-            self.source,
-            self.location,
-            flags.document.revision,
-            tuple(describe(flags.document)),
-            project=self._admin.project,
-            environment=self._admin.environment,
-            notes=_problem_notes(flags),
-        )
+        return _listing(self.source, self.location, flags.document, project=self._admin.project,
+                        environment=self._admin.environment, fatal=flags.problems)
 
     def set_rollout(self, flag: str, percent: int) -> FlagChange:
         change = self._admin.set_rollout(flag, percent)
-        notes = _other_strategies_notes(change.after.document, flag) + _problem_notes(change.after)
+        notes = _other_strategies_notes(change.after.document, flag) + _server_notes(change.after)
         return self._change(flag, change.before, change.after, notes)
 
     def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
@@ -217,7 +213,7 @@ class UnleashAdminBackend:
                 f"{flag} had no active strategy in environment {self._admin.environment}, so Unleash added "
                 f"its default one: {after.strategies}",
             )
-        return self._change(flag, change.before, change.after, notes + _problem_notes(change.after))
+        return self._change(flag, change.before, change.after, notes + _server_notes(change.after))
 
     def archive(self, flag: str) -> FlagArchive:
         change = self._admin.archive(flag)
@@ -227,7 +223,7 @@ class UnleashAdminBackend:
             change.before.document.revision,
             change.after.document.revision,
             self.where,
-            _problem_notes(change.after),
+            _server_notes(change.after),
         )
 
     def _change(self, flag: str, old: ServerFlags, new: ServerFlags, notes: tuple[str, ...]) -> FlagChange:
@@ -260,12 +256,57 @@ def _other_strategies_notes(doc: FlagsDocument, flag: str) -> tuple[str, ...]:
     )
 
 
-def _problem_notes(flags: ServerFlags) -> tuple[str, ...]:
-    if not flags.problems:
-        return ()
-    shown = "; ".join(flags.problems[:5])
-    more = f" (and {len(flags.problems) - 5} more)" if len(flags.problems) > 5 else ""
-    return (f"canaryws rejects these flags (the service would not apply them): {shown}{more}",)
+def _listing(source: str, location: str, doc: FlagsDocument, *, project: str | None = None,
+             environment: str | None = None, fatal: tuple[str, ...] = ()) -> FlagListing:
+    """A listing of ``doc`` with every problem the service would see (``fatal``: why the
+    server's document is not a flags document at all)."""
+    if fatal:
+        notes = (f"this is not a flags document canaryws can use (a service keeps its last flags): "
+                 f"{'; '.join(fatal[:5])}",)
+        return FlagListing(source, location, doc.revision, (), project, environment, notes)
+    assessment = assess(doc)
+    verdicts = {flag: verdict for flag, (verdict, _) in cohort_verdicts(assessment).items()}
+    return FlagListing(source, location, doc.revision, tuple(describe(doc, assessment.problems)), project,
+                       environment, _problem_notes(assessment), assessment.problems, verdicts)
+
+
+def _problem_notes(assessment: Assessment) -> tuple[str, ...]:
+    """What the operator should know: a cohort flag the service will not apply as served,
+    and the problems of the other flags (applied anyway, as every SDK does)."""
+    notes: list[str] = []
+    cohort_names: set[str] = set()
+    for flag, (verdict, problems) in cohort_verdicts(assessment).items():
+        cohort_names.update(p.flag for p in problems if p.flag is not None)
+        cohort_names.add(flag)
+        if verdict == "invalid":
+            notes.append(
+                f"{flag} cannot be evaluated as intended ({'; '.join(str(p) for p in problems[:5])}): a running "
+                f"service keeps its last good definition of {flag} until this is fixed (disabling {flag} always "
+                "applies), and a service cannot start on this document"
+            )
+        elif verdict == "disabled" and problems:
+            notes.append(f"{flag} is disabled, which a service applies; the rest of its definition has problems: "
+                         f"{'; '.join(str(p) for p in problems[:5])}")
+    others = [p for p in assessment.problems if p.flag not in cohort_names]
+    if others:
+        kinds: dict[str, int] = {}
+        for problem in others:
+            kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
+        summary = ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items()))
+        shown = "; ".join(str(p) for p in others[:5])
+        more = f" (and {len(others) - 5} more)" if len(others) > 5 else ""
+        notes.append(
+            f"{len(others)} problem{'' if len(others) == 1 else 's'} in flags canaryws does not evaluate ({summary}); "
+            f"a service applies the rest of the document and evaluates these flags as every Unleash SDK does: "
+            f"{shown}{more}"
+        )
+    return tuple(notes)
+
+
+def _server_notes(flags: ServerFlags) -> tuple[str, ...]:
+    if flags.problems:
+        return (f"this is not a flags document canaryws can use: {'; '.join(flags.problems[:5])}",)
+    return _problem_notes(assess(flags.document))
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,10 +565,14 @@ def export(flags_path: Path) -> None:
     """Write the Unleash server's flags to the flags file (the bootstrap).
 
     Needs UNLEASH_URL and UNLEASH_API_TOKEN, a client (backend) token for
-    UNLEASH_ENVIRONMENT (default "development"). Fetches GET $UNLEASH_URL/client/features
-    with it: exactly what SDKs, and so the service, get. Keeps version, the features
+    UNLEASH_ENVIRONMENT (default "development"). Fetches GET
+    $UNLEASH_URL/client/features?project=$UNLEASH_PROJECT (default "default") with it:
+    exactly what the service's SDK client gets. Keeps version, that project's features
     (sorted by name) and the segments they use (drops the server's query and meta),
     validates the document like the service does, and replaces the file atomically.
+    Problems of single flags are warnings, as in the service; a document a service could
+    not start on (records.strict or records.shadow cannot be evaluated as intended) is not
+    written.
 
     With UNLEASH_ADMIN_TOKEN also set, first waits (up to 5 s) until the client API
     serves what the Admin API shows for UNLEASH_PROJECT, so that an export right after
@@ -548,13 +593,20 @@ def export(flags_path: Path) -> None:
         admin = None
         if settings.admin_token is not None:
             admin = UnleashAdmin(url, settings.admin_token, environment=settings.environment, project=settings.project)
-        exported = fetch_client_document(url, client_token, environment=settings.environment, admin=admin)
+        exported = fetch_client_document(url, client_token, environment=settings.environment,
+                                         project=settings.project, admin=admin)
+        try:
+            FlagSnapshot.from_document(exported.document, source="export")  # what a service starting on it does
+        except FlagsDocumentError as exc:
+            raise FlagsDocumentError(
+                [f"not written: {flags_path} is the bootstrap a service starts on", *exc.problems]
+            ) from None
         write_document_atomic(flags_path, exported.document)
     count = len(exported.document.data["features"])
     click.echo(
         f"exported {count} flag{'' if count == 1 else 's'} (revision {exported.document.revision}) to {flags_path}"
     )
-    for note in exported.notes:
+    for note in exported.notes + _problem_notes(assess(exported.document)):
         click.echo(f"note: {note}", err=True)
 
 
@@ -580,4 +632,6 @@ def _listing_json(listing: FlagListing) -> dict[str, Any]:
         result["environment"] = listing.environment
     result["revision"] = listing.revision
     result["flags"] = [dataclasses.asdict(row) for row in listing.flags]
+    result["cohort_flags"] = dict(listing.cohort_flags)
+    result["problems"] = [problem.as_json() for problem in listing.problems]
     return result

@@ -50,16 +50,32 @@ class FlagSnapshotView(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class EvaluationContext:
-    """Unleash evaluation context: userId = verified client id, sessionId = connection id."""
+    """A connection's Unleash evaluation context, with the fields an Unleash SDK sets.
+
+    ``userId`` = the verified client id, ``sessionId`` = the connection id, ``appName``
+    and ``environment`` = what the service registers with Unleash (as an SDK puts its
+    ``app_name`` and ``environment`` in every context), ``properties`` = what the service
+    sets (documented in docs/contract.md), ``currentTime`` = the time of the decision.
+    """
 
     client_id: str
     connection_id: str
     properties: Mapping[str, str] = field(default_factory=dict)
+    app_name: str = "canaryws"
+    environment: str = "development"
 
-    def as_unleash(self) -> dict[str, Any]:
-        ctx: dict[str, Any] = {"userId": self.client_id, "sessionId": self.connection_id}
-        if self.properties:
-            ctx["properties"] = dict(self.properties)
+    def as_unleash(self, current_time: str | None = None) -> dict[str, Any]:
+        """The context as the Unleash engine takes it; ``current_time`` is an ISO 8601
+        timestamp with its offset (as the SDKs write it), left out when None."""
+        ctx: dict[str, Any] = {
+            "appName": self.app_name,
+            "environment": self.environment,
+            "userId": self.client_id,
+            "sessionId": self.connection_id,
+            "properties": dict(self.properties),
+        }
+        if current_time is not None:
+            ctx["currentTime"] = current_time
         return ctx
 
 
@@ -98,8 +114,13 @@ def decide_cohort(
     context: EvaluationContext,
     versions: Mapping[str, int],
     default_strategy: str = DEFAULT_STRATEGY,
+    current_time: str | None = None,
 ) -> CohortDecision:
     """Evaluate the cohort flags once; ``records.strict`` on means the strict strategy.
+
+    ``current_time`` (ISO 8601, the decision's time) is the context's ``currentTime``, so
+    a constraint on it is evaluated when the cohort is decided: at connect, and again when
+    the flags revision changes.
 
     ``versions`` maps strategy name to the version the service runs. When
     ``records.strict`` is not found in the document, the strategy is ``default_strategy``
@@ -108,7 +129,7 @@ def decide_cohort(
     present, its evaluation alone decides: on is strict, off (disabled, or no strategy
     matched) is lenient.
     """
-    unleash_ctx = context.as_unleash()
+    unleash_ctx = context.as_unleash(current_time)
     strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
     shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
     if strict.found:

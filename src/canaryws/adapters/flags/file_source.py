@@ -2,10 +2,12 @@
 
 The source watches the file's *parent directory* (so atomic rename-replace, editors'
 swap files, delete-and-recreate and Kubernetes ConfigMap symlink swaps are all seen)
-and applies a valid new revision within about a second. An invalid, missing or
-unreadable file is logged on one line and rejected: the last good snapshot stays in
-force and :meth:`FileFlagSource.status` reports ``"degraded"`` until the file is valid
-again.
+and applies a new revision within about a second. A missing or unreadable file, or one
+that is not a flags document at all, is logged on one line and rejected: the last good
+snapshot stays in force and :meth:`FileFlagSource.status` reports ``"degraded"`` until
+the file is valid again. Problems of single flags do not stop an update (see
+``canaryws.adapters.flags.engine``): a cohort flag that cannot be evaluated as intended
+keeps its last good definition (``"degraded"`` too), everything else is applied.
 
 Besides filesystem events, the watch loop wakes up every ``poll_interval`` seconds and
 compares the file's ``(mtime_ns, size, inode, device)`` with the version last read,
@@ -23,6 +25,7 @@ from typing import Any, Literal
 from canaryws.adapters.files import FileSignature, watch_file
 from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_store import read_flags_bytes
+from canaryws.adapters.flags.problems import cohort_flags_status, log_applied, problem_counts
 from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.core.flagdoc import FlagsDocumentError, parse_flags_document
 
@@ -100,6 +103,7 @@ class FileFlagSource:
             snapshot.revision,
             len(snapshot.document.feature_names()),
         )
+        log_applied(self._log, snapshot, None)
         return snapshot
 
     def reload(self) -> ReloadResult:
@@ -116,7 +120,7 @@ class FileFlagSource:
             if doc.revision == current.revision:
                 self._mark_valid()
                 return self._notify("unchanged")
-            snapshot = FlagSnapshot.from_document(doc, source=self.name, loaded_at=self._clock())
+            snapshot = FlagSnapshot.from_document(doc, source=self.name, loaded_at=self._clock(), previous=current)
         except FlagsDocumentError as exc:
             return self._reject(f"{self._path}: {exc}")
         self.snapshot = snapshot
@@ -127,6 +131,7 @@ class FileFlagSource:
             current.revision,
             snapshot.revision,
         )
+        log_applied(self._log, snapshot, current)
         return self._notify("ok")
 
     async def reload_now(self) -> ReloadResult:
@@ -142,9 +147,11 @@ class FileFlagSource:
             "revision": snapshot.revision,
             "loaded_at": iso_utc(snapshot.loaded_at),
             "age_seconds": round(max(0.0, self._clock() - snapshot.loaded_at), 3),
-            "state": "degraded" if self._degraded else "ok",
+            "state": "degraded" if self._degraded or snapshot.held else "ok",
             "last_error": self._last_error,
             "last_error_at": None if self._last_error_at is None else iso_utc(self._last_error_at),
+            "cohort_flags": cohort_flags_status(snapshot),
+            "problems": problem_counts(snapshot),
         }
 
     async def run(self) -> None:

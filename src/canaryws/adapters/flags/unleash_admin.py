@@ -56,6 +56,7 @@ from canaryws.core.flagdoc import (
     FlagEditError,
     FlagsDocument,
     FlagsDocumentError,
+    canonical_data,
     compute_revision,
     dependents_of,
     refuse_archive_of_a_dependency,
@@ -209,31 +210,12 @@ def client_segment(admin: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def canonical_document(data: Mapping[str, Any], *, project: str | None = None) -> dict[str, Any]:
-    """``version``, ``features`` sorted by name, the used ``segments`` sorted by id.
-
-    Drops what the server adds around the flags (``query``, ``meta``) and repeated
-    identical ``dependencies`` entries (unleash-server 8.2 serves a flag's dependency
-    once per strategy row). With ``project``, only that project's flags are kept.
-    Raises UnleashError when the data is not a client-features document at all.
-    """
-    if not isinstance(data, Mapping) or not isinstance(data.get("features"), list):
-        raise UnleashError("expected a client-features document (an object with a 'features' list)")
-    features = [f for f in data["features"] if isinstance(f, Mapping)]
-    if len(features) != len(data["features"]):
-        raise UnleashError("expected a client-features document: a feature is not an object")
-    if project is not None:
-        features = [f for f in features if f.get("project") == project]
-    features = sorted(features, key=lambda f: str(f.get("name")))
-    used = {
-        segment_id
-        for feature in features
-        for strategy in feature.get("strategies") or []
-        if isinstance(strategy, Mapping)
-        for segment_id in strategy.get("segments") or []
-    }
-    segments = [s for s in data.get("segments") or [] if isinstance(s, Mapping) and s.get("id") in used]
-    segments.sort(key=lambda s: _id_order(s.get("id")))
-    return {"version": data.get("version", 2), "features": [_deduplicated(f) for f in features], "segments": segments}
+    """flagdoc's :func:`~canaryws.core.flagdoc.canonical_data` (the form the service, ``show``
+    and ``export`` compare), with UnleashError for what is not a client-features document."""
+    try:
+        return canonical_data(data, project=project)
+    except FlagsDocumentError as exc:
+        raise UnleashError(str(exc)) from None
 
 
 def environment_of(admin: Mapping[str, Any], environment: str) -> Mapping[str, Any]:
@@ -303,10 +285,11 @@ def plan_rollout(flag: str, environment: str, strategies: Sequence[Mapping[str, 
 
 
 def as_flags_document(data: Mapping[str, Any]) -> tuple[FlagsDocument, tuple[str, ...]]:
-    """The document and flagdoc's problems with it.
+    """The document, and why it is not a flags document at all (usually nothing).
 
-    A document canaryws rejects is still returned (revision of the raw data), so
-    that an operator can see and fix the server's state, e.g. disable a flag.
+    Such a document is still returned (revision of the raw data), so that an operator
+    can see and fix the server's state, e.g. disable a flag. The problems of single
+    flags are in the document (and ``canaryws.adapters.flags.engine.assess``).
     """
     try:
         return validate_flags_data(data), ()
@@ -322,7 +305,7 @@ class ServerFlags:
     """The flags of one project and environment at one moment."""
 
     document: FlagsDocument
-    problems: tuple[str, ...]  # why canaryws would reject the document (usually none)
+    problems: tuple[str, ...]  # why it is not a flags document at all (usually nothing)
     admin_features: Mapping[str, Mapping[str, Any]]  # flag -> Admin API answer
 
 
@@ -572,18 +555,21 @@ def fetch_client_document(
     client_token: str,
     *,
     environment: str,
+    project: str | None,
     admin: UnleashAdmin | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     converge_seconds: float = EXPORT_CONVERGENCE_SECONDS,
 ) -> ClientDocument:
-    """What the environment serves to SDKs with ``client_token`` (canonical form).
+    """What the environment serves to SDKs with ``client_token`` for ``project``
+    (``?project=``, as the service's SDK client asks; canonical form, that project's flags
+    only; None: every project the token sees).
 
     The token must be for ``environment`` (the server says which one it used).
     With ``admin``, waits up to ``converge_seconds`` until the client API serves
     what the Admin API shows for the admin's project (Unleash refreshes the client
     API about once a second after a change), so that an export right after a
-    ``rollout`` is not one revision behind. Raises FlagsDocumentError when canaryws
-    would reject the document.
+    ``rollout`` is not one revision behind. Raises FlagsDocumentError when the answer
+    is not a flags document.
     """
     base = check_base_url(base_url)
     check_token(client_token, "client")
@@ -592,14 +578,15 @@ def fetch_client_document(
     headers = {"Unleash-Client-Spec": CLIENT_SPEC_VERSION, "UNLEASH-APPNAME": _USER_AGENT}
     with _session(base, client_token, "client", timeout, headers) as http:
         while True:
-            answer = _mapping(http.call("GET", "/client/features"), "client features")
+            params = {"project": project} if project is not None else None
+            answer = _mapping(http.call("GET", "/client/features", params=params), "client features")
             served = _served_environment(answer)
             if served is not None and served != environment:
                 raise UnleashError(
                     f"UNLEASH_API_TOKEN is a client token for environment {served!r}, "
                     f"but UNLEASH_ENVIRONMENT is {environment!r}"
                 )
-            data = canonical_document(answer)
+            data = canonical_document(answer, project=project)
             if admin is None or wanted is None:
                 break
             if as_flags_document(canonical_document(data, project=admin.project))[0].revision == wanted:
@@ -622,7 +609,7 @@ def _validated(data: Mapping[str, Any]) -> FlagsDocument:
         return validate_flags_data(data)
     except FlagsDocumentError as exc:
         raise FlagsDocumentError(
-            [f"Unleash serves flags that canaryws rejects: {problem}" for problem in exc.problems]
+            [f"Unleash serves something that is not a flags document: {problem}" for problem in exc.problems]
         ) from None
 
 
@@ -640,22 +627,6 @@ def _strategy_order(strategy: Mapping[str, Any]) -> tuple[int, int, str]:
     milestone = 0 if strategy.get("milestoneId") else 1
     sort_order = strategy.get("sortOrder")
     return (milestone, sort_order if isinstance(sort_order, int) else 0, str(strategy.get("id") or ""))
-
-
-def _deduplicated(feature: Mapping[str, Any]) -> dict[str, Any]:
-    result = dict(feature)
-    dependencies = feature.get("dependencies")
-    if isinstance(dependencies, list):
-        unique: list[Any] = []
-        for dependency in dependencies:
-            if dependency not in unique:
-                unique.append(dependency)
-        result["dependencies"] = unique
-    return result
-
-
-def _id_order(value: Any) -> tuple[int, int, str]:
-    return (0, value, "") if isinstance(value, int) and not isinstance(value, bool) else (1, 0, str(value))
 
 
 def _client_dependency(admin: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,12 +3,18 @@
 - **Bootstrapped** from the flags file, so the service serves before (and without) the
   server: the first snapshot is the file's document.
 - **Never blocks the event loop**: the SDK's asyncio client polls on the loop with
-  aiohttp; its first fetch runs in a background task. Start-up waits for it at most
-  ``startup_wait`` seconds (documented in the README), then serves the bootstrap.
+  aiohttp; its first fetch runs in a background task. The app's start-up waits for that
+  first fetch (:meth:`UnleashFlagSource.wait_first_poll`) at most
+  ``CANARYWS_UNLEASH_STARTUP_WAIT`` seconds, then serves the bootstrap until the server
+  answers.
+- **One project**: the SDK asks for the flags of ``project`` only (``UNLEASH_PROJECT``,
+  the project ``flags show`` and ``flags export`` use), and the document is put in the
+  same canonical form they use, so the three see the same flags and revision.
 - **Snapshots, not a shared engine**: every features document the SDK stores in its
-  cache is validated (same rules as the file) and becomes a new immutable
-  :class:`FlagSnapshot` with its own revision, so cohort pinning works exactly as with
-  the file and the per-batch path only compares revision strings.
+  cache is validated (same rules as the file: problems of single flags are warnings; a
+  cohort flag that cannot be evaluated keeps its last good definition) and becomes a new
+  immutable :class:`FlagSnapshot` with its own revision, so cohort pinning works exactly
+  as with the file and the per-batch path only compares revision strings.
 - **Staleness**: every successful poll (200 or 304) counts as contact. With no contact
   for ``stale_after`` seconds the source is *degraded*: ``/readyz`` says so with the age
   of the flags, one warning is logged (the SDK's per-refresh tracebacks are filtered),
@@ -33,8 +39,9 @@ from UnleashClient.constants import FEATURES_URL
 
 from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_store import read_document
+from canaryws.adapters.flags.problems import cohort_flags_status, log_applied, problem_counts
 from canaryws.adapters.telemetry.logs import iso_utc
-from canaryws.core.flagdoc import FlagsDocumentError, parse_flags_document
+from canaryws.core.flagdoc import FlagsDocumentError, canonical_data, parse_json, validate_flags_data
 
 LOGGER_NAME = "canaryws.flags"
 SDK_LOGGER = "UnleashClient"
@@ -73,7 +80,11 @@ class _QuietSdkLogs(logging.Filter):
     staleness itself, so the SDK's fetch-failure records are dropped and tracebacks are
     stripped from the rest."""
 
-    DROP_PREFIXES = ("Unleash Client feature fetch failed", "Getting feature flags")
+    # The fetch failures (the source reports staleness itself), and what the SDK's own engine
+    # says of each poll's document: canaryws evaluates with its own snapshots and reports the
+    # document's problems once per revision (adapters.flags.problems).
+    DROP_PREFIXES = ("Unleash Client feature fetch failed", "Getting feature flags", "Error loading features",
+                     "Some features were not able to be parsed")
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -95,6 +106,7 @@ class UnleashFlagSource:
         bootstrap_path: Path,
         app_name: str = "canaryws",
         environment: str = "development",
+        project: str | None = "default",
         refresh_interval: float = 15.0,
         request_timeout: float = 5.0,
         stale_after: float | None = None,
@@ -105,6 +117,7 @@ class UnleashFlagSource:
         self._bootstrap_path = bootstrap_path
         self._app_name = app_name
         self._environment = environment
+        self._project = project
         self._refresh_interval = refresh_interval
         self._request_timeout = request_timeout
         self._stale_after = stale_after if stale_after is not None else max(2 * refresh_interval, refresh_interval + 3)
@@ -140,26 +153,27 @@ class UnleashFlagSource:
         self._bootstrap_raw = self._bootstrap_path.read_text()
         self.snapshot = FlagSnapshot.from_document(doc, source="unleash-bootstrap")
         self._log.info(
-            "flags bootstrapped from %s: revision %s; polling Unleash at %s every %ss",
-            self._bootstrap_path, doc.revision, self._url, self._refresh_interval,
+            "flags bootstrapped from %s: revision %s; polling Unleash at %s (project %s) every %ss",
+            self._bootstrap_path, doc.revision, self._url, self._project or "any", self._refresh_interval,
         )
+        log_applied(self._log, self.snapshot, None)
         return self.snapshot
 
     # -- SDK callbacks (on the event loop) --------------------------------------------
     def _contact(self) -> None:
         self._last_contact = time.time()
-        self._first_poll.set()
         if self._problem == "unreachable":
             self._problem = None
             self._log.warning("Unleash at %s is reachable again; flags revision %s", self._url, self.revision)
 
     def _features(self, raw: str) -> None:
+        previous = self.current
         try:
-            doc = parse_flags_document(raw)
-            if doc.revision == self.current.revision and self._from_server:
+            doc = validate_flags_data(canonical_data(parse_json(raw), project=self._project))
+            if doc.revision == previous.revision and self._from_server:
                 self._notify("unchanged")
                 return
-            snapshot = FlagSnapshot.from_document(doc, source="unleash")
+            snapshot = FlagSnapshot.from_document(doc, source="unleash", previous=previous)
         except FlagsDocumentError as exc:
             self._problem = "invalid"
             self._last_error = f"Unleash served a document canaryws cannot use: {exc}"
@@ -167,12 +181,12 @@ class UnleashFlagSource:
             self._log.error("%s; keeping revision %s", self._last_error, self.current.revision)
             self._notify("invalid")
             return
-        old = self.current.revision
         self.snapshot = snapshot
         self._from_server = True
         if self._problem == "invalid":
             self._problem = None
-        self._log.info("flags from Unleash: revision %s -> %s", old, snapshot.revision)
+        self._log.info("flags from Unleash: revision %s -> %s", previous.revision, snapshot.revision)
+        log_applied(self._log, snapshot, previous)
         self._notify("ok")
 
     def _notify(self, result: str) -> None:
@@ -184,12 +198,17 @@ class UnleashFlagSource:
 
     # -- lifecycle --------------------------------------------------------------------
     async def wait_first_poll(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for the first successful poll; False if it did not come."""
-        try:
+        """Wait up to ``timeout`` s for the SDK's first fetch to be over (answered and applied,
+        or failed: a refused connection does not make start-up wait); True when the flags in
+        force then come from the server. :meth:`run` must be running."""
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_poll.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return self._from_server
+
+    @property
+    def flags_from(self) -> str:
+        """``server`` once a document from the server is in force, else ``bootstrap``."""
+        return "server" if self._from_server else "bootstrap"
 
     async def run(self) -> None:
         """Poll the server until cancelled (call :meth:`load` first)."""
@@ -208,15 +227,18 @@ class UnleashFlagSource:
             custom_headers={"Authorization": self._api_token},
             cache=cache,
             disable_metrics=True,
+            project_name=self._project,
         )
         self._observe_polls(client)
         self._client = client
         watchdog = asyncio.create_task(self._watch_staleness(), name="unleash-staleness")
         try:
             try:
-                await client.initialize_client()
+                await client.initialize_client()  # returns once the first fetch is over
             except Exception as exc:  # noqa: BLE001 - e.g. an invalid URL: serve the bootstrap, say why
                 self._log.error("cannot start the Unleash client for %s: %s", self._url, exc)
+            finally:
+                self._first_poll.set()
             await asyncio.Event().wait()  # polling runs on the SDK's own scheduler tasks
         finally:
             watchdog.cancel()
@@ -269,14 +291,17 @@ class UnleashFlagSource:
             "source": "unleash",
             "url": self._url,
             "revision": snapshot.revision,
-            "flags_from": "server" if self._from_server else "bootstrap",
+            "project": self._project,
+            "flags_from": self.flags_from,
             "bootstrap_path": str(self._bootstrap_path),
             "loaded_at": iso_utc(snapshot.loaded_at),
             "last_contact_at": None if self._last_contact is None else iso_utc(self._last_contact),
             "age_seconds": round(max(0.0, now - fresh_at), 3),
             "refresh_interval_seconds": self._refresh_interval,
-            "state": "ok" if self._problem is None else "degraded",
+            "state": "ok" if self._problem is None and not snapshot.held else "degraded",
             "stale": self._problem == "unreachable",
             "last_error": self._last_error,
             "last_error_at": None if self._last_error_at is None else iso_utc(self._last_error_at),
+            "cohort_flags": cohort_flags_status(snapshot),
+            "problems": problem_counts(snapshot),
         }

@@ -31,8 +31,9 @@ from prometheus_client.metrics_core import HistogramMetricFamily
 
 from canaryws.adapters.telemetry.sampling import PRESAMPLED_BATCH_ROLE, ConnectionSpansSampler
 from canaryws.core import histogram
-from canaryws.core.cohorts import Cohort, FlagEvaluation
+from canaryws.core.cohorts import COHORT_FLAGS, Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
+from canaryws.core.flagdoc import PROBLEM_KINDS
 from canaryws.core.strategies import OTHER_STRATEGY
 from canaryws.core.strategies.outcome import Outcome
 from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
@@ -573,6 +574,19 @@ class FlagsTelemetry:
             unit="1",
             description="1 for the flags revision in force (labels: source, revision, state)",
         )
+        meter.create_observable_gauge(
+            "canaryws.flags.problems",
+            callbacks=[self._observe_problems],
+            unit="{problem}",
+            description="Problems in the flags document in force, by kind (every kind, 0 included)",
+        )
+        meter.create_observable_gauge(
+            "canaryws.flags.cohort_held",
+            callbacks=[self._observe_held],
+            unit="1",
+            description="1 while a cohort flag is held at its last good definition (served in a form "
+            "canaryws cannot evaluate as intended), else 0",
+        )
         if strict_share is not None:
             meter.create_observable_gauge(
                 "canaryws.flags.strict_share",
@@ -595,6 +609,20 @@ class FlagsTelemetry:
             {"source": str(st.get("source")), "revision": str(st.get("revision")), "state": str(st.get("state"))},
         )
 
+    def _observe_problems(self, _options: CallbackOptions) -> Iterable[Observation]:
+        st = self._status()
+        counts = st.get("problems") or {}
+        source = str(st.get("source"))
+        for kind in PROBLEM_KINDS:
+            yield Observation(int(counts.get(kind, 0)), {"source": source, "kind": kind})
+
+    def _observe_held(self, _options: CallbackOptions) -> Iterable[Observation]:
+        st = self._status()
+        cohort = st.get("cohort_flags") or {}
+        source = str(st.get("source"))
+        for flag in COHORT_FLAGS:
+            held = (cohort.get(flag) or {}).get("state") == "held"
+            yield Observation(1 if held else 0, {"source": source, "flag": flag})
 
     def _observe_strict_share(self, _options: CallbackOptions) -> Iterable[Observation]:
         share = self._strict_share() if self._strict_share is not None else None
