@@ -56,6 +56,13 @@ test: install services system-deps lint typecheck
 # The benchmark (bench/run.py, see its docstring): canaryws against its bounds, a few minutes.
 #   make bench BENCH_ARGS="--quick"   smoke run; also --check, --json PATH, --markdown PATH, --no-scale
 BENCH_ARGS ?=
-.PHONY: bench
+.PHONY: bench bench-guard
 bench: install
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+
+# The guard's error rates, by simulation (bench/guard_simulation.py; method and results in docs/guard.md):
+# false rollbacks per guard-week and the time to roll back a tripled rate, about 12 minutes.
+#   make bench-guard GUARD_ARGS="--weeks 20 --runs 10"   a quick run
+GUARD_ARGS ?=
+bench-guard: install
+	.venv/bin/python bench/guard_simulation.py $(GUARD_ARGS)

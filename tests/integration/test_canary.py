@@ -169,17 +169,27 @@ async def _healthy_round(service: Service, seed: int) -> tuple[int, int, int]:
 
 @synchronously
 async def test_a_healthy_canary_is_never_rolled_back_across_seeds(tmp_path: Path) -> None:
+    """70 clients cannot show that a tripled rate is absent: the default rules hold (too little
+    evidence to promote); with only a 90-point harm mattering (the power requirement relaxed)
+    the same canaries promote. Never a rollback."""
     verdicts: dict[str, int] = {"promote": 0, "hold": 0, "rollback": 0}
+    relaxed: dict[str, int] = {"promote": 0, "hold": 0, "rollback": 0}
     with Service(tmp_path, flags_doc(strict_rollout=50)) as service:
         for seed in range(HEALTHY_SEEDS):
             start, end, connections = await _healthy_round(service, seed)
-            code, report = await asyncio.to_thread(report_json, service, "--since", iso(start), "--until", iso(end))
+            window = ("--since", iso(start), "--until", iso(end))
+            code, report = await asyncio.to_thread(report_json, service, *window)
             assert report["window"]["connections"] == connections
             verdicts[report["verdict"]] += 1
             assert report["verdict"] != "rollback", (seed, report["reasons"])
             assert code == {"promote": 0, "hold": 2}[report["verdict"]]
-    print(f"healthy canaries on a real service: {verdicts}")  # docs/report.md quotes a run
-    assert verdicts["promote"] >= HEALTHY_SEEDS // 2, verdicts
+            assert all("too little evidence to promote" in r or "no data" in r for r in report["reasons"]), (
+                report["reasons"])
+            code, report = await asyncio.to_thread(report_json, service, *window, "--detect-excess", "0.9")
+            relaxed[report["verdict"]] += 1
+    print(f"healthy canaries on a real service: {verdicts}, relaxed {relaxed}")  # docs/report.md quotes a run
+    assert verdicts == {"promote": 0, "hold": HEALTHY_SEEDS, "rollback": 0}, verdicts
+    assert relaxed["rollback"] == 0 and relaxed["promote"] >= HEALTHY_SEEDS // 2, relaxed
 
 
 # ------------------------------------------------------------------ sample-ratio mismatch

@@ -1,4 +1,5 @@
-"""``canaryws guard``: K consecutive windows, and the rollback through a real Unleash server."""
+"""``canaryws guard``: the rollback on evidence, the stage's start, the replay, and the rollback
+through a real Unleash server."""
 
 from __future__ import annotations
 
@@ -29,16 +30,19 @@ def guard(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     return run_cli("guard", *args, env=env)
 
 
-def test_guard_rolls_back_after_k_consecutive_rollback_verdicts(tmp_path: Path) -> None:
+def test_guard_rolls_back_once_a_critical_metric_shows_harm(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
     write_guard_summaries(traces, strict_close=1011)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
-    done = guard("--traces", str(traces), "--flags", str(flags), "--interval", "0.2", "--windows", "3")
+    done = guard("--traces", str(traces), "--flags", str(flags), "--interval", "0.2")
     assert done.returncode == 1, done.stderr
-    judged = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
-    assert [r["consecutive_rollback_verdicts"] for r in judged] == [1, 2, 3]
-    assert all(r["verdict"] == "rollback" and r["needed"] == 3 for r in judged)
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged the evidence"]
+    assert judged["verdict"] == "rollback" and judged["connections"] == {"strict": 30, "lenient": 30}
+    assert judged["reasons"][0].startswith("abnormal_close_rate: e-value reached 300")
+    assert judged["strict_share"] == 0.5 and judged["e_values"]["abnormal_close_rate"] > 300
+    (rolled,) = [r for r in json_log_lines(done.stderr) if r["message"].startswith("rolled back")]
+    assert rolled["message"] == "rolled back: disabled records.strict"
     doc = json.loads(flags.read_text())
     assert next(f for f in doc["features"] if f["name"] == "records.strict")["enabled"] is False
 
@@ -51,22 +55,43 @@ def test_guard_once_on_a_healthy_window_changes_nothing_and_exits_0(tmp_path: Pa
     before = flags.read_text()
     done = guard("--traces", str(traces), "--flags", str(flags), "--once")
     assert done.returncode == 0, done.stderr
-    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
-    assert judged["verdict"] == "promote", judged["reasons"]
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged the evidence"]
+    assert judged["verdict"] == "hold", judged["reasons"]  # 30 quiet connections could not show a 3x rate
+    assert judged["reasons"][0].startswith("abnormal_close_rate: too little evidence to promote")
     assert judged["connections"] == {"strict": 30, "lenient": 30}
+    done = guard("--traces", str(traces), "--flags", str(flags), "--once", "--detect-excess", "0.9")
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged the evidence"]
+    assert judged["verdict"] == "promote", judged["reasons"]
     assert flags.read_text() == before
 
 
-def test_guard_window_leaves_out_old_summaries(tmp_path: Path) -> None:
+def test_guard_since_leaves_out_older_summaries(tmp_path: Path) -> None:
     traces = tmp_path / "traces.jsonl"
     write_guard_summaries(traces, strict_close=1011)
     time.sleep(1.2)
     flags = tmp_path / "features.json"
     flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
-    done = guard("--traces", str(traces), "--flags", str(flags), "--once", "--window", "1s")
+    done = guard("--traces", str(traces), "--flags", str(flags), "--once", "--since", "1s")
     assert done.returncode == 0, done.stderr
-    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged a window"]
+    (judged,) = [r for r in json_log_lines(done.stderr) if r["message"] == "guard judged the evidence"]
     assert judged["verdict"] == "hold" and judged["connections"] == {"strict": 0, "lenient": 0}
+
+
+def test_guard_replay_prints_every_judgement_and_the_action_and_changes_nothing(tmp_path: Path) -> None:
+    traces = tmp_path / "traces.jsonl"
+    write_guard_summaries(traces, strict_close=1011)
+    flags = tmp_path / "features.json"
+    flags.write_text(json.dumps(flags_doc(strict_rollout=50)))
+    before = flags.read_text()
+    done = guard("--traces", str(traces), "--flags", str(flags), "--replay", "--json", "--interval", "1")
+    assert done.returncode == 1, done.stderr
+    judgements = [json.loads(line) for line in done.stdout.splitlines()]
+    assert judgements[-1]["verdict"] == "rollback" and judgements[-1]["action"] == "disable records.strict"
+    assert all(j["action"] is None for j in judgements[:-1])
+    assert "the guard would have rolled back at" in done.stderr
+    assert flags.read_text() == before
+    text = guard("--traces", str(traces), "--replay", "--interval", "1")
+    assert text.returncode == 1 and text.stdout.splitlines()[-1].endswith("; would disable records.strict")
 
 
 # ------------------------------------------------------------------- with an Unleash server

@@ -90,7 +90,7 @@ def windows(text: str, verdict: str) -> float:
 
 
 def test_guard_serves_its_judgements_while_it_watches(tmp_path: Path, guards: list[Guard]) -> None:
-    guard = Guard(tmp_path, 1000, "--windows", "3")
+    guard = Guard(tmp_path, 1000, "--detect-excess", "0.9")
     guards.append(guard)
     text = guard.scrape_until(lambda t: windows(t, "promote") >= 3)
     assert windows(text, "rollback") == 0 and windows(text, "hold") == 0  # every verdict is there from 0
@@ -101,7 +101,7 @@ def test_guard_serves_its_judgements_while_it_watches(tmp_path: Path, guards: li
 
     guard.proc.send_signal(signal.SIGINT)  # the guard runs until interrupted
     stderr = guard.finish()
-    judged = [r for r in json_log_lines(stderr) if r["message"] == "guard judged a window"]
+    judged = [r for r in json_log_lines(stderr) if r["message"] == "guard judged the evidence"]
     assert judged and all(r["verdict"] == "promote" for r in judged)
     served = [r for r in json_log_lines(stderr) if r["message"] == "guard metrics served"]
     assert [r["metrics_url"] for r in served] == [guard.url]
@@ -109,17 +109,17 @@ def test_guard_serves_its_judgements_while_it_watches(tmp_path: Path, guards: li
 
 
 def test_guard_serves_the_rollback_while_it_lingers_then_exits_1(tmp_path: Path, guards: list[Guard]) -> None:
-    guard = Guard(tmp_path, 1011, "--windows", "2", "--metrics-linger", "4")
+    guard = Guard(tmp_path, 1011, "--metrics-linger", "4")
     guards.append(guard)
     text = guard.scrape_until(lambda t: metric_value(t, ROLLBACKS) >= 1)
     rolled_back_seen = time.monotonic()
     assert metric_value(text, ROLLBACKS) == 1
-    assert windows(text, "rollback") == 2
+    assert windows(text, "rollback") == 1
     assert windows(text, "promote") == 0 and windows(text, "hold") == 0
     assert not guard.strict_enabled()  # the flag was disabled before the count went up
 
     again = guard.scrape()  # still served, unchanged: no judging while lingering
-    assert metric_value(again, ROLLBACKS) == 1 and windows(again, "rollback") == 2
+    assert metric_value(again, ROLLBACKS) == 1 and windows(again, "rollback") == 1
     assert metric_value(again, LAST) == metric_value(text, LAST)
 
     stderr = guard.finish()

@@ -191,6 +191,9 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
     assert option["--traces"] == file_exporter_dir and guard_mounts[file_exporter_dir]["read_only"] is True
     assert option["--metrics-host"] == "0.0.0.0"
     assert guard["restart"] == "no"  # a rollback must not be followed by a restart loop
+    from canaryws.cli.report import guard as guard_command
+
+    guard_command.make_context("guard", list(guard["command"][1:]))  # the options exist (click would exit 2)
 
     # Prometheus scrapes both replicas and the collector; its rule file is the mounted alerts.yml
     prom = load_yaml(PROMETHEUS_CONFIG)

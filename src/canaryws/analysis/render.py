@@ -178,9 +178,38 @@ def _mean_cell(side: Any) -> str:
     return mean if n is None else f"{mean} (n={fmt_count(n)})"
 
 
+def _rate_cell(side: Any) -> str:
+    side = _map(side)
+    return f"{fmt_rate(side.get('mean'))} ({fmt_count(side.get('events'))}/{fmt_count(side.get('n'))})"
+
+
+def _ratio_text(value: Any) -> str:
+    number = _number(value)
+    if number is None:
+        return "inf" if value == "inf" or (isinstance(value, float) and math.isinf(value)) else DASH
+    return f"{number:.3g}"
+
+
 def judgement_rows(report: Mapping[str, Any]) -> list[Row]:
+    """One row per metric. A rate-ratio metric shows its rates (events/connections), the ratio
+    with its always-valid interval as the effect, the tolerated ratio and floor, and its
+    always-valid p-value (1 / the highest e-value)."""
     rows: list[Row] = []
     for metric in _metrics(report):
+        if metric.get("test") == "rate-ratio":
+            interval = metric.get("ratio_interval") or [None, None]
+            tolerance = _map(metric.get("tolerance"))
+            rows.append((
+                str(metric.get("name", "?")),
+                _rate_cell(metric.get("lenient")),
+                _rate_cell(metric.get("strict")),
+                f"×{_ratio_text(metric.get('ratio'))} [{_ratio_text(interval[0])}, {_ratio_text(interval[1])}]",
+                f"×{_ratio_text(tolerance.get('ratio'))}, +{fmt_rate(tolerance.get('excess'))}",
+                fmt_p(metric.get("p_value")),
+                str(metric.get("result", DASH)),
+                "yes" if metric.get("critical") else "no",
+            ))
+            continue
         rows.append((
             str(metric.get("name", "?")),
             _mean_cell(metric.get("lenient")),

@@ -1,11 +1,12 @@
 """``canaryws report`` and ``canaryws guard``: judge the canary cohort against the baseline.
 
 ``report`` reads OTLP/JSON trace files once and prints the comparison and its verdict.
-``guard`` applies the same judgement to a moving window of the growing trace files and,
-after a rollback verdict in K consecutive windows, disables ``records.strict`` through the
-flag backend (the flags file, or the Unleash Admin API when ``UNLEASH_URL`` and
-``UNLEASH_ADMIN_TOKEN`` are set). The judgement rules are documented in
-``canaryws.analysis.judge`` and docs/report.md.
+``guard`` feeds the connections of the growing trace files, as they end, to the same
+anytime-valid rule (:class:`canaryws.analysis.guard.Guard`) and, once a critical metric
+fails, disables ``records.strict`` through the flag backend (the flags file, or the
+Unleash Admin API when ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN`` are set).
+``guard --replay`` runs that rule over recorded trace files on their own clock. The rules
+are documented in ``canaryws.analysis.judge`` and docs/report.md.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from canaryws.adapters.flags.unleash_admin import UnleashError
+from canaryws.analysis.guard import Guard
 from canaryws.analysis.judge import Rules, judge
-from canaryws.analysis.traces import Slice, TraceTail, expand_paths, in_window, load_slices
+from canaryws.analysis.traces import Slice, TraceTail, expand_paths, load_slices
 from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
 from canaryws.cli.flags import FlagBackend
 from canaryws.core.cohorts import STRICT_FLAG
@@ -100,14 +102,24 @@ def _traces_option(func: Callable[..., Any]) -> Callable[..., Any]:
     )(func)
 
 
+def _rollout_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--rollout", type=click.FloatRange(0, 100), default=None,
+                        help="Configured strict rollout in percent, for the sample-ratio check "
+                        "(default: the share recorded on each connection's summary).")(func)
+
+
 def _rules_options(func: Callable[..., Any]) -> Callable[..., Any]:
     defaults = Rules()
     options = [
-        click.option("--rollout", type=click.FloatRange(0, 100), default=None,
-                     help="Configured strict rollout in percent, for the sample-ratio check "
-                     "(default: the share recorded on each connection's summary)."),
-        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True), default=defaults.alpha, show_default=True,
-                     help="Significance level of each metric's one-sided Mann-Whitney U test."),
+        click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=defaults.alpha,
+                     show_default=True, help="The false-rollback probability (shared by the critical metrics; "
+                     "anytime-valid: it holds however often the evidence is looked at)."),
+        click.option("--detect-ratio", type=click.FloatRange(1, min_open=True), default=defaults.detect_ratio,
+                     show_default=True, help="A promote needs enough connections that a strict rate this many times "
+                     "the lenient one (or --detect-excess more) would have reached the rollback threshold."),
+        click.option("--detect-excess", type=click.FloatRange(0, 1, min_open=True), default=defaults.detect_excess,
+                     show_default=True, help="The absolute increase of a rate that matters where the lenient rate "
+                     "is near 0 (0.02: two percentage points)."),
         click.option("--min-connections", type=click.IntRange(1), default=defaults.min_connections,
                      show_default=True, help="Connections each cohort needs before it is judged."),
         click.option("--min-batches", type=click.IntRange(1), default=defaults.min_batches, show_default=True,
@@ -120,16 +132,17 @@ def _rules_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
-def _rules(alpha: float, min_connections: int, min_batches: int) -> Rules:
+def _rules(alpha: float, min_connections: int, min_batches: int, detect_ratio: float, detect_excess: float) -> Rules:
     return dataclasses.replace(
         Rules(), alpha=alpha, min_connections=min_connections, min_batches=min_batches,
-        min_values=min(Rules().min_values, min_connections),
+        min_values=min(Rules().min_values, min_connections), detect_ratio=detect_ratio, detect_excess=detect_excess,
     )
 
 
-def _evaluate(slices: Sequence[Slice], rules: Rules, rollout: float | None, retry_window_s: float) -> dict[str, Any]:
+def _evaluate(slices: Sequence[Slice], rules: Rules, rollout: float | None, retry_window_s: float,
+              start_ns: int | None = None) -> dict[str, Any]:
     units = build_units(slices, retry_window_s=retry_window_s)
-    return judge(units, rules, expected_strict_share=None if rollout is None else rollout / 100)
+    return judge(units, rules, expected_strict_share=None if rollout is None else rollout / 100, start_ns=start_ns)
 
 
 def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,6 +160,7 @@ def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
 @click.option("--since", default=None, help="Only connection summaries that ended after this time "
               "(ISO 8601, or a duration before now such as 15m).")
 @click.option("--until", default=None, help="Only connection summaries that ended before this time.")
+@_rollout_option
 @_rules_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the tables.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
@@ -157,6 +171,8 @@ def report(
     until: str | None,
     rollout: float | None,
     alpha: float,
+    detect_ratio: float,
+    detect_excess: float,
     min_connections: int,
     min_batches: int,
     retry_window: str,
@@ -165,13 +181,13 @@ def report(
 ) -> None:
     """Compare the strict (canary) and lenient (baseline) cohorts and give a verdict.
 
-    The unit of analysis is the connection. Each metric is judged in the manner of
-    Kayenta: a one-sided Mann-Whitney U test on per-connection values plus an
-    effect-size tolerance. What counts against the canary is what its clients suffer
-    (abnormal closes, error frames, retries: critical; latency: hold) and what reaches
-    downstream (accepted rate: hold); strict rejecting what lenient skipped does not.
-    Thin cohorts are inconclusive (hold); a cohort split that does not match the
-    configured rollout is a sample-ratio mismatch (hold).
+    The unit of analysis is the connection. What counts against the canary is what its
+    clients suffer (abnormal closes, error frames, retries: critical, judged by
+    anytime-valid rate-ratio tests with a relative tolerance and an absolute floor; latency:
+    hold) and what reaches downstream (accepted rate: hold); strict rejecting what lenient
+    skipped does not. Thin cohorts are inconclusive (hold), and so is too little evidence
+    to promote; a cohort split that does not match the configured rollout is a
+    sample-ratio mismatch (hold). The same rule as `canaryws guard`.
 
     Exit code: 0 promote, 1 rollback, 2 hold, 3 error. See docs/report.md.
     """
@@ -184,7 +200,8 @@ def report(
         slices = load_slices(files, since_ns, until_ns)
     except (ValueError, OSError) as error:
         raise _Failure(str(error)) from None
-    result = _evaluate(slices, _rules(alpha, min_connections, min_batches), rollout, retry_window_s)
+    rules = _rules(alpha, min_connections, min_batches, detect_ratio, detect_excess)
+    result = _evaluate(slices, rules, rollout, retry_window_s, since_ns)
     result["window"] = {
         "start": _iso(since_ns if since_ns is not None else min((s[1] for s in slices), default=None)),
         "end": _iso(until_ns if until_ns is not None else max((s[2] for s in slices), default=None)),
@@ -220,14 +237,17 @@ def report(
               help="Flags file to roll back (ignored when UNLEASH_URL and UNLEASH_ADMIN_TOKEN select the server).")
 @click.option("--interval", type=click.FloatRange(0.1), default=30.0, show_default=True,
               help="Seconds between judgements.")
-@click.option("--window", "window", type=str, default="5m", show_default=True,
-              help="Length of the moving window judged each time (e.g. 300s, 5m).")
-@click.option("--windows", "k", type=click.IntRange(1), default=3, show_default=True,
-              help="Roll back after a rollback verdict in this many consecutive windows.")
-@click.option("--once", is_flag=True, help="Judge the window once (K = 1) and exit.")
+@click.option("--since", default=None,
+              help="Start the evidence here (ISO 8601, or a duration before now such as 2h) instead of at the "
+              "first connection of the current configuration.")
+@click.option("--once", is_flag=True, help="Judge the evidence in the trace files once and exit.")
 @click.option("--dry-run", is_flag=True, help="Only say what would be done; change no flag.")
+@click.option("--replay", is_flag=True,
+              help="Run the rule over the trace files on their own clock, from their first connection to their last, "
+              "printing every judgement and the action it would take; change no flag.")
+@click.option("--json", "as_json", is_flag=True, help="With --replay: one JSON object per judgement.")
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
-              help="Serve Prometheus metrics (judged windows, rollbacks, last judgement) on this port "
+              help="Serve Prometheus metrics (judgements, rollbacks, last judgement) on this port "
               "at /metrics (default: no metrics).")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,
               help="Address the metrics endpoint binds (0.0.0.0 for every interface).")
@@ -239,29 +259,38 @@ def guard(
     traces: tuple[Path, ...],
     flags_path: Path,
     interval: float,
-    window: str,
-    k: int,
+    since: str | None,
     once: bool,
     dry_run: bool,
+    replay: bool,
+    as_json: bool,
     metrics_port: int | None,
     metrics_host: str,
     metrics_linger: float | None,
-    rollout: float | None,
     alpha: float,
+    detect_ratio: float,
+    detect_excess: float,
     min_connections: int,
     min_batches: int,
     retry_window: str,
 ) -> None:
-    """Watch the cohorts and disable records.strict after K consecutive rollback verdicts.
+    """Watch the cohorts and disable records.strict once a critical metric shows harm.
 
-    Every --interval seconds the connection summaries that ended in the last --window are
-    judged exactly as `canaryws report` judges them. After a rollback verdict in --windows
-    consecutive windows (1 with --once) the guard disables records.strict through the
-    flag backend, logs what it did and why, and exits 1. With --dry-run it only logs what
-    it would do (exit 1 still means "would have rolled back"). --once without a rollback
-    exits 0; otherwise the guard runs until interrupted.
+    The guard reads what the trace files gain every --interval seconds and feeds the
+    connections, as they end, to anytime-valid rate-ratio tests (abnormal closes, error
+    frames, retries; docs/report.md): the evidence accumulates since the current
+    configuration took effect (the strict share recorded on the summaries; --since to
+    choose), and the probability of rolling back a healthy canary stays below --alpha
+    however long it runs. When a critical metric fails it disables records.strict through
+    the flag backend, logs what it did and why, and exits 1. With --dry-run it only logs
+    what it would do (exit 1 still means "would have rolled back"). --once judges the
+    files as they are and exits (0 without a rollback).
 
-    With --metrics-port it serves canaryws_guard_windows_total{verdict},
+    --replay runs the same rule over recorded trace files on their own clock, every
+    --interval seconds of it, and prints each judgement and what the guard would have done;
+    it changes nothing (exit 1 if it would have rolled back, else 0).
+
+    With --metrics-port it serves canaryws_guard_windows_total{verdict} (judgements),
     canaryws_guard_rollbacks_total and canaryws_guard_last_judgement_timestamp_seconds at
     /metrics, and after a rollback keeps serving them for --metrics-linger seconds (default
     60; SIGTERM ends the wait) before it exits 1.
@@ -269,43 +298,46 @@ def guard(
     from canaryws.adapters.telemetry.logs import configure_logging
     from canaryws.cli.flags import open_backend
 
-    configure_logging()
+    now = time.time()
     try:
-        window_s = parse_duration(window)
         retry_window_s = parse_duration(retry_window)
+        since_ns = None if since is None else parse_time(since, now)
     except ValueError as error:
         raise _Failure(str(error)) from None
     if metrics_linger is not None and metrics_port is None:
         raise _Failure("--metrics-linger needs --metrics-port")
-    if once:
-        k = 1
-    rules = _rules(alpha, min_connections, min_batches)
+    if as_json and not replay:
+        raise _Failure("--json needs --replay")
+    rules = _rules(alpha, min_connections, min_batches, detect_ratio, detect_excess)
+    guard_state = Guard(rules, since_ns=since_ns, retry_window_s=retry_window_s)
+    if replay:
+        try:
+            slices = load_slices(expand_paths(traces), since_ns)
+        except (ValueError, OSError) as error:
+            raise _Failure(str(error)) from None
+        sys.exit(_replay(guard_state, slices, interval, as_json))
+    configure_logging()
     backend = open_backend(flags_path)
     metrics = None if metrics_port is None else GuardMetrics.serve(metrics_host, metrics_port)
     tail = TraceTail(list(traces))
-    kept: list[Slice] = []
-    streak = 0
     while True:
-        now_ns = time.time_ns()
-        kept.extend(tail.poll())
-        kept = list(in_window(kept, now_ns - int(window_s * 1e9), None))
-        result = _evaluate(kept, rules, rollout, retry_window_s)
+        guard_state.add_slices(tail.poll())
+        result = guard_state.judge(time.time_ns())
         verdict = result["verdict"]
-        streak = streak + 1 if verdict == "rollback" else 0
         if metrics is not None:
             metrics.judged(verdict)
         log.info(
-            "guard judged a window",
+            "guard judged the evidence",
             extra={
                 "verdict": verdict,
-                "consecutive_rollback_verdicts": streak,
-                "needed": k,
                 "reasons": result["reasons"],
-                "connections": {c: result["cohorts"][c]["connections"] for c in ("strict", "lenient")},
-                "window_seconds": window_s,
+                "connections": result["connections"],
+                "stage_start": _iso(result["stage"]["start_ns"]),
+                "strict_share": result["stage"]["strict_share"],
+                "e_values": {m["name"]: m["e_value"] for m in result["metrics"]},
             },
         )
-        if streak >= k:
+        if verdict == "rollback":
             _roll_back(backend, result, dry_run)
             if metrics is not None:
                 if not dry_run:
@@ -315,6 +347,52 @@ def guard(
         if once:
             sys.exit(0)
         time.sleep(interval)
+
+
+def replay_judgements(guard_state: Guard, slices: Sequence[Slice], interval: float) -> list[dict[str, Any]]:
+    """The judgements the guard would have made over ``slices``, every ``interval`` seconds
+    of their own clock (the slices each arrive when their span ended), up to its first
+    rollback or the last slice: each with its time and the action it takes."""
+    ordered = sorted(slices, key=lambda s: s[2])
+    if not ordered:
+        return []
+    step = int(interval * 1e9)
+    clock = ordered[0][2] + step
+    last = ordered[-1][2]
+    index = 0
+    judgements: list[dict[str, Any]] = []
+    while True:
+        upto = index
+        while upto < len(ordered) and ordered[upto][2] <= clock:
+            upto += 1
+        guard_state.add_slices(ordered[index:upto])
+        index = upto
+        result = guard_state.judge(clock)
+        result["time"] = _iso(clock)
+        result["action"] = f"disable {STRICT_FLAG}" if result["verdict"] == "rollback" else None
+        judgements.append(result)
+        if result["verdict"] == "rollback" or clock >= last:
+            return judgements
+        clock += step
+
+
+def _replay(guard_state: Guard, slices: Sequence[Slice], interval: float, as_json: bool) -> int:
+    judgements = replay_judgements(guard_state, slices, interval)
+    for result in judgements:
+        if as_json:
+            click.echo(json.dumps(result, allow_nan=False))
+            continue
+        e_values = ", ".join(f"{m['name']} e={m['e_value']:.3g}" for m in result["metrics"])
+        line = (f"{result['time']} {result['verdict']:<8} strict {result['connections']['strict']} / "
+                f"lenient {result['connections']['lenient']} connections; {e_values}")
+        click.echo(line + (f"; would {result['action']}" if result["action"] else ""))
+    if not judgements:
+        click.echo("no connection summaries to replay", err=True)
+    rolled_back = bool(judgements) and judgements[-1]["verdict"] == "rollback"
+    if rolled_back:
+        click.echo(f"the guard would have rolled back at {judgements[-1]['time']}: "
+                   f"{'; '.join(judgements[-1]['reasons'])}", err=True)
+    return 1 if rolled_back else 0
 
 
 def _roll_back(backend: FlagBackend, result: Mapping[str, Any], dry_run: bool) -> None:
@@ -343,7 +421,7 @@ class GuardMetrics:
 
         self.registry = registry
         self.address = ""
-        self._windows = Counter("canaryws_guard_windows", "Windows the guard judged, by verdict",
+        self._windows = Counter("canaryws_guard_windows", "Judgements the guard made, by verdict",
                                 ["verdict"], registry=registry)
         for verdict in EXIT_CODES:  # every verdict from 0, so rate() and increase() see the first one
             self._windows.labels(verdict=verdict)
