@@ -66,3 +66,11 @@ bench: install
 GUARD_ARGS ?=
 bench-guard: install
 	.venv/bin/python bench/guard_simulation.py $(GUARD_ARGS)
+
+# Hostile clients (bench/hostile.py; results in docs/benchmarks.md, "Worst-case frames"): the CPU of
+# the most expensive frames, and a victim's round trip while one client id sends them at its limits.
+#   make bench-hostile HOSTILE_ARGS="--quick"   a smoke run
+HOSTILE_ARGS ?=
+.PHONY: bench-hostile
+bench-hostile: install
+	.venv/bin/python bench/hostile.py $(HOSTILE_ARGS)

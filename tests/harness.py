@@ -125,6 +125,13 @@ class LoopbackUrls:
         return f"ws://127.0.0.1:{self.port}/records"
 
 
+# Every test client connects from 127.0.0.1: a fleet of many sources squeezed into one. The
+# handshake rates (per source address and per process, docs/contract.md "Limits") would turn
+# the suite's cohort sweeps of thousands of client ids into minutes of 429s, so a Service lifts
+# them unless its test sets them (tests/integration/test_hostile_clients.py tests the defaults).
+FLEET_ON_LOOPBACK = {"CANARYWS_MAX_SOURCE_HANDSHAKES_PER_SECOND": "0", "CANARYWS_MAX_HANDSHAKES_PER_SECOND": "0"}
+
+
 class Service(LoopbackUrls):
     """One ``canaryws serve`` subprocess with its own flags file and data dir."""
 
@@ -137,7 +144,8 @@ class Service(LoopbackUrls):
         self.flags_path.parent.mkdir(parents=True, exist_ok=True)
         self.write_flags(flags if flags is not None else flags_doc())
         self.port = free_port()
-        self.env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "100", "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.env = {**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "100", "PYTHONUNBUFFERED": "1", **FLEET_ON_LOOPBACK,
+                    **(env or {})}
         for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
             if env is None or var not in env:
                 self.env.pop(var, None)
@@ -171,8 +179,14 @@ class Service(LoopbackUrls):
             self._tokens = TokenAuthority.from_data_dir(self.data_dir)
         return self._tokens.issue(client_id)
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(f"{self.http_url}{path}", timeout=5)
+    def get(self, path: str, *, admin: bool = False) -> httpx.Response:
+        """GET ``path``; with ``admin``, sending the admin credential (``/readyz`` then shows
+        its details: paths, URLs, error text)."""
+        headers = {"Authorization": f"Bearer {self.admin_key()}"} if admin else None
+        return httpx.get(f"{self.http_url}{path}", headers=headers, timeout=5)
+
+    def admin_key(self) -> str:
+        return (self.data_dir / "admin.key").read_text().strip()
 
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -206,7 +220,7 @@ class Service(LoopbackUrls):
     def wait_for_revision(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 5.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
-            status = self.get("/readyz").json()["flags"]
+            status = self.get("/readyz", admin=True).json()["flags"]
             if predicate(status) or time.monotonic() > deadline:
                 return status
             time.sleep(0.05)

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.types import ASGIApp
 
-from canaryws.adapters.admin import ADMIN_KEY_FILE, admin_router, load_or_create_admin_key
+from canaryws.adapters.admin import ADMIN_KEY_FILE, admin_credential_check, admin_router, load_or_create_admin_key
 from canaryws.adapters.auth import TokenAuthority
 from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_source import FileFlagSource
@@ -150,6 +150,15 @@ def build_service(settings: Settings) -> Service:
             max_messages_per_second=settings.max_messages_per_second,
             message_burst=settings.message_burst,
             max_connections_per_client=settings.max_connections_per_client,
+            max_bytes_per_second=settings.max_bytes_per_second,
+            bytes_burst=settings.bytes_burst,
+            max_client_bytes_per_second=settings.max_client_bytes_per_second,
+            client_bytes_burst=settings.client_bytes_burst,
+            max_connections=settings.max_connections,
+            max_handshakes_per_second=settings.max_handshakes_per_second,
+            handshake_burst=settings.handshake_burst,
+            max_source_handshakes_per_second=settings.max_source_handshakes_per_second,
+            source_handshake_burst=settings.source_handshake_burst,
             send_timeout=settings.send_timeout,
             duplicate_id_window=settings.duplicate_id_window,
         ),
@@ -193,10 +202,12 @@ def build_service(settings: Settings) -> Service:
             # bounded flush of spans and metrics, off the event loop, in what is left of the budget
             await asyncio.to_thread(telemetry.shutdown, max(shutdown_deadline - time.monotonic(), 0.0))
 
-    app = FastAPI(title="canaryws", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # No OpenAPI document: it would list the admin routes to anyone.
+    app = FastAPI(title="canaryws", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(
         probes_router(
-            flags_status=flags.status, metrics_text=telemetry.metrics_text, telemetry_status=telemetry.status
+            flags_status=flags.status, metrics_text=telemetry.metrics_text, telemetry_status=telemetry.status,
+            is_admin=admin_credential_check(admin_credential),
         )
     )
 

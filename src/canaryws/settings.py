@@ -33,6 +33,20 @@ def _at_least_one(raw: str) -> int:
     return value
 
 
+def _non_negative(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:  # NaN too
+        raise ValueError("must be 0 (off) or more")
+    return value
+
+
+def _positive(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("must be more than 0")
+    return value
+
+
 def _strategy(raw: str) -> str:
     """``CANARYWS_DEFAULT_STRATEGY``: ``lenient`` or ``strict`` (any case)."""
     value = raw.strip().lower()
@@ -64,6 +78,17 @@ class Settings:
     max_messages_per_second: float = 500.0
     message_burst: int = 1000
     max_connections_per_client: int = 16
+    max_bytes_per_second: float = 1024 * 1024  # per connection; the work budget in frame characters
+    bytes_burst: int = 2 * 1024 * 1024
+    max_client_bytes_per_second: float = 4 * 1024 * 1024  # per client id (all its connections, per process)
+    client_bytes_burst: int = 4 * 1024 * 1024
+    # the door: incomplete requests, connections, new handshakes (see docs/contract.md, "Limits")
+    header_timeout: float = 10.0
+    max_connections: int = 4096  # per process, HTTP and WebSocket
+    max_handshakes_per_second: float = 200.0  # per process
+    handshake_burst: int = 400
+    max_source_handshakes_per_second: float = 20.0  # per source address, per process
+    source_handshake_burst: int = 40
     send_timeout: float = 10.0
     duplicate_id_window: int = 1024
     per_message_deflate: bool = False
@@ -116,6 +141,16 @@ class Settings:
             "max_messages_per_second": ("CANARYWS_MAX_MESSAGES_PER_SECOND", float),
             "message_burst": ("CANARYWS_MESSAGE_BURST", int),
             "max_connections_per_client": ("CANARYWS_MAX_CONNECTIONS_PER_CLIENT", int),
+            "max_bytes_per_second": ("CANARYWS_MAX_BYTES_PER_SECOND", _non_negative),
+            "bytes_burst": ("CANARYWS_BYTES_BURST", _at_least_one),
+            "max_client_bytes_per_second": ("CANARYWS_MAX_CLIENT_BYTES_PER_SECOND", _non_negative),
+            "client_bytes_burst": ("CANARYWS_CLIENT_BYTES_BURST", _at_least_one),
+            "header_timeout": ("CANARYWS_HEADER_TIMEOUT", _positive),
+            "max_connections": ("CANARYWS_MAX_CONNECTIONS", _at_least_one),
+            "max_handshakes_per_second": ("CANARYWS_MAX_HANDSHAKES_PER_SECOND", _non_negative),
+            "handshake_burst": ("CANARYWS_HANDSHAKE_BURST", _at_least_one),
+            "max_source_handshakes_per_second": ("CANARYWS_MAX_SOURCE_HANDSHAKES_PER_SECOND", _non_negative),
+            "source_handshake_burst": ("CANARYWS_SOURCE_HANDSHAKE_BURST", _at_least_one),
             "send_timeout": ("CANARYWS_SEND_TIMEOUT", float),
             "duplicate_id_window": ("CANARYWS_DUPLICATE_ID_WINDOW", int),
             "per_message_deflate": ("CANARYWS_PER_MESSAGE_DEFLATE", _boolean),

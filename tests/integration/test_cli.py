@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
+from canaryws.adapters.auth import TokenAuthority
 from harness import Service, flags_doc
 
 pytestmark = pytest.mark.integration
@@ -36,12 +37,83 @@ def test_token_issue_prints_a_token_the_service_accepts(tmp_path: Path) -> None:
         assert asyncio.run(scenario())["client_id"] == "cli-client"
 
 
-def test_token_issue_creates_an_owner_only_secret(tmp_path: Path) -> None:
-    done = canaryws("token", "issue", "x-1", "--data-dir", str(tmp_path / "d"))
-    assert done.returncode == 0
-    assert oct((tmp_path / "d" / "secret.key").stat().st_mode & 0o777) == "0o600"
-    bad = canaryws("token", "issue", "bad id", "--data-dir", str(tmp_path / "d"))
-    assert bad.returncode == 2 and "client id" in bad.stderr
+def test_token_issue_signs_client_properties_into_the_token(tmp_path: Path) -> None:
+    with Service(tmp_path) as service:
+        # serve created the secret on its first start, owner-only
+        secret = service.data_dir / "secret.key"
+        assert secret.stat().st_mode & 0o777 == 0o600 and secret.stat().st_uid == os.geteuid()
+        done = canaryws("token", "issue", "prop-client", "--property", "clientVersion=2.4.1",
+                        "--property", "tier=gold", "--data-dir", str(service.data_dir))
+        assert done.returncode == 0, done.stderr
+        identity = TokenAuthority.from_data_dir(service.data_dir).verify(done.stdout.strip().splitlines()[-1])
+        assert (identity.client_id, dict(identity.properties)) == ("prop-client", {"clientVersion": "2.4.1",
+                                                                                   "tier": "gold"})
+        assert "clientVersion='2.4.1'" in done.stderr
+        for args, message in [
+            (["--property", "userId=someone"], "Unleash context field"),
+            (["--property", "clientVersion"], "NAME=VALUE"),
+            (["--property", "client version=1"], "letters, digits and _"),
+            (["--property", "clientVersion=" + "9" * 129], "1-128 characters"),
+            (["--property", "a=1", "--property", "a=2"], "given twice"),
+        ]:
+            bad = canaryws("token", "issue", "prop-client", *args, "--data-dir", str(service.data_dir))
+            assert bad.returncode == 2 and message in bad.stderr and "--property" in bad.stderr, bad.stderr
+            assert bad.stdout == "" and "Traceback" not in bad.stderr
+        bad = canaryws("token", "issue", "bad id", "--data-dir", str(service.data_dir))
+        assert bad.returncode == 2 and "client id" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("token", "issue", "x-1"), ("token", "revoke", "--client", "x-1"), ("token", "revoked")],
+    ids=["issue", "revoke", "revoked"],
+)
+def test_token_commands_refuse_a_data_dir_no_service_initialised(tmp_path: Path, command: tuple[str, ...]) -> None:
+    """``./data`` is relative: run elsewhere, a token command must not make a secret or a list no service reads."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for extra, cwd, shown in [([], elsewhere, elsewhere / "data"), (["--data-dir", "empty"], tmp_path, empty)]:
+        done = canaryws(*command, *extra, cwd=cwd)
+        assert done.returncode == 1, done.stderr
+        assert f"{shown} is not the data dir of a service" in done.stderr
+        assert "--data-dir" in done.stderr and "CANARYWS_DATA_DIR" in done.stderr and "Traceback" not in done.stderr
+        assert done.stdout == ""
+    assert not (elsewhere / "data").exists() and list(empty.iterdir()) == []
+
+
+def test_token_commands_use_the_service_data_dir_from_its_directory_or_the_environment(tmp_path: Path) -> None:
+    with Service(tmp_path) as service:  # its data dir is <root>/data: ./data seen from the root
+        done = canaryws("token", "issue", "rel-client", cwd=service.root)
+        assert done.returncode == 0, done.stderr
+        assert TokenAuthority.from_data_dir(service.data_dir).verify(done.stdout.strip()).client_id == "rel-client"
+        env_run = subprocess.run([sys.executable, "-m", "canaryws", "token", "revoke", "--client", "rel-client"],
+                                 capture_output=True, text=True, timeout=60, cwd=tmp_path.parent,
+                                 env={**os.environ, "CANARYWS_DATA_DIR": str(service.data_dir)})
+        assert env_run.returncode == 0, env_run.stderr
+        assert "rel-client" in json.loads((service.data_dir / "revoked.json").read_text())["clients"]
+
+
+@pytest.mark.parametrize(("owner", "mode"), [(65534, 0o600), (None, 0o644), (None, 0o660)],
+                         ids=["another-users", "world-readable", "group-writable"])
+def test_token_commands_refuse_a_secret_that_is_not_the_service_users_own(
+    tmp_path: Path, owner: int | None, mode: int
+) -> None:
+    data = tmp_path / "data"
+    TokenAuthority.from_data_dir(data)
+    secret = data / "secret.key"
+    secret.chmod(mode)
+    if owner is not None:
+        os.chown(secret, owner, -1)
+    for command in (("token", "issue", "x-1"), ("token", "revoke", "--client", "x-1"), ("token", "revoked")):
+        done = canaryws(*command, "--data-dir", str(data))
+        assert done.returncode == 1 and done.stdout == "", done.stderr
+        assert f"token secret {secret}" in done.stderr and "Traceback" not in done.stderr
+        assert ("planted" if owner is not None else "group or others can") in done.stderr
+    assert not (data / "revoked.json").exists()
+    assert secret.stat().st_mode & 0o777 == mode  # left as it was: not chmod'ed, not chown'ed
+    assert secret.stat().st_uid == (owner if owner is not None else os.geteuid())
 
 
 def test_operator_ramps_a_running_service_with_the_cli(tmp_path: Path) -> None:

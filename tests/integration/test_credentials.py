@@ -21,6 +21,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
+from canaryws.adapters.admin import AdminKeyError, load_or_create_admin_key
 from canaryws.adapters.auth import TokenAuthority
 from harness import PROTOCOL, Service, flags_doc, free_port, run_cli, send_batch
 
@@ -286,6 +287,94 @@ def test_the_default_admin_credential_is_created_owner_only_and_kept(tmp_path: P
     with svc:
         assert admin_key(svc) == first
         assert admin(svc, "GET", "/admin/revocations", credential=first).status_code == 200
+
+
+OTHER_UID = 65534  # nobody: "another user" (the suite runs as root; the checks compare with os.geteuid())
+
+
+@pytest.mark.parametrize("name", ["secret.key", "admin.key"])
+@pytest.mark.parametrize(("owner", "mode", "reason"), [
+    (OTHER_UID, 0o600, "planted"),
+    (None, 0o644, "group or others can read it"),
+    (None, 0o622, "group or others can write it"),
+], ids=["another-users", "world-readable", "writable"])
+def test_serve_refuses_a_credential_file_that_is_not_the_service_users_own(
+    tmp_path: Path, name: str, owner: int | None, mode: int, reason: str
+) -> None:
+    """A secret.key (or admin.key) someone else planted in the data dir would let them forge tokens
+    (or call the admin API): the service does not start on it, and leaves it as it is."""
+    data = tmp_path / "svc" / "data"
+    data.mkdir(parents=True)
+    planted = data / name
+    planted.write_text(secrets.token_hex(32) + "\n")
+    planted.chmod(mode)
+    if owner is not None:
+        os.chown(planted, owner, -1)
+    svc = Service(tmp_path / "svc")
+    with pytest.raises(RuntimeError, match="service exited"):
+        svc.start(timeout=30)
+    logs = svc.logs()
+    assert "cannot start" in logs and f"{planted}" in logs and reason in logs and "Traceback" not in logs
+    assert planted.stat().st_mode & 0o777 == mode  # not chmod'ed
+    assert planted.stat().st_uid == (owner if owner is not None else os.geteuid())
+
+
+def test_a_token_forged_with_a_planted_secret_never_gets_in(tmp_path: Path) -> None:
+    """The scenario of the issue: another user plants secret.key, forges a token with it, and the
+    service must not accept it. It does not start; once the operator removes the file, the service
+    makes its own secret and the forged token is refused."""
+    data = tmp_path / "svc" / "data"
+    data.mkdir(parents=True)
+    planted = data / "secret.key"
+    planted.write_text("f" * 64 + "\n")
+    planted.chmod(0o600)
+    os.chown(planted, OTHER_UID, -1)
+    forged = TokenAuthority(b"f" * 64).issue("forger")
+    svc = Service(tmp_path / "svc")
+    with pytest.raises(RuntimeError, match="service exited"):
+        svc.start(timeout=30)
+    planted.unlink()
+    with svc:
+        assert asyncio.run(refusal(svc, forged)) == (401, {"error": "invalid_token", "detail": "token is not valid"})
+
+
+@pytest.mark.parametrize(("owner", "mode", "accepted"), [
+    (None, 0o600, True),
+    (None, 0o440, True),  # a mounted secret readable by the pod's group: accepted, with a warning
+    (None, 0o644, True),
+    (None, 0o620, False),
+    (None, 0o602, False),
+    (OTHER_UID, 0o400, False),
+], ids=["private", "group-readable", "world-readable", "group-writable", "world-writable", "another-users"])
+def test_the_operators_admin_credential_file_may_be_readable_but_never_writable_by_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, owner: int | None, mode: int, accepted: bool
+) -> None:
+    key_file = tmp_path / "admin-credential"
+    key_file.write_text(secrets.token_hex(24) + "\n")
+    key_file.chmod(mode)
+    if owner is not None:
+        os.chown(key_file, owner, -1)
+    if accepted:
+        assert len(load_or_create_admin_key(key_file, create=False)) == 48
+        assert ("readable by others than its owner" in caplog.text) == bool(mode & 0o077)
+    else:
+        with pytest.raises(AdminKeyError, match=f"admin credential {key_file}") as refused:
+            load_or_create_admin_key(key_file, create=False)
+        assert "planted" in str(refused.value) if owner is not None else "can write it" in str(refused.value)
+    assert key_file.stat().st_mode & 0o777 == mode
+
+
+def test_the_default_admin_credential_must_be_private_to_the_service_user(tmp_path: Path) -> None:
+    key_file = tmp_path / "admin.key"
+    created = load_or_create_admin_key(key_file, create=True)
+    assert key_file.stat().st_mode & 0o777 == 0o600 and load_or_create_admin_key(key_file, create=True) == created
+    key_file.chmod(0o640)
+    with pytest.raises(AdminKeyError, match="group or others can read it"):
+        load_or_create_admin_key(key_file, create=True)
+    key_file.chmod(0o600)
+    os.chown(key_file, OTHER_UID, -1)
+    with pytest.raises(AdminKeyError, match="planted"):
+        load_or_create_admin_key(key_file, create=True)
 
 
 # -- no secret reaches logs, traces or metrics ---------------------------------------------------

@@ -6,6 +6,7 @@
   and the exporter recovers when the collector does;
 - the trace file's disk full (the file is a symlink to ``/dev/full``, where every write
   fails with ENOSPC), recovering when the path names a writable file again;
+- the trace file at its size cap: rotated to one backup, owner-only, nothing lost;
 - the flags file deleted while the service runs, then recreated;
 - the Unleash server down when the service starts, then up (an outage in the middle of
   a run is covered by tests/integration/test_unleash_backend.py).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import http.server
 import os
+import stat
 import statistics
 import threading
 import time
@@ -26,12 +28,15 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from harness import Service, UnleashServer, flags_doc, free_port, metric_value, send_batch
+from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.analysis.traces import expand_paths, load_slices
+from harness import Service, UnleashServer, flags_doc, free_port, metric_value, run_cli, send_batch
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 RECORDS = ["ok", " v ", "", None]  # every strategy answers every index; strict rejects two
 DROPPED = "canaryws_telemetry_spans_dropped_total"
+ROTATIONS = "canaryws_telemetry_trace_file_rotations_total"
 CONNECTIONS = 20  # batches per connection stay below the per-connection burst allowance
 OTLP_TIMEOUT_S = 2  # the exporter's per-export deadline, retries included
 
@@ -52,7 +57,7 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def telemetry_status(service: Service) -> dict[str, Any]:
-    ready = service.get("/readyz")
+    ready = service.get("/readyz", admin=True)  # with the details (targets, errors)
     assert ready.status_code == 200, ready.text  # losing telemetry never costs readiness
     status: dict[str, Any] = ready.json()["telemetry"]
     return status
@@ -316,6 +321,53 @@ def test_a_full_disk_under_the_trace_file_is_counted_reported_once_and_recovers(
         assert any("writes succeed again" in m for m in messages), messages
         assert len(telemetry_logs(service, "WARNING")) == 1
     assert "Traceback" not in service.logs()
+
+
+def test_the_trace_file_rotates_at_its_cap_stays_owner_only_and_loses_nothing(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    trace_file = data_dir / "traces.jsonl"
+    trace_file.write_bytes(b"\n")
+    trace_file.chmod(0o644)  # left world-readable by an earlier version
+    cap = 128 * 1024
+    with Service(tmp_path, flags_doc(strict_rollout=50), env={"CANARYWS_TRACE_FILE_MAX_BYTES": "128KiB"}) as service:
+        assert stat.S_IMODE(trace_file.stat().st_mode) == 0o600  # made owner-only at start
+        run_batches(service, "early", 400)
+        wait_for(lambda: metric_value(service.get("/metrics").text, ROTATIONS) >= 2, 10, "the trace file rotated")
+        # The two files always hold at least the last `cap` bytes less one line: the latest
+        # connections (one batch each, well under 128 KiB of spans) are all there.
+        run_batches(service, "late", CONNECTIONS)
+
+        def late_batches() -> int:
+            files = [trace_file, trace_file.with_name("traces.old.jsonl")]
+            spans = [span for path in files if path.exists() for span in read_otlp_json_lines(path)]
+            return sum(span["attributes"].get("canaryws.batch.id", "").startswith("late-") for span in spans)
+
+        wait_for(lambda: late_batches() == CONNECTIONS, 10, "the latest batches are all in the trace files")
+        status = telemetry_status(service)
+        assert status["traces"] == "ok" and status["dropped_spans"] == 0, status
+        rotations = metric_value(service.get("/metrics").text, ROTATIONS)
+        rotated = [r for r in telemetry_logs(service, "INFO") if f"reached max_bytes={cap}" in r["message"]]
+        assert len(rotated) == rotations, rotated
+        assert telemetry_logs(service, "WARNING") == []
+    assert sorted(p.name for p in data_dir.glob("traces*")) == ["traces.jsonl", "traces.old.jsonl"]
+    for path in data_dir.glob("traces*"):
+        assert path.stat().st_size <= cap and stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    # `report --traces <data-dir>` reads the backup too: the late connections' summaries are there.
+    assert expand_paths([data_dir]) == [trace_file, data_dir / "traces.old.jsonl"]
+    clients = {summary.client_id for summary, _, _ in load_slices(expand_paths([data_dir]))}
+    assert {f"late-{c}" for c in range(CONNECTIONS)} <= clients
+    report = run_cli("report", "--traces", str(data_dir), "--json")
+    assert report.returncode in (0, 1, 2), report.stderr
+    assert "Traceback" not in service.logs()
+
+
+def test_a_bad_trace_file_cap_stops_serve_with_a_clear_message(tmp_path: Path) -> None:
+    service = Service(tmp_path, flags_doc(), env={"CANARYWS_TRACE_FILE_MAX_BYTES": "256"})
+    with pytest.raises(RuntimeError, match="exited with"):
+        service.start(timeout=20)
+    service.stop()
+    assert "CANARYWS_TRACE_FILE_MAX_BYTES='256' is below the minimum of 64KiB" in service.logs()
 
 
 # ---------------------------------------------------------------------- flags file

@@ -2,7 +2,9 @@
 the test's ports) as the WebSocket load balancer, both taking their flags from one real Unleash
 server and sharing the token secret. A client id gets the same cohort through either replica; a
 flag change reaches both; a rolling restart (SIGTERM to one replica) loses no answer and
-duplicates none, as clients reconnect through nginx and resend what was not answered."""
+duplicates none, as clients reconnect through nginx and resend what was not answered. No token
+reaches nginx's logs, not even when a restart makes nginx log refused connects of browser clients
+(``?access_token=``); the replicas rate-limit handshakes by the client address nginx forwards."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import shutil
 import subprocess
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from canaryws.core.flagdoc import validate_flags_data
 from harness import (
@@ -75,10 +77,11 @@ def render_site(conf: str, listen_port: int, replica_ports: list[int], log_dir: 
 class Nginx(LoopbackUrls):
     """nginx in the foreground, everything (pid, logs, temp files) under ``root``."""
 
-    def __init__(self, root: Path, replica_ports: list[int]) -> None:
+    def __init__(self, root: Path, replica_ports: list[int], edit: Callable[[str], str] | None = None) -> None:
         self.root = root
         self.port = free_port()
         self.replica_ports = replica_ports
+        self.edit = edit  # a change to the shipped file (a control experiment), applied before rendering
         self.conf = root / "nginx.conf"
         self.access_log = root / "canaryws.access.log"
         self.error_log = root / "canaryws.error.log"
@@ -87,7 +90,8 @@ class Nginx(LoopbackUrls):
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        site = render_site(SITE_CONF.read_text(), self.port, self.replica_ports, self.root)
+        conf = SITE_CONF.read_text()
+        site = render_site(self.edit(conf) if self.edit else conf, self.port, self.replica_ports, self.root)
         (self.root / "canaryws.conf").write_text(site)
         temp = "\n".join(f"    {kind}_temp_path {self.root / kind};"
                          for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -122,6 +126,11 @@ class Nginx(LoopbackUrls):
 
     def access_lines(self) -> list[str]:
         return self.access_log.read_text(errors="replace").splitlines() if self.access_log.exists() else []
+
+    def logs(self) -> dict[str, str]:
+        """Every file nginx wrote to: access log, the site's error log, the main error log, stdout/stderr."""
+        return {p.name: p.read_text(errors="replace") for p in
+                (self.access_log, self.error_log, self.main_log, self.root / "nginx.out") if p.exists()}
 
 
 @pytest.fixture(scope="module")
@@ -200,10 +209,10 @@ class Cluster:
 
     @contextlib.asynccontextmanager
     async def client(self, client_id: str, *, token: str | None = None, query_token: bool = False,
-                     headers: dict[str, str] | None = None) -> AsyncIterator[Connected]:
-        """A client connected through nginx, and its welcome frame. The token goes in the
-        ``Authorization`` header, or with ``query_token`` as a browser sends it (``?access_token=``)."""
-        url, extra, token = self.nginx.ws_url, dict(headers or {}), token or self.token(client_id)
+                     headers: dict[str, str] | None = None, via: Nginx | None = None) -> AsyncIterator[Connected]:
+        """A client connected through nginx (``via``, else the cluster's), and its welcome frame. The token
+        goes in the ``Authorization`` header, or with ``query_token`` as a browser sends it (``?access_token=``)."""
+        url, extra, token = (via or self.nginx).ws_url, dict(headers or {}), token or self.token(client_id)
         if query_token:
             url += f"?access_token={token}"
         else:
@@ -360,26 +369,18 @@ def test_a_flag_change_reaches_both_replicas(cluster: Cluster) -> None:
 
 
 def test_nginx_forwards_the_client_address_and_logs_no_token(cluster: Cluster) -> None:
+    """nginx passes the client's address on (X-Forwarded-For, which the replicas trust from it: see
+    the next test for what they do with it) and logs neither kind of token."""
     header_token, query_token = cluster.token("log-header"), cluster.token("log-query")
 
-    async def scenario() -> list[dict[str, Any]]:
-        welcomes = []
+    async def scenario() -> None:
         async with cluster.client("log-header", token=header_token,
-                                  headers={"X-Forwarded-For": "198.51.100.23"}) as (ws, welcome):
+                                  headers={"X-Forwarded-For": "198.51.100.23"}) as (ws, _):
             assert (await send_batch(ws, "b-1", ["x"]))[-1]["type"] == "result"
-            welcomes.append(welcome)
-        async with cluster.client("log-query", token=query_token, query_token=True) as (ws, welcome):
+        async with cluster.client("log-query", token=query_token, query_token=True) as (ws, _):
             assert (await send_batch(ws, "b-1", ["x"]))[-1]["type"] == "result"
-            welcomes.append(welcome)
-        return welcomes
 
-    by_header, _ = asyncio.run(scenario())
-    # The replica saw the address the client's X-Forwarded-For named (nginx appended its peer,
-    # which uvicorn trusts), not nginx's.
-    replica = cluster.replica_of(by_header["connection_id"])
-    (accepted,) = [r for r in cluster.logs[replica].records if r.get("connection_id") == by_header["connection_id"]
-                   and r.get("logger") == "uvicorn.error" and r["message"].endswith("[accepted]")]
-    assert accepted["message"].startswith("198.51.100.23:"), accepted
+    asyncio.run(scenario())
 
     # Access log lines are written when the WebSocket ends.
     deadline = time.monotonic() + 5
@@ -393,12 +394,49 @@ def test_nginx_forwards_the_client_address_and_logs_no_token(cluster: Cluster) -
         assert secret not in text, f"{secret[:20]}... in the access log"
     for service in cluster.replicas:
         assert header_token not in service.logs() and query_token not in service.logs()
+    # the replica logs the client's address (the one X-Forwarded-For named), not nginx's
+    accepted = [r for service in cluster.replicas for r in service.log_records()
+                if r.get("message") == "connection accepted" and r.get("client_id") == "log-header"]
+    assert [r["client_address"] for r in accepted] == ["198.51.100.23"], accepted
 
     # Only the endpoint and the probes are public.
     assert httpx.get(f"{cluster.nginx.http_url}/readyz", timeout=5).status_code == 200
     for path in ("/metrics", "/admin/revocations"):
         assert httpx.get(f"{cluster.nginx.http_url}{path}", timeout=5).status_code == 404, path
 
+
+
+def test_the_replicas_limit_handshakes_per_client_address_behind_nginx(nginx_binary: Path, tmp_path: Path) -> None:
+    """A replica behind nginx applies its per-source handshake limit (docs/contract.md "Limits") to
+    the address X-Forwarded-For names (nginx appends its peer; uvicorn trusts it from 127.0.0.1),
+    not to nginx's own address: one address over its burst is refused (429), another still gets in.
+    If the replica keyed on nginx's address, every client behind nginx would share one budget."""
+    env = {"CANARYWS_MAX_SOURCE_HANDSHAKES_PER_SECOND": "0.01", "CANARYWS_SOURCE_HANDSHAKE_BURST": "2"}
+    with Service(tmp_path / "replica", flags_doc(), env=env) as replica:
+        nginx = Nginx(tmp_path / "nginx", [replica.port]).start()
+        token = replica.token("behind-nginx")
+        try:
+            async def handshake(address: str) -> int:
+                headers = {"Authorization": f"Bearer {token}", "X-Forwarded-For": address}
+                try:
+                    async with connect(nginx.ws_url, additional_headers=headers,
+                                       subprotocols=[PROTOCOL], open_timeout=10):  # type: ignore[list-item]
+                        return 101
+                except InvalidStatus as refused:
+                    return refused.response.status_code
+
+            async def scenario() -> list[int]:
+                return [await handshake(address) for address in
+                        ("198.51.100.23", "198.51.100.23", "198.51.100.23", "203.0.113.7")]
+
+            assert asyncio.run(scenario()) == [101, 101, 429, 101]
+        finally:
+            nginx.stop()
+        lines = nginx.access_lines()
+        assert [line.split('"GET /records HTTP/1.1" ')[1][:3] for line in lines if "/records" in line] == [
+            "101", "101", "429", "101"], lines
+        for name, text in nginx.logs().items():
+            assert token not in text, name
 
 # -- rolling restart ------------------------------------------------------------------
 
@@ -581,3 +619,150 @@ def test_rolling_restart_through_nginx_loses_and_duplicates_no_answer(
     print(f"batches sent {sum(len(r.sent) for r in runs)}; moved clients {len(moved)}: answered after the burst "
           f"{sum(r.connections[0].results - (r.burst_sent_at or 0) for r in moved)}, unanswered at the 1012 and "
           f"resent {sum(len(r.resent) for r in moved)}; failovers in nginx {len(failed_over)}")
+
+
+# -- no token in nginx's logs ---------------------------------------------------------
+
+
+def without_records_error_log(conf: str) -> str:
+    """The control: the shipped file without its one defence for /records' error log, so that
+    /records logs at the server's level (warn) like any location."""
+    site, n = re.subn(r"^\s*error_log /dev/null;\n", "", conf, flags=re.M)
+    assert n == 1, "deploy/nginx/canaryws.conf no longer sets `error_log /dev/null;` in /records"
+    return site
+
+
+async def hold(cluster: Cluster, nginx: Nginx, client_id: str, token: str, stop: asyncio.Event,
+               connections: list[str]) -> None:
+    """A browser-like client (token in the URL) holding a WebSocket through ``nginx``; when the
+    replica closes it with 1012, it reconnects at once, as docs/contract.md asks."""
+    while True:
+        async with cluster.client(client_id, token=token, query_token=True, via=nginx) as (ws, welcome):
+            connections.append(welcome["connection_id"])
+            closed, stopping = asyncio.create_task(ws.wait_closed()), asyncio.create_task(stop.wait())
+            await asyncio.wait({closed, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            closed.cancel()
+            stopping.cancel()
+            if stop.is_set():
+                return
+            assert ws.close_code == 1012, f"{client_id}: closed with {ws.close_code}"
+
+
+def test_a_replica_restart_leaves_no_token_in_nginx_logs(
+        nginx_binary: Path, tmp_path: Path, unleash: UnleashServer) -> None:
+    """Browsers (``?access_token=``) connected through nginx while one replica is stopped (SIGTERM)
+    and started again: nginx's connects to the stopped replica are refused, which nginx logs as
+    errors quoting the request line (the control, the same file without `error_log /dev/null` in
+    /records, shows the tokens landing in its error log). With the shipped file no token value is in
+    any file nginx writes, while the access log records every connection, failover and refusal, and
+    the error log still gets the probes' upstream errors (with no query string possible)."""
+    set_flags(unleash, enabled=True, rollout=50)
+    held: dict[str, list[str]] = {}  # client id -> its connection ids, in order
+    shipped_tokens: dict[str, str] = {}
+    control_tokens: dict[str, str] = {}
+    with Cluster(tmp_path, unleash) as cluster:
+        cluster.wait_server_revision()
+        stopped, kept = cluster.replicas
+        ports = [r.port for r in cluster.replicas]
+        control = Nginx(tmp_path / "nginx-control", ports, edit=without_records_error_log).start()
+        probes = Nginx(tmp_path / "nginx-probes", ports).start()  # no WebSocket: fresh upstream state
+        stray = cluster.token("stray")
+        try:
+            async def scenario() -> None:
+                stop = asyncio.Event()
+                tasks: list[asyncio.Task[None]] = []
+                try:
+                    # Four held connections through each nginx, one at a time: least_conn puts two on
+                    # each replica, so each nginx has clients to move off the stopped one.
+                    for nginx, tokens, prefix in ((cluster.nginx, shipped_tokens, "shipped"),
+                                                  (control, control_tokens, "control")):
+                        for i in range(4):
+                            client_id = f"{prefix}-{i}"
+                            tokens[client_id] = cluster.token(client_id)
+                            held[client_id] = []
+                            tasks.append(asyncio.create_task(
+                                hold(cluster, nginx, client_id, tokens[client_id], stop, held[client_id])))
+                            await until(lambda c=client_id: bool(held[c]), 10, f"{client_id} connected", tasks)
+                    first = {c: await asyncio.to_thread(cluster.replica_of, conns[0]) for c, conns in held.items()}
+                    for prefix in ("shipped", "control"):
+                        on = sorted(r for c, r in first.items() if c.startswith(prefix))
+                        assert on == [0, 0, 1, 1], f"{prefix}: replicas of the held connections {first}"
+
+                    send_signal(stopped)
+                    status = await asyncio.to_thread(wait_exit, stopped, 15)
+                    assert status == 0, f"exit status {status}:\n{stopped.logs()[-3000:]}"
+                    moved = [c for c, r in first.items() if r == 0]
+                    await until(lambda: all(len(held[c]) >= 2 for c in moved), 20, "the moved clients reconnected",
+                                tasks)
+
+                    # While it is down: the probes through a fresh nginx meet the refusal too, and
+                    # requests with a token where none belongs are turned away.
+                    for _ in range(4):
+                        assert httpx.get(f"{probes.http_url}/healthz", timeout=5).status_code == 200
+                    for path in (f"/healthz?access_token={stray}", f"/records&access_token={stray}",
+                                 f"/records/{stray}", "/metrics"):
+                        response = httpx.get(f"{cluster.nginx.http_url}{path}", timeout=5)
+                        assert response.status_code == 404, (path[:24], response.status_code)
+
+                    # Started again, it gets connections again once nginx's fail_timeout (10 s) is over.
+                    await asyncio.to_thread(stopped.start)
+                    deadline = time.monotonic() + 20
+                    n = 0
+                    while True:
+                        client_id = f"after-{n}"
+                        shipped_tokens[client_id] = await asyncio.to_thread(cluster.token, client_id)
+                        async with cluster.client(client_id, token=shipped_tokens[client_id],
+                                                  query_token=True) as (_, welcome):
+                            replica = await asyncio.to_thread(cluster.replica_of, welcome["connection_id"])
+                        if replica == 0:
+                            break
+                        assert time.monotonic() < deadline, "the restarted replica got no connection from nginx"
+                        n += 1
+                        await asyncio.sleep(0.5)
+                finally:
+                    stop.set()
+                    outcomes = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+
+            asyncio.run(scenario())
+        finally:
+            control.stop()
+            probes.stop()
+    # nginx is stopped: every access-log line (written as each WebSocket ends) is in the files.
+
+    # The control: without `error_log /dev/null` in /records, the refused connects quote the tokens.
+    control_errors = control.logs()["canaryws.error.log"]
+    assert "connect() failed" in control_errors and "while connecting to upstream" in control_errors, control_errors
+    leaked = [c for c, token in control_tokens.items() if token in control_errors]
+    assert leaked, f"the control scenario put no token in the error log, so it proves nothing:\n{control_errors}"
+
+    # The shipped file: no token value, and not the parameter either, in any file nginx wrote.
+    tokens = [*shipped_tokens.values(), stray]
+    for nginx in (cluster.nginx, probes):
+        for name, text in nginx.logs().items():
+            for token in tokens:
+                assert token not in text, f"a token in {nginx.root.name}/{name}"
+            assert "access_token" not in text, f"access_token in {nginx.root.name}/{name}:\n{text[-2000:]}"
+            assert "Bearer" not in text, f"Bearer in {nginx.root.name}/{name}"
+
+    # What is recorded instead. The access log: every connection (101), the failovers, the refused
+    # strays (their path redacted when it holds the token)...
+    access = cluster.nginx.access_lines()
+    connections = sum(len(conns) for c, conns in held.items() if c.startswith("shipped")) + sum(
+        c.startswith("after-") for c in shipped_tokens)
+    assert sum('"GET /records HTTP/1.1" 101 ' in line for line in access) == connections, access[-20:]
+    failed_over = [line for line in access if f"upstream=127.0.0.1:{stopped.port}, 127.0.0.1:{kept.port} " in line]
+    assert failed_over and all("upstream_status=502, 101" in line for line in failed_over), access[-20:]
+    assert any('"GET /healthz HTTP/1.1" 404 ' in line for line in access), access[-10:]
+    assert sum('"GET [REDACTED] HTTP/1.1" 404 ' in line for line in access) == 2, access[-10:]
+    # ...and /records wrote nothing to the error log: its upstream errors are not logged, by design.
+    assert 'request: "GET /records' not in cluster.nginx.logs().get("canaryws.error.log", "")
+    # The error log keeps the probes' refused connects, whose request line holds no query string.
+    probe_errors = probes.logs()["canaryws.error.log"]
+    refused = [line for line in probe_errors.splitlines() if "connect() failed" in line]
+    assert refused, probe_errors
+    assert all(f'upstream: "http://127.0.0.1:{stopped.port}/healthz"' in line and
+               'request: "GET /healthz HTTP/1.1"' in line for line in refused), refused
+

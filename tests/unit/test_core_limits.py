@@ -43,6 +43,32 @@ def test_a_flood_is_paced_to_the_rate(gaps: list[float]) -> None:
     assert len(gaps) <= burst + rate * now + 1e-6
 
 
+def test_a_byte_budget_takes_the_frame_size() -> None:
+    bucket = TokenBucket(rate=1000.0, burst=1500, now=0.0)
+    assert bucket.take(0.0, 1000) == 0.0
+    assert bucket.take(0.0, 1000) == pytest.approx(0.5)  # 500 short at 1000/s
+    assert bucket.take(0.5, 1000) == pytest.approx(1.0)  # the debt repaid, then 1000 more
+
+
+def test_admit_refuses_without_spending() -> None:
+    bucket = TokenBucket(rate=2.0, burst=2, now=0.0)
+    assert [bucket.admit(0.0) for _ in range(2)] == [0.0, 0.0]
+    assert [bucket.admit(0.0) for _ in range(5)] == [pytest.approx(0.5)] * 5  # refused, nothing spent
+    assert bucket.admit(0.25) == pytest.approx(0.25)
+    assert bucket.admit(0.5) == 0.0  # one token came back: the refusals did not delay it
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=0.05), min_size=1, max_size=300))
+def test_admitted_attempts_never_exceed_burst_plus_rate_times_elapsed(gaps: list[float]) -> None:
+    rate, burst = 20.0, 5
+    bucket = TokenBucket(rate, burst, now=0.0)
+    now, admitted = 0.0, 0
+    for gap in gaps:
+        now += gap
+        admitted += bucket.admit(now) == 0.0
+    assert admitted <= burst + rate * now + 1e-6
+
+
 def test_bucket_rejects_nonsense_settings() -> None:
     with pytest.raises(ValueError):
         TokenBucket(0.0, 1, 0.0)

@@ -3,7 +3,13 @@ and with the service (README: configuration, probes, shutdown bound).
 
 - deploy/compose.yaml against the Compose Specification JSON schema (the copy bundled by the PyPI
   package check-jsonschema, ``check_jsonschema/builtin_schemas/vendor/compose-spec.json``, Apache-2.0),
-  and every file it bind-mounts or builds from exists;
+  and every file it bind-mounts or builds from exists; every port is published on 127.0.0.1 only, every
+  credential is a required variable without default, and deploy/README.md's deploy/.env recipe sets
+  exactly those;
+- deploy/Dockerfile: the base image pinned to an exact Python release (of uv.lock) on a named Debian
+  release (digest optional: see deploy/README.md), uv pinned to the Makefile's version with hashes, the
+  environment made by ``uv sync --locked --no-dev`` (no plain ``pip install``), with controls that a
+  floating, unlocked Dockerfile fails these checks (docker build cannot run here);
 - deploy/k8s/*.yaml against the Kubernetes OpenAPI JSON schemas bundled by the PyPI package
   kubernetes-validate (strict: unknown fields are errors), plus probes, ports, selectors, the shutdown
   budget and the flags ConfigMap (parsed with canaryws's own parser);
@@ -217,16 +223,307 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
     assert str(PurePosixPath(file_exporter["path"]).parent) in collector_mounts  # the file exporter's volume
 
 
-def test_dockerfile_pip_installs_the_project_from_files_that_exist() -> None:
-    text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r"^RUN pip install \.", text, re.M)
-    assert re.search(r'^ENTRYPOINT \["canaryws"\]', text, re.M)
-    ignore = (DEPLOY / "Dockerfile.dockerignore").read_text().split()
-    for line in re.findall(r"^COPY (.+)$", text, re.M):
-        *sources, _dest = line.split()
+# -- compose: exposure and secrets -------------------------------------------------------------------
+
+LOOPBACK = "127.0.0.1"
+# Environment entries that carry a credential: each must be a required interpolation, never a default.
+CREDENTIALS = {
+    "postgres": ["POSTGRES_PASSWORD"],
+    "unleash": ["DATABASE_PASSWORD", "INIT_BACKEND_API_TOKENS", "INIT_ADMIN_API_TOKENS",
+                "UNLEASH_DEFAULT_ADMIN_PASSWORD", "UNLEASH_SECRET"],
+    "unleash-seed": ["UNLEASH_ADMIN_TOKEN", "UNLEASH_CLIENT_TOKEN"],
+    "guard": ["UNLEASH_ADMIN_TOKEN"],
+    "canaryws-1": ["UNLEASH_API_TOKEN"],
+    "canaryws-2": ["UNLEASH_API_TOKEN"],
+    "grafana": ["GF_SECURITY_ADMIN_PASSWORD"],
+}
+REQUIRED = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*):?\?[^}]*\}")
+INTERPOLATION = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}")
+
+
+def published_host_ip(entry: Any) -> str | None:
+    """The host address a compose `ports` entry publishes on; None for every interface."""
+    if isinstance(entry, dict):
+        return entry.get("host_ip")
+    text = str(entry)
+    m = re.fullmatch(r"(?:(?P<ip>\[[^\]]+\]|[^:\[\]]+):)?(?:[^:]*:)?[^:]+", text)
+    assert m, f"unparsed ports entry {text!r}"
+    if text.count(":") < 2 and not text.startswith("["):
+        return None  # "HOST:CONTAINER" or "CONTAINER": every interface
+    ip = m.group("ip")
+    return ip.strip("[]") if ip else None
+
+
+def test_published_host_ip_reads_the_short_and_long_syntax() -> None:
+    assert published_host_ip("127.0.0.1:4242:4242") == LOOPBACK
+    assert published_host_ip("4242:4242") is None
+    assert published_host_ip("8000") is None
+    assert published_host_ip("0.0.0.0:3000:3000") == "0.0.0.0"
+    assert published_host_ip("[::1]:3000:3000") == "::1"
+    assert published_host_ip({"target": 3000, "published": "3000", "host_ip": LOOPBACK}) == LOOPBACK
+    assert published_host_ip({"target": 3000, "published": "3000"}) is None
+
+
+def test_compose_publishes_every_port_on_loopback_only() -> None:
+    """Most of the stack has no authentication of its own (the replicas' /metrics, the guard, the OTLP
+    receivers the guard's evidence comes through, Jaeger, Prometheus's lifecycle API): nothing is
+    published beyond 127.0.0.1 (deploy/README.md, "What is exposed")."""
+    services = compose()["services"]
+    published = {name: [published_host_ip(p) for p in s.get("ports", [])] for name, s in services.items()}
+    assert {"canaryws-1", "canaryws-2", "guard", "unleash", "otel-collector", "jaeger", "prometheus",
+            "grafana"} <= {name for name, ips in published.items() if ips}
+    wide = {name: ips for name, ips in published.items() if any(ip != LOOPBACK for ip in ips)}
+    assert wide == {}, f"published on more than 127.0.0.1: {wide}"
+    assert "postgres" not in {name for name, ips in published.items() if ips}
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable interpolation (``${VAR}``, ``${VAR:-default}``, ``${VAR-default}``,
+    ``${VAR:?error}``, ``${VAR?error}``, ``$$``) in every string of a parsed compose file (compose
+    interpolates values after parsing the YAML); a missing required variable raises KeyError."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group("name"), m.group("op"), m.group("arg")
+        value = env.get(name)
+        unset_or_empty = value is None or (value == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-"):
+            return arg if unset_or_empty else str(value)
+        if op in (":?", "?"):
+            if unset_or_empty:
+                raise KeyError(f"{name}: {arg}")
+            return str(value)
+        return value or ""
+
+    return INTERPOLATION.sub(one, value)
+
+
+def test_compose_credentials_are_required_and_have_no_default() -> None:
+    """No token or password has a value in the file: each credential is ``${VAR:?message}``, so compose
+    refuses to start without it, and no known default (the old `admin`, `localonly...` tokens, Unleash's
+    built-in `unleash4all` user and `super-secret` session key) can be in force."""
+    services = compose()["services"]
+    text = COMPOSE.read_text()
+    for service, names in CREDENTIALS.items():
+        env = env_of(services[service])
+        for name in names:
+            assert REQUIRED.fullmatch(env[name]), f"{service}: {name}={env[name]!r} is not a required variable"
+    # The UI's first admin user is named, with a required password; Grafana's too.
+    unleash_env = env_of(services["unleash"])
+    assert unleash_env["UNLEASH_DEFAULT_ADMIN_USERNAME"] == "admin"
+    # No interpolation of a credential-like variable has a default.
+    for m in INTERPOLATION.finditer(text):
+        name = m.group("name") or ""
+        if re.search(r"TOKEN|PASSWORD|SECRET|KEY", name):
+            assert m.group("op") in (":?", "?"), f"{m.group(0)} must be required, not defaulted"
+    values = json.dumps(services)  # what compose passes on (comments may name the old defaults)
+    for known in ("localonly", "unleash4all", "super-secret", ":-admin}", "unleash-local-only"):
+        assert known not in values, known
+
+
+def readme_env_recipe() -> str:
+    """The shell block of deploy/README.md that writes deploy/.env."""
+    blocks = re.findall(r"```sh\n(.*?)```", (DEPLOY / "README.md").read_text(), flags=re.S)
+    (block,) = [b for b in blocks if "cat > deploy/.env <<EOF" in b]
+    recipe = block[: block.index("\nEOF\n") + len("\nEOF\n")]
+    assert "docker" not in recipe
+    return recipe
+
+
+def test_the_readme_env_recipe_sets_exactly_the_required_secrets(tmp_path: Path) -> None:
+    """deploy/README.md's recipe, run as written, writes deploy/.env (mode 0600) with a fresh value for
+    every variable compose requires, and with it the file interpolates into a stack whose tokens have
+    the shapes Unleash expects and agree between Unleash and its clients."""
+    assert shutil.which("openssl"), "the recipe needs openssl"
+    (tmp_path / "deploy").mkdir()
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_env_recipe()], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    env_file = tmp_path / "deploy" / ".env"
+    assert env_file.stat().st_mode & 0o077 == 0, oct(env_file.stat().st_mode)
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line)
+    text = COMPOSE.read_text()
+    required = {m.group("name") for m in REQUIRED.finditer(text)}
+    assert set(env) == required
+    assert all(len(value) >= 32 for value in env.values()), env.keys()
+
+    with pytest.raises(KeyError):
+        interpolate(compose(), {})
+    doc = interpolate(compose(), env)
+    assert compose_errors(doc) == []
+    services = doc["services"]
+    unleash_env = env_of(services["unleash"])
+    assert re.fullmatch(r"default:development\.[0-9a-f]{48}", unleash_env["INIT_BACKEND_API_TOKENS"])
+    assert re.fullmatch(r"\*:\*\.[0-9a-f]{48}", unleash_env["INIT_ADMIN_API_TOKENS"])
+    assert unleash_env["DATABASE_PASSWORD"] == env_of(services["postgres"])["POSTGRES_PASSWORD"]
+    for name in CANARYWS_SERVICES:
+        assert env_of(services[name])["UNLEASH_API_TOKEN"] == unleash_env["INIT_BACKEND_API_TOKENS"]
+    assert env_of(services["guard"])["UNLEASH_ADMIN_TOKEN"] == unleash_env["INIT_ADMIN_API_TOKENS"]
+    # a second run makes other secrets
+    subprocess.run(["bash", "-euo", "pipefail", "-c", readme_env_recipe()], cwd=tmp_path, check=True, timeout=60)
+    again = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if line)
+    assert all(again[k] != env[k] for k in env)
+
+
+# -- the image ---------------------------------------------------------------------------------------
+
+DOCKERFILE = DEPLOY / "Dockerfile"
+# An exact CPython patch release on a named Debian release, optionally with the image index digest.
+PINNED_BASE = re.compile(r"python:(?P<python>3\.\d+\.\d+)-slim-(?:bookworm|trixie)(?:@sha256:[0-9a-f]{64})?")
+
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n(?:\s*#[^\n]*\n)*", " ", "\n".join(
+        line for line in text.splitlines() if not line.lstrip().startswith("#")))
+    out = []
+    for line in joined.splitlines():
+        if line.strip():
+            keyword, _, args = line.strip().partition(" ")
+            out.append((keyword.upper(), " ".join(args.split())))
+    return out
+
+
+def makefile_uv_version() -> str:
+    m = re.search(r"^UV_VERSION\s*:?=\s*(\S+)\s*$", (REPO / "Makefile").read_text(), re.M)
+    assert m, "UV_VERSION in the Makefile"
+    return m.group(1)
+
+
+def locked_python_minor() -> str:
+    """``3.11`` from uv.lock's ``requires-python = "==3.11.*"``."""
+    m = re.search(r'^requires-python = "==(\d+\.\d+)\.\*"$', (REPO / "uv.lock").read_text(), re.M)
+    assert m, "uv.lock pins one Python minor version"
+    return m.group(1)
+
+
+def dockerfile_problems(text: str) -> list[str]:
+    """What keeps the image from being exactly the locked packages on a pinned base."""
+    problems = []
+    steps = dockerfile_instructions(text)
+    stages = [args.split()[0] for keyword, args in steps if keyword == "FROM"]
+    aliases = {args.split()[2] for keyword, args in steps if keyword == "FROM" and len(args.split()) == 3}
+    bases = [image for image in stages if image not in aliases]
+    if not bases:
+        problems.append("no FROM")
+    for image in bases:
+        m = PINNED_BASE.fullmatch(image)
+        if not m:
+            problems.append(f"base image {image} is not python:<3.x.y>-slim-<debian>[@sha256:<digest>]")
+        elif not m.group("python").startswith(locked_python_minor() + "."):
+            problems.append(f"base image {image} is not the Python of uv.lock ({locked_python_minor()})")
+    if len(set(bases)) > 1:
+        problems.append(f"the stages use different base images {sorted(set(bases))}: the environment links to one")
+
+    runs = [args for keyword, args in steps if keyword == "RUN"]
+    for run in runs:
+        for command in re.split(r"&&|;|\|\|", run):
+            words = command.split()
+            pip = words[:2] == ["pip", "install"] or words[:4] == ["python", "-m", "pip", "install"]
+            if pip and "--require-hashes" not in words:
+                problems.append(f"pip install without --require-hashes: {command.strip()}")
+    uv = re.search(r"uv==([^\s']+)((?: --hash=sha256:[^\s'\"]+)+)", text)
+    if not uv:
+        problems.append("uv is not installed at a pinned version with hashes")
+    else:
+        if uv.group(1) != makefile_uv_version():
+            problems.append(f"uv {uv.group(1)} in the image, {makefile_uv_version()} in the Makefile")
+        hashes = re.findall(r"--hash=sha256:([^\s'\"]+)", uv.group(2))
+        if len(hashes) < 2 or not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes):
+            problems.append(f"uv's hashes (x86_64 and aarch64 wheels at least): {hashes}")
+
+    syncs = [run for run in runs if re.search(r"\buv sync\b", run)]
+    if not syncs:
+        problems.append("no `uv sync`: the environment does not come from uv.lock")
+    for sync in syncs:
+        words = sync.split()
+        if not {"--locked", "--frozen"} & set(words):
+            problems.append(f"`{sync}` may re-resolve (needs --locked or --frozen)")
+        if "--no-dev" not in words:
+            problems.append(f"`{sync}` installs the dev group")
+    if syncs and ("--no-install-project" in syncs[-1].split() or "--no-editable" not in syncs[-1].split()):
+        problems.append("the last `uv sync` must install the project, not editable (the source is not in the image)")
+    copies = [(i, args) for i, (keyword, args) in enumerate(steps) if keyword == "COPY"]
+    first_sync = next((i for i, (keyword, args) in enumerate(steps) if keyword == "RUN" and "uv sync" in args), None)
+    if first_sync is not None and not any("uv.lock" in args.split() for i, args in copies if i < first_sync):
+        problems.append("uv.lock is not copied before `uv sync`")
+
+    env = " ".join(args for keyword, args in steps if keyword == "ENV")
+    venv = re.search(r"UV_PROJECT_ENVIRONMENT=(\S+)", env)
+    if not venv:
+        problems.append("UV_PROJECT_ENVIRONMENT is not set")
+    else:
+        if not any(args.startswith("--from=") and args.split()[1:] == [venv.group(1), venv.group(1)]
+                   for _, args in copies):
+            problems.append(f"the runtime stage does not copy {venv.group(1)} from the build stage")
+        if f"PATH={venv.group(1)}/bin:" not in env:
+            problems.append(f"{venv.group(1)}/bin is not first on PATH")
+    if "UV_PYTHON_DOWNLOADS=never" not in env:
+        problems.append("uv may download a Python of its own instead of the base image's")
+    if ("ENTRYPOINT", '["canaryws"]') not in steps:
+        problems.append('ENTRYPOINT is not ["canaryws"]')
+    return problems
+
+
+def test_dockerfile_pins_its_base_image_and_installs_exactly_the_locked_packages() -> None:
+    assert dockerfile_problems(DOCKERFILE.read_text()) == []
+
+
+def test_the_dockerfile_checks_catch_a_floating_unlocked_image() -> None:
+    """A control: the old Dockerfile (floating tag, `pip install .`), and single deviations from ours."""
+    old = '''FROM python:3.11-slim
+ENV PIP_NO_CACHE_DIR=1
+COPY pyproject.toml README.md ./
+COPY src ./src
+RUN pip install . \\
+    && useradd --system canaryws
+ENTRYPOINT ["canaryws"]
+'''
+    problems = dockerfile_problems(old)
+    assert any("python:3.11-slim is not" in p for p in problems), problems
+    assert any("pip install without --require-hashes" in p for p in problems), problems
+    assert any("no `uv sync`" in p for p in problems), problems
+
+    ours = DOCKERFILE.read_text()
+    (base,) = set(re.findall(r"^FROM (\S+)", ours, re.M))
+    for mutation, expected in (
+            (ours.replace(f"FROM {base}", "FROM python:3.11-slim"), "is not python:"),
+            (ours.replace(f"FROM {base}", "FROM python:3.12.9-slim-trixie"), "not the Python of uv.lock"),
+            (ours.replace(f"FROM {base}", f"FROM {base.split('@')[0]}@sha256:abc"), "is not python:"),
+            (ours.replace(f"FROM {base}\n\nENV PYTHONDONTWRITEBYTECODE",
+                          "FROM python:3.11.9-slim-bookworm\n\nENV PYTHONDONTWRITEBYTECODE"), "different base images"),
+            (ours.replace("RUN uv sync --locked", "RUN uv sync", 1), "may re-resolve"),
+            (ours.replace("--no-dev --no-editable", "--no-editable"), "installs the dev group"),
+            (ours.replace(f"uv=={makefile_uv_version()}", "uv==0.0.1"), "in the Makefile"),
+            (ours.replace("--require-hashes", ""), "without --require-hashes"),
+            (ours.replace("COPY pyproject.toml uv.lock ./", "COPY pyproject.toml ./"), "uv.lock is not copied"),
+    ):
+        assert mutation != ours, expected
+        assert any(expected in p for p in dockerfile_problems(mutation)), (expected, dockerfile_problems(mutation))
+    # a digest-pinned base, in both stages, is what the README asks for at the first build
+    digest = "@sha256:" + "0" * 64
+    assert dockerfile_problems(ours.replace(f"FROM {base}", f"FROM {base.split('@')[0]}{digest}")) == []
+
+
+def test_dockerfile_copies_only_files_that_exist_and_the_context_lets_through() -> None:
+    ignore = [entry.rstrip("/") for entry in (DEPLOY / "Dockerfile.dockerignore").read_text().split()]
+    copies = [args for keyword, args in dockerfile_instructions(DOCKERFILE.read_text()) if keyword == "COPY"]
+    assert copies
+    for args in copies:
+        if args.startswith("--from="):
+            continue  # from the build stage
+        *sources, _dest = args.split()
         for source in sources:
             assert (REPO / source).exists(), source
-            assert f"!{source.rstrip('/')}" in [entry.rstrip("/") for entry in ignore], source
+            assert f"!{source.rstrip('/')}" in ignore, source
+    assert "!uv.lock" in ignore
 
 
 # -- Kubernetes --------------------------------------------------------------------------------------

@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 import re
 import resource
 import signal
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -27,10 +30,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from canaryws.adapters.telemetry.otlp_json_file import (
+    DEFAULT_MAX_BYTES,
     OtlpJsonFileSpanExporter,
+    backup_path,
     encode_otlp_json,
     read_otlp_json_lines,
 )
+from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.analysis.traces import TraceTail, expand_paths, load_slices
+from canaryws.core.summary import END_CLOSED, ConnectionSummary
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 HEX16 = re.compile(r"^[0-9a-f]{16}$")
@@ -351,15 +359,17 @@ def test_a_cut_short_write_is_removed_and_recovery_is_logged_once(
     assert len(list(read_otlp_json_lines(path, strict=True))) == 2 * len(spans)
 
 
-def test_max_bytes_drops_batches_that_would_grow_the_file_beyond_it(tmp_path: Path) -> None:
+def test_without_rotation_max_bytes_drops_batches_that_would_grow_the_file_beyond_it(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
     spans = _spans()
     line_size = len(json.dumps(encode_otlp_json(spans[:1]), separators=(",", ":"))) + 1
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=line_size + 10)
+    exporter = OtlpJsonFileSpanExporter(path, max_bytes=line_size + 10, rotate=False)
     assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
     assert exporter.export(spans[:1]) is SpanExportResult.FAILURE
     assert exporter.dropped_spans == 1 and not exporter.healthy
+    assert exporter.last_error == f"the file would exceed max_bytes={line_size + 10}"
     assert path.stat().st_size == line_size
+    assert exporter.rotations == 0 and not exporter.backup_path.exists()
     exporter.shutdown()
 
 
@@ -417,6 +427,7 @@ def test_while_writes_fail_a_replaced_path_is_reopened_and_writes_recover(
         assert exporter.last_error == "No space left on device" and not exporter.healthy
         replacement = tmp_path / "new.jsonl"
         replacement.write_bytes(b"")
+        replacement.chmod(0o644)  # made owner-only when reopened
         replacement.replace(path)
         assert exporter.export(spans) is SpanExportResult.SUCCESS
         assert exporter.export(spans[:1]) is SpanExportResult.SUCCESS
@@ -424,18 +435,19 @@ def test_while_writes_fail_a_replaced_path_is_reopened_and_writes_recover(
     assert exporter.healthy is False  # shut down
     assert exporter.dropped_spans == 2 * len(spans)
     assert exporter.last_error == "No space left on device"  # kept for the record
-    assert not path.is_symlink()
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(list(read_otlp_json_lines(path, strict=True))) == len(spans) + 1
     messages = [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "canaryws.telemetry"]
-    assert [level for level, _ in messages] == ["WARNING", "INFO", "INFO"], messages
-    assert "reopened" in messages[1][1] and f"after {2 * len(spans)} dropped spans" in messages[2][1]
+    assert [level for level, _ in messages] == ["WARNING", "INFO", "INFO", "INFO"], messages
+    assert "(mode 0644); made it owner-only (0600)" in messages[1][1]
+    assert "reopened" in messages[2][1] and f"after {2 * len(spans)} dropped spans" in messages[3][1]
 
 
 def test_a_file_deleted_while_writes_fail_is_created_again(tmp_path: Path) -> None:
     path = tmp_path / "traces.jsonl"
     spans = _spans()
     line_size = len(json.dumps(encode_otlp_json(spans), separators=(",", ":"))) + 1
-    exporter = OtlpJsonFileSpanExporter(path, max_bytes=line_size + 10)
+    exporter = OtlpJsonFileSpanExporter(path, max_bytes=line_size + 10, rotate=False)
     assert exporter.export(spans) is SpanExportResult.SUCCESS
     assert exporter.export(spans) is SpanExportResult.FAILURE  # the cap
     assert exporter.last_error == f"the file would exceed max_bytes={line_size + 10}"
@@ -456,3 +468,328 @@ def test_a_healthy_exporter_keeps_the_file_it_has_open(tmp_path: Path) -> None:
     exporter.shutdown()
     assert not path.exists()
     assert len(list(read_otlp_json_lines(tmp_path / "moved.jsonl", strict=True))) == 2 * len(spans)
+
+
+# ------------------------------------------------------------------ size cap and rotation
+
+S = 1_000_000_000
+T0 = 1_700_000_000 * S
+
+
+class _SummaryWriter:
+    """Connection summaries through the service's own span pipeline: one export, so one
+    line, per summary; connection ``c<n>`` for summary ``n``."""
+
+    def __init__(self, exporter: OtlpJsonFileSpanExporter) -> None:
+        self.exporter = exporter
+        self.tracer_provider = TracerProvider(shutdown_on_exit=False)
+        self.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+        self.meter_provider = MeterProvider()
+        self.telemetry = RecordsTelemetry(self.tracer_provider, self.meter_provider)
+        self.emitted = 0
+
+    def emit(self, count: int = 1) -> None:
+        for _ in range(count):
+            n = self.emitted
+            summary = ConnectionSummary(
+                f"c{n}", f"client-{n}", "strict", 1, True, "rev", 0.5, end=END_CLOSED, close_code=1000
+            )
+            self.telemetry.emit_summary(summary, T0 + n * S, T0 + n * S + S // 2, None)
+            self.emitted += 1
+
+    def close(self) -> None:
+        self.tracer_provider.shutdown()
+        self.meter_provider.shutdown()
+
+
+@pytest.fixture
+def summary_writers() -> Iterator[list[_SummaryWriter]]:
+    opened: list[_SummaryWriter] = []
+    yield opened
+    for writer in opened:
+        writer.close()
+
+
+def _writer(opened: list[_SummaryWriter], path: Path, **options: Any) -> _SummaryWriter:
+    writer = _SummaryWriter(OtlpJsonFileSpanExporter(path, **options))
+    opened.append(writer)
+    return writer
+
+
+@pytest.fixture
+def summary_line_size(tmp_path: Path, summary_writers: list[_SummaryWriter]) -> int:
+    """Bytes of one summary line (the same for every ``c<n>`` with one digit)."""
+    probe = tmp_path / "probe" / "traces.jsonl"
+    _writer(summary_writers, probe, max_bytes=None).emit()
+    size = probe.stat().st_size
+    probe.unlink()
+    probe.parent.rmdir()
+    return size
+
+
+def _connections(slices: list[Any]) -> list[int]:
+    return sorted(int(summary.connection_id[1:]) for summary, _, _ in slices)
+
+
+def test_backup_names_keep_the_suffix_and_never_look_like_a_worker_file(tmp_path: Path) -> None:
+    assert backup_path(tmp_path / "traces.jsonl") == tmp_path / "traces.old.jsonl"
+    assert backup_path(tmp_path / "traces-2.jsonl") == tmp_path / "traces-2.old.jsonl"
+    assert DEFAULT_MAX_BYTES == 256 * 1024 * 1024
+    exporter = OtlpJsonFileSpanExporter(tmp_path / "traces.jsonl")
+    assert exporter.max_bytes == DEFAULT_MAX_BYTES and exporter.rotate  # bounded by default
+    assert exporter.backup_path == tmp_path / "traces.old.jsonl"
+    exporter.shutdown()
+
+
+def test_at_the_cap_the_file_moves_to_its_one_backup_and_the_newest_spans_are_kept(
+    tmp_path: Path,
+    summary_writers: list[_SummaryWriter],
+    summary_line_size: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    cap = 4 * summary_line_size + summary_line_size // 2  # four lines per file
+    path = tmp_path / "traces.jsonl"
+    worker = _writer(summary_writers, tmp_path / "traces-2.jsonl", max_bytes=cap)  # a worker's file alongside
+    writer = _writer(summary_writers, path, max_bytes=cap)
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        for expected_rotations in (0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3):
+            writer.emit()
+            assert writer.exporter.rotations == expected_rotations
+            assert path.stat().st_size <= cap
+        worker.emit(5)
+    exporter = writer.exporter
+    assert exporter.healthy and exporter.dropped_spans == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "traces-2.jsonl",
+        "traces-2.old.jsonl",
+        "traces.jsonl",
+        "traces.old.jsonl",
+    ]  # one backup per file, named after it
+    backup = tmp_path / "traces.old.jsonl"
+    assert backup.stat().st_size <= cap and len(backup.read_bytes().splitlines()) == 4
+    # What `canaryws report --traces <data-dir>` reads: the newest summaries, none missing in between.
+    assert _connections(load_slices([backup])) == [8, 9, 10, 11]
+    assert _connections(load_slices([path])) == [12, 13]
+    files = expand_paths([tmp_path])
+    assert backup in files and path in files
+    assert _connections(load_slices([backup, path])) == list(range(8, 14))
+    assert len(load_slices(files)) == 6 + 5  # and the worker's five
+    messages = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "canaryws.telemetry"]
+    rotations = [m for level, m in messages if "reached max_bytes" in m and m.startswith(f"trace file {path} ")]
+    assert len(rotations) == 3 and all(level == logging.INFO for level, _ in messages), messages
+    assert f"moved its {4 * summary_line_size} bytes to {backup} (replacing the previous backup)" in rotations[0]
+
+
+def test_the_trace_file_and_its_backup_are_owner_only_whatever_the_umask(
+    tmp_path: Path, summary_writers: list[_SummaryWriter], summary_line_size: int
+) -> None:
+    previous = os.umask(0)
+    try:
+        writer = _writer(summary_writers, tmp_path / "traces.jsonl", max_bytes=2 * summary_line_size)
+        assert stat.S_IMODE((tmp_path / "traces.jsonl").stat().st_mode) == 0o600
+        writer.emit(3)  # one rotation
+    finally:
+        os.umask(previous)
+    assert writer.exporter.rotations == 1
+    for name in ("traces.jsonl", "traces.old.jsonl"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o666])
+def test_an_existing_file_others_may_read_is_made_owner_only(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b"\n")
+    path.chmod(mode)
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        exporter = OtlpJsonFileSpanExporter(path)
+    exporter.shutdown()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_bytes() == b"\n"  # appended to, never truncated
+    (message,) = [r.getMessage() for r in caplog.records if r.name == "canaryws.telemetry"]
+    assert f"was readable by others (mode {mode:04o}); made it owner-only (0600)" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_of_another_user_is_left_as_it_is_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    path.write_bytes(b"")
+    path.chmod(0o644)
+    os.chown(path, 54321, 54321)
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        exporter = OtlpJsonFileSpanExporter(path)
+    assert exporter.export(_spans()) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    (record,) = [r for r in caplog.records if r.name == "canaryws.telemetry"]
+    assert record.levelno == logging.WARNING and "belongs to another user (uid 54321)" in record.getMessage()
+
+
+def _line_size(spans: list[ReadableSpan]) -> int:
+    return len(json.dumps(encode_otlp_json(spans), separators=(",", ":"))) + 1
+
+
+def test_a_batch_larger_than_the_cap_is_written_as_several_lines(tmp_path: Path) -> None:
+    path = tmp_path / "traces.jsonl"
+    spans = _spans()
+    cap = _line_size(spans) - 1  # halved: [first] and [second, third], each of which fits
+    exporter = OtlpJsonFileSpanExporter(path, max_bytes=cap)
+    assert exporter.export(spans) is SpanExportResult.SUCCESS
+    exporter.shutdown()
+    assert exporter.dropped_spans == 0 and exporter.rotations == 1  # the two lines do not fit in one file
+    assert expand_paths([tmp_path]) == [path, exporter.backup_path]
+    for file in (path, exporter.backup_path):
+        assert file.stat().st_size <= cap and len(file.read_bytes().splitlines()) == 1
+    names = [span["name"] for file in (exporter.backup_path, path) for span in read_otlp_json_lines(file, strict=True)]
+    assert names == [span.name for span in spans]
+
+
+def test_only_a_span_larger_than_the_cap_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "traces.jsonl"
+    spans = _spans()
+    sizes = [_line_size([span]) for span in spans]
+    cap = max(sizes) - 1  # every span but the largest fits
+    exporter = OtlpJsonFileSpanExporter(path, max_bytes=cap)
+    with caplog.at_level(logging.WARNING, logger="canaryws.telemetry"):
+        assert exporter.export(spans) is SpanExportResult.FAILURE  # not all of it was written
+    assert exporter.dropped_spans == 1 and not exporter.healthy
+    assert exporter.last_error == f"a span of {max(sizes)} bytes is larger than max_bytes={cap}"
+    written = [span["name"] for file in expand_paths([tmp_path]) for span in read_otlp_json_lines(file, strict=True)]
+    assert sorted(written) == sorted(span.name for span, size in zip(spans, sizes, strict=True) if size <= cap)
+    assert "larger than max_bytes" in caplog.text
+    tiny = OtlpJsonFileSpanExporter(tmp_path / "tiny" / "traces.jsonl", max_bytes=100)
+    assert tiny.export(spans) is SpanExportResult.FAILURE
+    assert tiny.dropped_spans == len(spans) and tiny.rotations == 0 and tiny.path.stat().st_size == 0
+    exporter.shutdown()
+    tiny.shutdown()
+
+
+def test_a_failed_rotation_drops_the_batch_warns_once_and_is_retried(
+    tmp_path: Path,
+    summary_writers: list[_SummaryWriter],
+    summary_line_size: int,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    blocker = tmp_path / "traces.old.jsonl"  # a non-empty directory where the backup goes
+    (blocker / "x").mkdir(parents=True)
+    writer = _writer(summary_writers, path, max_bytes=2 * summary_line_size)
+    exporter = writer.exporter
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        writer.emit(4)  # two fit; the next two need a rotation, which fails
+        assert exporter.rotations == 0 and exporter.dropped_spans == 2 and not exporter.healthy
+        assert exporter.last_error is not None and exporter.last_error.startswith(
+            f"could not rotate {path} to traces.old.jsonl: "
+        )
+        assert path.stat().st_size == 2 * summary_line_size  # nothing beyond the cap
+        (blocker / "x").rmdir()
+        blocker.rmdir()
+        writer.emit()
+    assert exporter.rotations == 1 and exporter.healthy and exporter.dropped_spans == 2
+    assert _connections(load_slices(expand_paths([tmp_path]))) == [0, 1, 4]
+    records = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "canaryws.telemetry"]
+    assert [level for level, _ in records] == [logging.WARNING, logging.INFO, logging.INFO], records
+    assert "could not rotate" in records[0][1]
+    assert "reached max_bytes" in records[1][1] and "after 2 dropped spans" in records[2][1]
+
+
+def test_when_no_new_file_can_be_started_after_rotating_the_next_export_tries_again(
+    tmp_path: Path,
+    summary_writers: list[_SummaryWriter],
+    summary_line_size: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    writer = _writer(summary_writers, path, max_bytes=2 * summary_line_size)
+    exporter = writer.exporter
+    writer.emit(2)
+    real_open = exporter._open
+    calls: list[int] = []
+
+    def open_fails_once(notes: list[Any]) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(28, os.strerror(28))
+        return real_open(notes)
+
+    monkeypatch.setattr(exporter, "_open", open_fails_once)
+    writer.emit()  # rotates, then cannot create the new file
+    assert exporter.rotations == 1 and not path.exists() and not exporter.healthy
+    assert exporter.last_error == "could not start a new trace file after rotating: No space left on device"
+    assert exporter.force_flush()
+    writer.emit()  # creates it
+    assert exporter.healthy and exporter.dropped_spans == 1 and exporter.rotations == 1
+    assert _connections(load_slices([exporter.backup_path])) == [0, 1]  # the backup got nothing more
+    assert _connections(load_slices([path])) == [3]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_symlinked_trace_file_is_rotated_next_to_the_file_it_points_to(
+    tmp_path: Path, summary_writers: list[_SummaryWriter], summary_line_size: int
+) -> None:
+    elsewhere = tmp_path / "bigdisk"
+    elsewhere.mkdir()
+    data = tmp_path / "data"
+    data.mkdir()
+    path = data / "traces.jsonl"
+    path.symlink_to(elsewhere / "spans.jsonl")
+    writer = _writer(summary_writers, path, max_bytes=2 * summary_line_size)
+    assert writer.exporter.backup_path == elsewhere / "spans.old.jsonl"
+    writer.emit(3)
+    assert writer.exporter.rotations == 1 and writer.exporter.healthy
+    assert path.is_symlink() and sorted(p.name for p in data.iterdir()) == ["traces.jsonl"]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["spans.jsonl", "spans.old.jsonl"]
+    assert _connections(load_slices([elsewhere / "spans.old.jsonl"])) == [0, 1]
+    assert _connections(load_slices([path])) == [2]
+
+
+def test_the_cap_applies_to_regular_files_only(tmp_path: Path) -> None:
+    fifo = tmp_path / "traces.jsonl"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        spans = _spans()
+        line_size = len(json.dumps(encode_otlp_json(spans), separators=(",", ":"))) + 1
+        exporter = OtlpJsonFileSpanExporter(fifo, max_bytes=line_size + 10)
+        for _ in range(3):
+            assert exporter.export(spans) is SpanExportResult.SUCCESS
+        exporter.shutdown()
+        assert exporter.rotations == 0 and stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["traces.jsonl"]
+        assert os.read(reader, 1 << 16).count(b"\n") == 3
+    finally:
+        os.close(reader)
+
+
+def test_a_tail_following_the_file_reads_the_new_file_from_its_start(
+    tmp_path: Path, summary_writers: list[_SummaryWriter], summary_line_size: int
+) -> None:
+    """Polled between rotations, the guard's tail sees each summary once: the new file,
+    another inode, is read from its start."""
+    path = tmp_path / "traces.jsonl"
+    writer = _writer(summary_writers, path, max_bytes=2 * summary_line_size + 10)
+    tail = TraceTail([path])
+    seen: list[int] = []
+    for _ in range(7):
+        writer.emit()
+        seen += _connections(tail.poll())
+    assert writer.exporter.rotations == 3
+    assert seen == list(range(7))
+
+
+@pytest.mark.parametrize("follow", ["directory", "file"])
+def test_a_tail_across_rotations_sees_every_summary_exactly_once(
+    tmp_path: Path, summary_writers: list[_SummaryWriter], summary_line_size: int, follow: str
+) -> None:
+    path = tmp_path / "traces.jsonl"
+    writer = _writer(summary_writers, path, max_bytes=3 * summary_line_size + 10)
+    tail = TraceTail([tmp_path if follow == "directory" else path])
+    seen: list[int] = []
+    for _ in range(7):
+        writer.emit(2)  # polled every other line: lines are written between a poll and a rotation
+        seen += _connections(tail.poll())
+    assert writer.exporter.rotations == 4
+    assert sorted(seen) == list(range(14))

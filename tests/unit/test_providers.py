@@ -6,6 +6,7 @@ import http.server
 import logging
 import re
 import socket
+import stat
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import prometheus_client
+import prometheus_client.parser
 import pytest
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -20,12 +22,14 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.adapters.telemetry.otlp_json_file import DEFAULT_MAX_BYTES, read_otlp_json_lines
 from canaryws.adapters.telemetry.providers import (
     SpanExportMonitor,
     TelemetryProviders,
+    TraceFileLimits,
     _MonitoredBatchSpanProcessor,
     setup_telemetry,
+    trace_file_limits,
 )
 
 ROLE = "canaryws.span.role"
@@ -478,3 +482,90 @@ def test_no_trace_exporter_is_disabled_telemetry(make: Make) -> None:
     assert none.status() == {"traces": "disabled", "dropped_spans": 0, "exporters": []}
     both = make({"OTEL_TRACES_EXPORTER": "otlp,file", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
     assert [e["exporter"] for e in both.status()["exporters"]] == ["otlp", "file"]
+
+
+# ------------------------------------------------------------ the trace file's size
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({}, TraceFileLimits(DEFAULT_MAX_BYTES, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": " "}, TraceFileLimits(256 * 1024 * 1024, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "1048576"}, TraceFileLimits(1048576, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "64KiB"}, TraceFileLimits(65536, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "512 mib"}, TraceFileLimits(512 * 1024**2, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "2GiB"}, TraceFileLimits(2 * 1024**3, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "0"}, TraceFileLimits(None, True)),
+        ({"CANARYWS_TRACE_FILE_MAX_BYTES": "Unlimited"}, TraceFileLimits(None, True)),
+        ({"CANARYWS_TRACE_FILE_ROTATE": "false"}, TraceFileLimits(DEFAULT_MAX_BYTES, False)),
+        ({"CANARYWS_TRACE_FILE_ROTATE": "0"}, TraceFileLimits(DEFAULT_MAX_BYTES, False)),
+        ({"CANARYWS_TRACE_FILE_ROTATE": "TRUE"}, TraceFileLimits(DEFAULT_MAX_BYTES, True)),
+    ],
+)
+def test_trace_file_limits_from_the_environment(environ: dict[str, str], expected: TraceFileLimits) -> None:
+    assert trace_file_limits(environ) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("CANARYWS_TRACE_FILE_MAX_BYTES", "lots", "is not a size: use bytes"),
+        ("CANARYWS_TRACE_FILE_MAX_BYTES", "-1", "is not a size"),
+        ("CANARYWS_TRACE_FILE_MAX_BYTES", "1.5GiB", "is not a size"),
+        ("CANARYWS_TRACE_FILE_MAX_BYTES", "256M", "is not a size"),  # MB or MiB? say which
+        ("CANARYWS_TRACE_FILE_MAX_BYTES", "256", "is below the minimum of 64KiB"),  # meant MiB
+        ("CANARYWS_TRACE_FILE_ROTATE", "sometimes", "is not a boolean: use true"),
+    ],
+)
+def test_bad_trace_file_settings_fail_at_setup_before_anything_starts(
+    tmp_path: Path, name: str, value: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=f"^{name}={value!r} {message}"):
+        setup_telemetry(data_dir=tmp_path / "data", environ={name: value})
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_file_exporter_gets_the_limits(make: Make) -> None:
+    default = make()
+    assert default.file_exporter is not None
+    assert (default.file_exporter.max_bytes, default.file_exporter.rotate) == (DEFAULT_MAX_BYTES, True)
+    assert default.trace_file is not None and stat.S_IMODE(default.trace_file.stat().st_mode) == 0o600
+    capped = make({"CANARYWS_TRACE_FILE_MAX_BYTES": "1MiB", "CANARYWS_TRACE_FILE_ROTATE": "false"})
+    assert capped.file_exporter is not None
+    assert (capped.file_exporter.max_bytes, capped.file_exporter.rotate) == (1024 * 1024, False)
+    unlimited = make({"CANARYWS_TRACE_FILE_MAX_BYTES": "unlimited", "CANARYWS_WORKER": "2"})
+    assert unlimited.file_exporter is not None and unlimited.file_exporter.max_bytes is None
+    assert unlimited.file_exporter.backup_path.name == "traces-2.old.jsonl"
+
+
+def _rotations_metric(telemetry: TelemetryProviders) -> float:
+    families = prometheus_client.parser.text_string_to_metric_families(telemetry.metrics_text()[0].decode())
+    (sample,) = [
+        sample
+        for family in families
+        for sample in family.samples
+        if sample.name == "canaryws_telemetry_trace_file_rotations_total"
+    ]
+    return float(sample.value)
+
+
+def test_rotations_are_counted_on_metrics_and_lose_nothing(make: Make, caplog: pytest.LogCaptureFixture) -> None:
+    telemetry = make({"CANARYWS_TRACE_FILE_MAX_BYTES": "64KiB"})
+    assert telemetry.file_exporter is not None and telemetry.trace_file is not None
+    assert _rotations_metric(telemetry) == 0
+    emitted = 0
+    with caplog.at_level(logging.INFO, logger="canaryws.telemetry"):
+        while telemetry.file_exporter.rotations == 0 and emitted < 20_000:
+            _emit(telemetry)
+            emitted += 11
+            telemetry.tracer_provider.force_flush()
+    assert telemetry.file_exporter.rotations == 1
+    assert _rotations_metric(telemetry) == 1
+    assert telemetry.status()["traces"] == "ok" and telemetry.status()["dropped_spans"] == 0
+    backup = telemetry.trace_file.with_name("traces.old.jsonl")
+    assert sorted(p.name for p in telemetry.trace_file.parent.iterdir()) == ["traces.jsonl", "traces.old.jsonl"]
+    for path in (telemetry.trace_file, backup):
+        assert path.stat().st_size <= 64 * 1024 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert len(list(read_otlp_json_lines(backup))) + len(_file_spans(telemetry)) == emitted
+    assert any("reached max_bytes=65536" in m for _, m in _telemetry_records(caplog))

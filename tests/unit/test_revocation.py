@@ -179,6 +179,19 @@ def test_inspect_token_accepts_expired_tokens_and_refuses_foreign_or_altered_one
         inspect_token(authority, f"{header}.{payload}.{signature[::-1]}")
 
 
+def test_a_token_with_signed_properties_is_named_and_revoked_like_any_other(tmp_path: Path) -> None:
+    authority = TokenAuthority.from_data_dir(tmp_path)
+    token = authority.issue("c-1", properties={"clientVersion": "2.4.1"})
+    presented = inspect_token(authority, token)
+    assert dict(presented.identity.properties) == {"clientVersion": "2.4.1"}
+    entry, listed = revoke_token(revocations_path(tmp_path), presented.identity)
+    assert entry.token_id == presented.identity.token_id
+    assert listed.revoked(authority.verify(token)) == REASON_TOKEN
+    old = inspect_token(authority, authority.issue("c-1", ttl_seconds=10, now=time.time() - 100,
+                                                   properties={"clientVersion": "2.4.1"}))
+    assert old.expired and old.identity.client_id == "c-1"
+
+
 # -- the running service's view ---------------------------------------------------------------
 
 

@@ -8,7 +8,10 @@ leak either). Without it, or with a wrong one: 401 with ``WWW-Authenticate``.
 
 The credential is the content of ``<data-dir>/admin.key``, created on first start (random,
 mode 0600, like the token secret ``secret.key``), or of the file ``CANARYWS_ADMIN_TOKEN_FILE``
-names (which must exist then: a mounted secret, say). It is never logged.
+names (which must exist then: a mounted secret, say). It is never logged. An ``admin.key`` not
+owned by the service's user, or that group or others can read or write, is refused (another
+user may have planted it); the operator's file may also be root's, and group- or
+world-readable (with a warning), but never writable by group or others.
 
 The probes ``/healthz``, ``/readyz`` and ``/metrics`` are not under ``/admin`` and stay open.
 """
@@ -19,7 +22,6 @@ import hashlib
 import hmac
 import logging
 import secrets
-import stat
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from pathlib import Path
@@ -31,7 +33,7 @@ from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse, Response
 
 from canaryws.adapters.auth import InvalidClientId, TokenAuthority, TokenError, validate_client_id
-from canaryws.adapters.files import create_secret_file
+from canaryws.adapters.files import CredentialFileError, create_credential, read_credential
 from canaryws.adapters.revocation import RevocationFileError, RevocationList, inspect_token
 
 ADMIN_KEY_FILE = "admin.key"
@@ -41,21 +43,31 @@ MIN_KEY_LENGTH = 16
 log = logging.getLogger("canaryws.admin")
 
 
-class AdminKeyError(Exception):
-    """The admin credential file is missing or unusable (the message names it, never its content)."""
+# The error of every credential file, the token secret's included, so that whoever reports
+# an unusable admin credential (``serve``'s "cannot start") reports an unusable secret too.
+AdminKeyError = CredentialFileError
+_RENEW_DEFAULT = "remove it and `canaryws serve` creates a new one when it starts"
+_RENEW_OPERATORS = "write a new credential to it"
 
 
 def load_or_create_admin_key(path: Path, *, create: bool) -> str:
-    """The admin credential in ``path``. With ``create``, a missing file is created with a
-    random credential, owner-only (and an existing one is made owner-only); otherwise it
-    must exist. AdminKeyError when it cannot be read or holds fewer than 16 characters."""
+    """The admin credential in ``path``. With ``create`` (the default ``<data-dir>/admin.key``),
+    a missing file is created with a random credential, owner-only; otherwise (the operator's
+    ``CANARYWS_ADMIN_TOKEN_FILE``) it must exist. AdminKeyError when it cannot be read, holds
+    fewer than 16 characters, or is unsafe (:func:`read_credential`): ``admin.key`` must be the
+    service user's and private to it; the operator's file may be root's (a mounted secret) and
+    readable by group or others (a warning), never writable by them. Nothing is chmod'ed."""
     try:
         if create:
-            if create_secret_file(path, lambda: secrets.token_urlsafe(32)):
+            if create_credential(path, lambda: secrets.token_urlsafe(32)):
                 log.info("admin credential created", extra={"path": str(path)})
-        elif stat.S_IMODE(path.stat().st_mode) & 0o077:
-            log.warning("the admin credential file is readable by others than its owner", extra={"path": str(path)})
-        key = path.read_text().strip()
+            key, _ = read_credential(path, "admin credential", renew=_RENEW_DEFAULT, error=AdminKeyError)
+        else:
+            key, mode = read_credential(path, "admin credential", renew=_RENEW_OPERATORS, root_may_own=True,
+                                        others_may_read=True, error=AdminKeyError)
+            if mode & 0o077:
+                log.warning("the admin credential file is readable by others than its owner", extra={"path": str(path)})
+        key = key.strip()
     except OSError as exc:
         raise AdminKeyError(f"admin credential {path}: {exc.strerror or exc}") from None
     if len(key) < MIN_KEY_LENGTH:
@@ -71,9 +83,23 @@ def _error(status: int, error: str, detail: str, headers: Mapping[str, str] | No
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
 
 
+def admin_credential_check(credential: str) -> Callable[[str | None], bool]:
+    """Whether an ``Authorization`` header value carries the admin credential (in constant time);
+    also what ``/readyz`` asks before it shows the details an outsider must not see."""
+    expected = _digest(credential)
+
+    def check(header: str | None) -> bool:
+        if header is None:
+            return False
+        scheme, _, value = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(_digest(value.strip()), expected)
+
+    return check
+
+
 def _guarded(credential: str) -> type[APIRoute]:
     """A route class whose handler first checks the admin credential."""
-    expected = _digest(credential)
+    is_admin = admin_credential_check(credential)
 
     def refusal(request: Request) -> Response | None:
         header = request.headers.get("authorization")
@@ -81,8 +107,7 @@ def _guarded(credential: str) -> type[APIRoute]:
             error, detail, challenge = ("missing_credential", "send Authorization: Bearer <admin credential>",
                                         f'Bearer realm="{REALM}"')
         else:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(_digest(value.strip()), expected):
+            if is_admin(header):
                 return None
             error, detail, challenge = ("invalid_credential", "the admin credential is not valid",
                                         f'Bearer realm="{REALM}", error="invalid_token"')

@@ -1,9 +1,14 @@
-"""Client identity: signed bearer tokens proving a client id.
+"""Client identity: signed bearer tokens proving a client id, and the client properties
+flag constraints may use.
 
-Tokens are JWTs (HS256, PyJWT) carrying ``sub`` = client id, ``iat``, ``exp`` and a
-random ``jti``, signed with a per-deployment secret kept in ``<data-dir>/secret.key``
-(created on first use, mode 0600). Altering the client id invalidates the signature,
-so a client cannot choose another identity, and so cannot choose its cohort.
+Tokens are JWTs (HS256, PyJWT) carrying ``sub`` = client id, ``iat``, ``exp``, a random
+``jti`` and, when the issuer set any, ``props``: the client's properties (a few short
+``name: value`` strings, such as ``clientVersion``). They are signed with a per-deployment
+secret kept in ``<data-dir>/secret.key`` (created by the service on first start, mode 0600,
+and used only while it is owned by the service's user and private to it; see
+:func:`canaryws.adapters.files.read_credential`). Altering the client id or a property
+invalidates the signature, so a client can choose neither its identity nor the properties
+the flags see, and so cannot choose its cohort.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ from __future__ import annotations
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import jwt
 
-from canaryws.adapters.files import create_secret_file
+from canaryws.adapters.files import CredentialFileError, create_credential, read_credential
 
 SECRET_FILE = "secret.key"
 ISSUER = "canaryws"
@@ -24,6 +31,20 @@ AUDIENCE = "canaryws.records"
 ALGORITHM = "HS256"
 DEFAULT_TTL_SECONDS = 30 * 24 * 3600
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
+MIN_SECRET_LENGTH = 32
+
+PROPERTIES_CLAIM = "props"
+MAX_PROPERTIES = 16
+MAX_PROPERTY_NAME_LENGTH = 64
+MAX_PROPERTY_VALUE_LENGTH = 128
+PROPERTY_NAME_PATTERN = re.compile(rf"[A-Za-z][A-Za-z0-9_]{{0,{MAX_PROPERTY_NAME_LENGTH - 1}}}")
+# The Unleash context's own fields: a property with one of these names would shadow (or be
+# shadowed by) the field the service sets, in one SDK or another. Compared case-insensitively.
+RESERVED_CONTEXT_NAMES = frozenset(
+    {"userId", "sessionId", "appName", "environment", "currentTime", "remoteAddress", "properties"}
+)
+_RESERVED_FOLDED = frozenset(name.casefold() for name in RESERVED_CONTEXT_NAMES)
+NO_PROPERTIES: Mapping[str, str] = MappingProxyType({})
 
 
 class TokenError(Exception):
@@ -34,15 +55,26 @@ class InvalidClientId(ValueError):
     pass
 
 
+class InvalidProperty(ValueError):
+    """A client property that cannot go into a token (the message says which and why)."""
+
+
+class SecretFileError(CredentialFileError):
+    """The token secret is missing, unsafe or unusable (the message names the file and the fix)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """What a verified token proves: the client id, and the token's id and lifetime
-    (for revocation and for ending a connection when its token expires)."""
+    """What a verified token proves: the client id, the token's id and lifetime (for
+    revocation and for ending a connection when its token expires), and the client's
+    properties as the token's issuer signed them (empty for a token that carries none)."""
 
     client_id: str
     token_id: str  # the ``jti`` claim; "" for a token that carries none
     issued_at: int  # Unix seconds
     expires_at: int  # Unix seconds
+    # the ``props`` claim, validated (:func:`validate_properties`) and read-only
+    properties: Mapping[str, str] = field(default_factory=lambda: NO_PROPERTIES, hash=False)
 
 
 def validate_client_id(client_id: str) -> str:
@@ -53,13 +85,66 @@ def validate_client_id(client_id: str) -> str:
     return client_id
 
 
-def load_or_create_secret(data_dir: Path) -> bytes:
-    """Read the signing secret, creating it (owner-only) on first use."""
+def validate_property(name: object, value: object) -> tuple[str, str]:
+    """``(name, value)`` if a token may carry them, else :class:`InvalidProperty`."""
+    if not isinstance(name, str) or not PROPERTY_NAME_PATTERN.fullmatch(name):
+        raise InvalidProperty(
+            f"property name {name!r}: 1-{MAX_PROPERTY_NAME_LENGTH} characters, letters, digits and _, "
+            "starting with a letter"
+        )
+    if name.casefold() in _RESERVED_FOLDED:
+        raise InvalidProperty(
+            f"property name {name!r} is an Unleash context field the service sets itself "
+            f"({', '.join(sorted(RESERVED_CONTEXT_NAMES))}); choose another name"
+        )
+    if not isinstance(value, str):
+        raise InvalidProperty(f"property {name}: the value must be a string")
+    if not 1 <= len(value) <= MAX_PROPERTY_VALUE_LENGTH:
+        raise InvalidProperty(f"property {name}: the value must be 1-{MAX_PROPERTY_VALUE_LENGTH} characters")
+    if not value.isprintable() or value.strip() != value:
+        raise InvalidProperty(
+            f"property {name}: the value must be printable, without control characters or leading/trailing spaces"
+        )
+    return name, value
+
+
+def validate_properties(properties: Mapping[str, str]) -> Mapping[str, str]:
+    """The properties, checked (at most 16, each :func:`validate_property`), as a read-only
+    mapping in name order; :class:`InvalidProperty` otherwise."""
+    if len(properties) > MAX_PROPERTIES:
+        raise InvalidProperty(f"at most {MAX_PROPERTIES} properties per token, not {len(properties)}")
+    checked = dict(sorted(validate_property(name, value) for name, value in properties.items()))
+    return MappingProxyType(checked) if checked else NO_PROPERTIES
+
+
+def parse_property(assignment: str) -> tuple[str, str]:
+    """``NAME=VALUE`` (the CLI's ``--property``) as a valid ``(name, value)``."""
+    name, sep, value = assignment.partition("=")
+    if not sep:
+        raise InvalidProperty(f"{assignment!r}: write a property as NAME=VALUE, such as clientVersion=2.4.1")
+    return validate_property(name, value)
+
+
+_RENEW = "remove it and `canaryws serve` creates a new one when it starts; tokens signed with the old one stop working"
+
+
+def load_or_create_secret(data_dir: Path, *, create: bool = True) -> bytes:
+    """The signing secret in ``<data_dir>/secret.key``. With ``create`` (the service, at
+    start), a missing one is created, owner-only; without it (the token CLI), it must exist.
+    :class:`SecretFileError` for a missing, unreadable or unsafe file (one owned by another
+    user, or readable or writable by group or others: it is neither used nor chmod'ed) or
+    one that holds no usable secret."""
     path = data_dir / SECRET_FILE
-    create_secret_file(path, lambda: secrets.token_hex(32))
-    secret = path.read_text().strip()
-    if len(secret) < 32:
-        raise TokenError(f"{path} holds no usable secret; delete it to create a new one")
+    try:
+        if create:
+            create_credential(path, lambda: secrets.token_hex(32))
+        secret, _ = read_credential(path, "token secret", renew=_RENEW, error=SecretFileError)
+    except OSError as exc:
+        raise SecretFileError(f"token secret {path}: {exc.strerror or exc}") from None
+    secret = secret.strip()
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise SecretFileError(f"token secret {path} holds fewer than {MIN_SECRET_LENGTH} characters; to get a "
+                              f"new one, {_RENEW}")
     return secret.encode()
 
 
@@ -69,13 +154,27 @@ class TokenAuthority:
     ttl_seconds: int = DEFAULT_TTL_SECONDS
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path, ttl_seconds: int = DEFAULT_TTL_SECONDS) -> TokenAuthority:
-        return cls(load_or_create_secret(data_dir), ttl_seconds)
+    def from_data_dir(
+        cls, data_dir: Path, ttl_seconds: int = DEFAULT_TTL_SECONDS, *, create: bool = True
+    ) -> TokenAuthority:
+        """The authority of the service using ``data_dir`` (see :func:`load_or_create_secret`)."""
+        return cls(load_or_create_secret(data_dir, create=create), ttl_seconds)
 
-    def issue(self, client_id: str, ttl_seconds: int | None = None, now: float | None = None) -> str:
+    def issue(
+        self,
+        client_id: str,
+        ttl_seconds: int | None = None,
+        now: float | None = None,
+        *,
+        properties: Mapping[str, str] | None = None,
+    ) -> str:
+        """A token proving ``client_id`` and, signed with it, ``properties`` (the client
+        properties flag constraints see). InvalidClientId / InvalidProperty when they
+        cannot go into a token."""
         validate_client_id(client_id)
+        props = validate_properties(properties or {})
         issued = int(now if now is not None else time.time())
-        claims = {
+        claims: dict[str, object] = {
             "sub": client_id,
             "iss": ISSUER,
             "aud": AUDIENCE,
@@ -83,6 +182,8 @@ class TokenAuthority:
             "exp": issued + (ttl_seconds if ttl_seconds is not None else self.ttl_seconds),
             "jti": secrets.token_hex(8),
         }
+        if props:
+            claims[PROPERTIES_CLAIM] = dict(props)
         return jwt.encode(claims, self.secret, algorithm=ALGORITHM)
 
     def verify(self, token: str) -> Identity:
@@ -101,12 +202,18 @@ class TokenAuthority:
         except jwt.InvalidTokenError:
             raise TokenError("token is not valid") from None
         client_id, jti, iat, exp = claims["sub"], claims.get("jti", ""), claims["iat"], claims["exp"]
+        props = claims.get(PROPERTIES_CLAIM, {})
         if (
             not isinstance(client_id, str)
             or not CLIENT_ID_PATTERN.fullmatch(client_id)
             or not isinstance(jti, str)
             or not isinstance(iat, int)
             or not isinstance(exp, int)
+            or not isinstance(props, dict)
         ):
             raise TokenError("token is not valid")
-        return Identity(client_id, jti, iat, exp)
+        try:
+            properties = validate_properties(props)
+        except InvalidProperty:
+            raise TokenError("token is not valid") from None
+        return Identity(client_id, jti, iat, exp, properties)

@@ -1,8 +1,10 @@
 """Small file primitives shared by the adapters that keep state in files: atomic
 replacement under an advisory lock and a watcher (flags file, revocation list), and
-owner-only secret files created once (token secret, admin credential).
+owner-only credential files created once and read only while they stay private
+(token secret, admin credential).
 
-They raise ``OSError``; each caller turns it into its own error that names its file.
+They raise ``OSError`` (and :func:`read_credential` :class:`CredentialFileError` for an unsafe
+file); each caller turns it into its own error that names its file.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import pwd
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from pathlib import Path
 from watchfiles import awatch
 
 SECRET_FILE_MODE = 0o600
+MAX_CREDENTIAL_CHARS = 4096  # read no more of a credential file (they hold one short line)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,21 +156,94 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def create_secret_file(path: Path, make_secret: Callable[[], str]) -> bool:
-    """Create ``path`` holding ``make_secret()`` if it does not exist, owner-only from the
-    start (``O_EXCL``, so two processes starting together agree on one secret), and make an
-    existing one owner-only. True when this call created it."""
+class CredentialFileError(Exception):
+    """A secret or credential file is missing, unsafe or unusable. The message names the
+    file and what to do, never its content."""
+
+
+def create_credential(path: Path, make_secret: Callable[[], str]) -> bool:
+    """Create ``path`` holding ``make_secret()`` if nothing is there yet, owner-only from the
+    start (``O_EXCL``, so two processes starting together agree on one secret; ``O_NOFOLLOW``,
+    so a planted symlink is not followed). An existing file is left alone: whether it may be
+    used is :func:`read_credential`'s decision. True when this call created it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, SECRET_FILE_MODE)
     except FileExistsError:
-        created = False
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(make_secret() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        created = True
-    if stat.S_IMODE(path.stat().st_mode) & 0o077:
-        os.chmod(path, SECRET_FILE_MODE)
-    return created
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(make_secret() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    return True
+
+
+def read_credential(
+    path: Path,
+    what: str,
+    *,
+    renew: str,
+    root_may_own: bool = False,
+    others_may_read: bool = False,
+    error: type[CredentialFileError] = CredentialFileError,
+) -> tuple[str, int]:
+    """The content and mode of the credential file ``path`` (``what`` names it in messages),
+    read only if nobody but the service's user could have written it or read it.
+
+    Refused with ``error``, whose message names the file and the fix (``renew`` says how to
+    get a new one, e.g. "remove it and the service creates a new one"): a file that is
+    not regular; one not owned by the service's effective user (``os.geteuid()``), or by root
+    with ``root_may_own`` (an operator's mounted secret); one group or others may write; one
+    group or others may read, unless ``others_may_read``. The checks apply to the opened file
+    (``fstat``), so it cannot be swapped in between. Nothing is chmod'ed or chown'ed: a file
+    another user could have planted, changed or read is the operator's to judge. OSError when
+    the file cannot be opened or read."""
+    # O_NONBLOCK: a FIFO planted in its place must not hang the start (it is refused below)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    with os.fdopen(fd, "r", encoding="utf-8", errors="surrogateescape") as fh:
+        st = os.fstat(fh.fileno())
+        problem = _credential_problem(st, root_may_own=root_may_own, others_may_read=others_may_read)
+        if problem is not None:
+            raise error(problem.format(what=what, path=path, renew=renew, user=_user_arg(os.geteuid())))
+        return fh.read(MAX_CREDENTIAL_CHARS), stat.S_IMODE(st.st_mode)
+
+
+def _credential_problem(st: os.stat_result, *, root_may_own: bool, others_may_read: bool) -> str | None:
+    """A message template ({what}, {path}, {renew}, {user}) for an unsafe file, or None."""
+    mode = stat.S_IMODE(st.st_mode)
+    if not stat.S_ISREG(st.st_mode):
+        return "{what} {path} is not a regular file, so it is not used. To get a new one, {renew}"
+    euid = os.geteuid()
+    if st.st_uid != euid and not (root_may_own and st.st_uid == 0):
+        runner = _describe_user(euid) + (" (or root)" if root_may_own and euid != 0 else "")
+        return (
+            f"{{what}} {{path}} is owned by {_describe_user(st.st_uid)}, not by the user running canaryws, {runner}: "
+            "another user may have planted it, so it is not used (nor chmod'ed). If it is the deployment's own: "
+            "chown {user} {path} && chmod 600 {path}. Otherwise {renew}"
+        )
+    if mode & 0o022:
+        return (
+            f"{{what}} {{path}} has mode {mode:04o}: group or others can write it, so it is not used (someone else "
+            "may have changed it). If its content is the deployment's own: chmod 600 {path}. Otherwise {renew}"
+        )
+    if mode & 0o044 and not others_may_read:
+        return (
+            f"{{what}} {{path}} has mode {mode:04o}: group or others can read it, so it is not used. "
+            "Make it private with chmod 600 {path}; if someone else may have read it, {renew}"
+        )
+    return None
+
+
+def _describe_user(uid: int) -> str:
+    try:
+        return f"uid {uid} ({pwd.getpwuid(uid).pw_name})"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def _user_arg(uid: int) -> str:
+    """``uid`` as ``chown`` takes it: the name when there is one."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)

@@ -3,11 +3,12 @@ browser ``access_token`` query parameter out of logs and traces."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -42,17 +43,34 @@ class AccessTokenScrubber:
         await self.app(scope, receive, send)
 
 
+PRIVATE_STATUS_KEYS = frozenset({"path", "url", "bootstrap_path", "last_error", "target"})
+"""What ``/readyz`` shows only to the admin credential: file paths, the Unleash URL, exporter
+targets and raw error text (the probe is unauthenticated, and a load balancer may expose it)."""
+
+
+def public_status(status: Any) -> Any:
+    """``status`` without :data:`PRIVATE_STATUS_KEYS`, at any depth."""
+    if isinstance(status, dict):
+        return {k: public_status(v) for k, v in status.items() if k not in PRIVATE_STATUS_KEYS}
+    if isinstance(status, list):
+        return [public_status(v) for v in status]
+    return status
+
+
 def probes_router(
     *,
     flags_status: Callable[[], dict[str, Any]],
     metrics_text: Callable[[], tuple[bytes, str]],
     telemetry_status: Callable[[], dict[str, Any]] | None = None,
+    is_admin: Callable[[str | None], bool] | None = None,
 ) -> APIRouter:
     """``/healthz``, ``/readyz`` and ``/metrics``.
 
     Readiness depends on the flags only. ``telemetry_status`` (traces state and dropped
     spans) is reported by ``/readyz`` but never makes it fail: losing telemetry must not
-    take a replica out of the load balancer.
+    take a replica out of the load balancer. ``/readyz`` shows its details (paths, URLs,
+    error text) only to a request whose ``Authorization`` header ``is_admin`` accepts.
+    ``/metrics`` is rendered off the event loop, so a scrape never stalls the batches.
     """
     router = APIRouter()
 
@@ -62,7 +80,7 @@ def probes_router(
         return JSONResponse({"status": "ok"})
 
     @router.get("/readyz")
-    async def readyz(require: str | None = None) -> JSONResponse:
+    async def readyz(request: Request, require: str | None = None) -> JSONResponse:
         """Readiness: flags are loaded; reports the flag source, revision and state, and
         the state of telemetry export (informational).
 
@@ -83,11 +101,13 @@ def probes_router(
         body: dict[str, Any] = {"status": "ready" if ready else "not_ready", "flags": status}
         if telemetry_status is not None:
             body["telemetry"] = telemetry_status()
+        if is_admin is None or not is_admin(request.headers.get("authorization")):
+            body = public_status(body)
         return JSONResponse(body, status_code=200 if ready else 503)
 
     @router.get("/metrics")
     async def metrics() -> Response:
-        body, content_type = metrics_text()
+        body, content_type = await asyncio.to_thread(metrics_text)
         return Response(body, media_type=content_type)
 
     return router

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +39,7 @@ from canaryws.core.cohorts import (
     decide_cohort,
     expected_strict_share,
 )
-from canaryws.core.limits import RecentIds
+from canaryws.core.limits import RecentIds, TokenBucket
 from canaryws.core.strategies import STRATEGIES, VERSIONS, Outcome
 from canaryws.core.summary import END_CLOSED, END_COHORT_CHANGED, END_INTERVAL, ConnectionSummary
 
@@ -72,9 +74,25 @@ class EndpointLimits:
     max_messages_per_second: float = 500.0  # per connection; 0 turns the rate limit off
     message_burst: int = 1000
     max_connections_per_client: int = 16  # per process; 0 turns the cap off
+    # The work budget, in characters of text frames (one per byte for ASCII): per connection,
+    # and per client id over all its connections in this process; 0 turns a budget off.
+    max_bytes_per_second: float = 1024 * 1024
+    bytes_burst: int = 2 * 1024 * 1024
+    max_client_bytes_per_second: float = 4 * 1024 * 1024
+    client_bytes_burst: int = 4 * 1024 * 1024
     send_timeout: float = 10.0  # a result blocked this long (the peer stopped reading) ends the connection
     duplicate_id_window: int = 1024  # answered batch ids remembered per connection; 0 turns the check off
+    max_connections: int = 4096  # open WebSocket connections per process (503 beyond)
+    # New handshakes per second (0: no limit), per process and per source address.
+    max_handshakes_per_second: float = 200.0
+    handshake_burst: int = 400
+    max_source_handshakes_per_second: float = 20.0
+    source_handshake_burst: int = 40
     sweep_interval: float = 1.0  # how often open connections are checked (slow reader, token, idle slice)
+
+
+REFUSAL_LOG_INTERVAL = 10.0  # seconds between two "refused connections" log lines
+MAX_TRACKED_SOURCES = 10_000  # source addresses whose handshake rate is tracked (least recently seen forgotten)
 
 
 def now_iso() -> str:
@@ -194,6 +212,12 @@ class RecordsEndpoint:
         self._revoked = revoked
         self._open: dict[str, _Connection] = {}
         self._per_client: dict[str, int] = {}
+        self._client_bytes: dict[str, TokenBucket] = {}  # the per-client work budgets, while it is connected
+        self._handshakes = (TokenBucket(limits.max_handshakes_per_second, limits.handshake_burst, time.perf_counter())
+                            if limits.max_handshakes_per_second > 0 else None)
+        self._sources: OrderedDict[str, TokenBucket] = OrderedDict()  # bounded: MAX_TRACKED_SOURCES
+        self._refusals: dict[str, int] = {}
+        self._refusals_logged = time.monotonic() - REFUSAL_LOG_INTERVAL
         # Batches answered in this loop round, counted on their summaries once the round's
         # answers are out (see _serve): (summary, outcome, started, answered) on the perf_counter clock.
         self._answered: list[tuple[ConnectionSummary, Outcome, float, float]] = []
@@ -212,12 +236,54 @@ class RecordsEndpoint:
 
     # -- handshake -----------------------------------------------------------
 
-    async def _refuse(self, websocket: WebSocket, status: int, error: str, detail: str) -> None:
-        self._telemetry.refused(error)
-        headers = {"WWW-Authenticate": f'Bearer realm="canaryws", error="{error}"'} if status == 401 else None
+    def refused(self, reason: str) -> None:
+        """Count a refused handshake or connection (also the door's, :mod:`canaryws.adapters.door`)
+        and log the refusals, by reason, at most once per :data:`REFUSAL_LOG_INTERVAL` seconds
+        at INFO: a flood of refused clients must not flood the log."""
+        self._telemetry.refused(reason)
+        self._refusals[reason] = self._refusals.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
+            log.info("refused connections", extra={"refused": dict(self._refusals),
+                                                     "seconds": round(now - self._refusals_logged, 1)})
+            self._refusals.clear()
+            self._refusals_logged = now
+
+    async def _refuse(self, websocket: WebSocket, status: int, error: str, detail: str,
+                      retry_after: float | None = None) -> None:
+        self.refused(error)
+        headers = {"WWW-Authenticate": f'Bearer realm="canaryws", error="{error}"'} if status == 401 else {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(retry_after)))
         await websocket.send_denial_response(
-            JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+            JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers or None)
         )
+
+    def _handshake_wait(self, websocket: WebSocket) -> tuple[str, float] | None:
+        """``(reason, seconds)`` when this handshake is over a rate, else None: its source
+        address's first (a flooding address is refused without spending the process's budget),
+        then the process's. A refused handshake spends nothing (TokenBucket.admit)."""
+        now = time.perf_counter()
+        limits = self._limits
+        if limits.max_source_handshakes_per_second > 0:
+            client = websocket.scope.get("client")
+            source = str(client[0]) if client else "unknown"
+            bucket = self._sources.get(source)
+            if bucket is None:
+                if len(self._sources) >= MAX_TRACKED_SOURCES:
+                    self._sources.popitem(last=False)  # the least recently seen
+                bucket = self._sources[source] = TokenBucket(limits.max_source_handshakes_per_second,
+                                                             limits.source_handshake_burst, now)
+            else:
+                self._sources.move_to_end(source)
+            wait = bucket.admit(now)
+            if wait > 0.0:
+                return "too_many_handshakes_from_source", wait
+        if self._handshakes is not None:
+            wait = self._handshakes.admit(now)
+            if wait > 0.0:
+                return "too_many_handshakes", wait
+        return None
 
     @staticmethod
     def _header(websocket: WebSocket, wanted: bytes) -> str | None:
@@ -236,9 +302,12 @@ class RecordsEndpoint:
         from_query: object = websocket.scope.get(ACCESS_TOKEN_SCOPE_KEY)
         return from_query if isinstance(from_query, str) and from_query else None
 
-    def _properties(self, websocket: WebSocket) -> dict[str, str]:
+    def _claimed_version(self, websocket: WebSocket) -> str | None:
+        """The ``X-Canaryws-Client-Version`` header (first 64 characters): advisory, shown on
+        the connect span only. Flag constraints see the token's signed properties alone
+        (:attr:`Identity.properties`): a client must not opt itself into or out of a cohort."""
         version = self._header(websocket, CLIENT_VERSION_HEADER)
-        return {} if version is None else {"clientVersion": version[:64]}
+        return None if version is None else version[:64]
 
     def _origin_refused(self, websocket: WebSocket) -> str | None:
         """The refused Origin, or None. Clients that send no Origin (not browsers) pass."""
@@ -250,6 +319,17 @@ class RecordsEndpoint:
         return origin
 
     async def handle(self, websocket: WebSocket) -> None:
+        over = self._handshake_wait(websocket)  # first: a refused flood costs as little as possible
+        if over is not None:
+            reason, wait = over
+            await self._refuse(websocket, 429, reason, f"too many new connections; retry in {wait:.1f} s",
+                               retry_after=wait)
+            return
+        if len(self._open) >= self._limits.max_connections:
+            await self._refuse(websocket, 503, "over_capacity",
+                               f"this process holds its maximum of {self._limits.max_connections} connections",
+                               retry_after=1.0)
+            return
         ok, subprotocol = contract.negotiate_subprotocol(list(websocket.scope.get("subprotocols") or ()))
         if not ok:
             await self._refuse(
@@ -287,6 +367,9 @@ class RecordsEndpoint:
             )
             return
         self._per_client[client_id] = held + 1  # counted before the first await: no race past the cap
+        if not held and self._limits.max_client_bytes_per_second > 0:
+            self._client_bytes[client_id] = TokenBucket(self._limits.max_client_bytes_per_second,
+                                                        self._limits.client_bytes_burst, time.perf_counter())
         try:
             await self._accepted(websocket, subprotocol, identity)
         finally:
@@ -295,24 +378,28 @@ class RecordsEndpoint:
                 self._per_client[client_id] = left
             else:
                 del self._per_client[client_id]
+                self._client_bytes.pop(client_id, None)
 
     async def _accepted(self, websocket: WebSocket, subprotocol: str | None, identity: Identity) -> None:
         client_id = identity.client_id
         connection_id = uuid.uuid4().hex
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
-        context = EvaluationContext(client_id, connection_id, self._properties(websocket), self._app_name,
+        context = EvaluationContext(client_id, connection_id, dict(identity.properties), self._app_name,
                                     self._environment)
-        connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"])
+        connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"],
+                                                     self._claimed_version(websocket))
         with trace.use_span(connect_span, end_on_exit=True):
             snapshot = self._flags.current
             decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
             self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
             self._telemetry.set_cohort(connect_span, decision.cohort)
             await websocket.accept(subprotocol=subprotocol)
+            peer = websocket.scope.get("client")
             log.info(
                 "connection accepted",
-                extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision},
+                extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision,
+                       "client_address": str(peer[0]) if peer else None},
             )
         cohort = decision.cohort
         now = time.perf_counter()
@@ -512,6 +599,12 @@ class RecordsEndpoint:
         limited = rate > 0
         burst = tokens = float(limits.message_burst)
         stamp = conn.slice_started
+        # The work budgets: the connection's bytes on locals, like the rate; the client's
+        # (shared by its connections) as a core.limits.TokenBucket.
+        byte_rate = limits.max_bytes_per_second
+        byte_burst = byte_tokens = float(limits.bytes_burst)
+        byte_stamp = stamp
+        client_bytes = self._client_bytes.get(conn.identity.client_id)
         window = limits.duplicate_id_window
         recent: RecentIds | None = None  # created at the first batch: idle connections stay small
         cohort = conn.cohort
@@ -540,9 +633,26 @@ class RecordsEndpoint:
                 stamp = started
                 tokens -= 1.0
                 if tokens < 0.0:
-                    telemetry.throttled(cohort.strategy)
+                    telemetry.throttled(cohort.strategy, "frames")
                     await asyncio.sleep(-tokens / rate)
                     started = clock()
+            if byte_rate > 0.0:  # = TokenBucket.take(now, len(text)), and the client's
+                size = len(text)
+                byte_tokens += (started - byte_stamp) * byte_rate
+                if byte_tokens > byte_burst:
+                    byte_tokens = byte_burst
+                byte_stamp = started
+                byte_tokens -= size
+                wait = -byte_tokens / byte_rate if byte_tokens < 0.0 else 0.0
+                shared = client_bytes.take(started, size) if client_bytes is not None else 0.0
+                if wait > 0.0 or shared > 0.0:
+                    telemetry.throttled(cohort.strategy, "bytes" if wait >= shared else "client_bytes")
+                    await asyncio.sleep(wait if wait >= shared else shared)
+                    started = clock()
+            elif client_bytes is not None and (shared := client_bytes.take(started, len(text))) > 0.0:
+                telemetry.throttled(cohort.strategy, "client_bytes")
+                await asyncio.sleep(shared)
+                started = clock()
             if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
                 seen = snapshot = flags.current
                 if snapshot.revision != cohort.flags_revision:

@@ -58,35 +58,51 @@ def load_slices(files: Sequence[Path], since_ns: int | None = None, until_ns: in
 @dataclass
 class _Cursor:
     offset: int = 0
-    inode: int | None = None
     partial: bytes = b""
+
+
+_FileId = tuple[int, int]  # (st_dev, st_ino)
 
 
 @dataclass
 class TraceTail:
     """Follows trace files as they grow (the guard): :meth:`poll` returns the summaries
-    appended since the last call. A file that shrinks or is replaced is read again from
-    its start; a torn last line waits for its end."""
+    appended since the last call.
+
+    Files are followed by identity (device and inode), like ``tail -F``: a file that is
+    renamed (the trace file's rotation to ``traces.old.jsonl``) is read on from where it
+    was under its new name, so nothing is read twice or skipped; a new file is read from
+    its start, one that shrinks again from its start; a torn last line waits for its end.
+    For a file given by name, its rotation backup (``<stem>.old<suffix>``) is read too,
+    but only to finish a file that was being followed."""
 
     paths: Sequence[Path]
-    _cursors: dict[Path, _Cursor] = field(default_factory=dict)
+    _cursors: dict[_FileId, _Cursor] = field(default_factory=dict)
 
     def poll(self) -> list[Slice]:
         spans: list[dict[str, Any]] = []
+        seen: set[_FileId] = set()
         for root in self.paths:  # files and directories may appear later: no error for missing ones
+            if not root.is_dir():  # the rest of the file it was before its last rotation
+                spans.extend(self._read_new(root.with_name(f"{root.stem}.old{root.suffix}"), seen, known_only=True))
             for path in _trace_files(root):
-                spans.extend(self._read_new(path))
+                spans.extend(self._read_new(path, seen))
+        for gone in [key for key in self._cursors if key not in seen]:
+            del self._cursors[gone]  # no name left: forget it (its inode may be reused)
         return list(summaries(spans))
 
-    def _read_new(self, path: Path) -> list[dict[str, Any]]:
-        cursor = self._cursors.setdefault(path, _Cursor())
+    def _read_new(self, path: Path, seen: set[_FileId], *, known_only: bool = False) -> list[dict[str, Any]]:
         try:
             stat = os.stat(path)
         except FileNotFoundError:
             return []
-        if cursor.inode not in (None, stat.st_ino) or stat.st_size < cursor.offset:
-            cursor.offset, cursor.partial = 0, b""  # rotated or truncated
-        cursor.inode = stat.st_ino
+        key = (stat.st_dev, stat.st_ino)
+        if key in seen or (known_only and key not in self._cursors):
+            return []  # read under another name this poll, or a backup rotated before it was followed
+        seen.add(key)
+        cursor = self._cursors.setdefault(key, _Cursor())
+        if stat.st_size < cursor.offset:
+            cursor.offset, cursor.partial = 0, b""  # truncated
         if stat.st_size == cursor.offset:
             return []
         with open(path, "rb") as handle:

@@ -98,7 +98,7 @@ def serve(
     with _cannot_start(settings):
         service = build_service(settings)
     drain = serving.ConnectionDrain(service.asgi)
-    serving.run(serving.uvicorn_config(drain, settings), drain, settings.shutdown_timeout)
+    serving.run(serving.uvicorn_config(drain, settings, service.records.refused), drain, settings.shutdown_timeout)
 
 
 @contextlib.contextmanager
@@ -117,31 +117,7 @@ def _cannot_start(settings: Settings) -> Iterator[None]:
 
 @main.group()
 def token() -> None:
-    """Client tokens."""
-
-
-@token.command("issue")
-@click.argument("client_id")
-@click.option(
-    "--data-dir",
-    type=click.Path(path_type=Path),
-    default=None,
-    help=f"Where the server secret lives (default ./{DEFAULT_DATA_DIR}).",
-)
-@click.option("--ttl", type=int, default=None, help="Lifetime in seconds (default 30 days).")
-def token_issue(client_id: str, data_dir: Path | None, ttl: int | None) -> None:
-    """Print a token proving CLIENT_ID to a service using the same data dir."""
-    from canaryws.adapters.auth import InvalidClientId, TokenAuthority
-    from canaryws.settings import Settings
-
-    settings = Settings.from_env(data_dir=data_dir)
-    authority = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
-    try:
-        value = authority.issue(client_id, ttl_seconds=ttl)
-    except InvalidClientId as exc:
-        raise click.UsageError(str(exc)) from None
-    click.echo(f"# token for client {client_id!r}, valid {ttl or settings.token_ttl_seconds} s", err=True)
-    click.echo(value)
+    """Client tokens."""  # the commands: canaryws.cli.tokens
 
 
 def _register_commands() -> None:

@@ -45,6 +45,12 @@ import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import HANDLED_SIGNALS
 
+from canaryws.adapters.door import (
+    PROBE_HEADROOM,
+    effective_max_connections,
+    guarded_http_protocol,
+    raise_open_files_limit,
+)
 from canaryws.app import app_shutdown_budget
 from canaryws.settings import Settings
 
@@ -349,12 +355,29 @@ def check_shutdown_timeout(seconds: float) -> None:
         raise ValueError(f"the shutdown timeout must be a positive number of seconds, not {seconds!r}")
 
 
-def uvicorn_config(app: ConnectionDrain, settings: Settings) -> uvicorn.Config:
-    """The uvicorn configuration ``canaryws serve`` runs ``app`` with (every worker alike)."""
+def max_connections_for(settings: Settings) -> int:
+    """``CANARYWS_MAX_CONNECTIONS``, lowered (with a warning) to what the process may open
+    after lifting its soft limit on open files to the hard one."""
+    open_files = raise_open_files_limit()
+    max_connections = effective_max_connections(settings.max_connections, open_files)
+    if max_connections < settings.max_connections:
+        log.warning("CANARYWS_MAX_CONNECTIONS=%d is above what the process may open (%d files): %d connections",
+                    settings.max_connections, open_files, max_connections)
+    return max_connections
+
+
+def uvicorn_config(app: ConnectionDrain, settings: Settings,
+                   on_refused: Callable[[str], None] | None = None) -> uvicorn.Config:
+    """The uvicorn configuration ``canaryws serve`` runs ``app`` with (every worker alike):
+    the door's HTTP protocol (:mod:`canaryws.adapters.door`) with its refusals counted by
+    ``on_refused``."""
+    max_connections = max_connections_for(settings)
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=guarded_http_protocol(header_timeout=settings.header_timeout,
+                                   max_sockets=max_connections + PROBE_HEADROOM, on_refused=on_refused),
         ws="websockets-sansio",
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.per_message_deflate,

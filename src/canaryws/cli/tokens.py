@@ -1,41 +1,122 @@
-"""``canaryws token revoke`` and ``canaryws token revoked``: the revocation list of a data dir.
+"""``canaryws token issue``, ``token revoke`` and ``token revoked``: a service's tokens.
 
-Both work on ``<data-dir>/revoked.json`` (see :mod:`canaryws.adapters.revocation`); a running
-service using that data dir applies a change within about a second, and ends the open
-connections of revoked tokens with close code 1008. Token values are never printed.
+``issue`` signs a token with ``<data-dir>/secret.key``; ``revoke`` and ``revoked`` work on
+``<data-dir>/revoked.json`` (see :mod:`canaryws.adapters.revocation`): a running service using
+that data dir applies a change within about a second, and ends the open connections of revoked
+tokens with close code 1008. Token values are never printed.
+
+Every command first checks that the data dir is a service's: it holds the ``secret.key`` that
+``canaryws serve`` creates on its first start, owned by this user and private to it. The
+default data dir, ``./data``, is relative to the working directory: run from elsewhere, a
+command would otherwise sign with a new secret, or write a list, that no service reads.
 
 Exit codes: 0 success (also for an expired token, which needs no revocation), 2 usage
-errors, 1 a token this data dir's secret did not sign, or an unreadable/unwritable list.
+errors, 1 a data dir that is not a service's (or whose secret is unsafe), a token this data
+dir's secret did not sign, or an unreadable/unwritable list.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from canaryws.settings import DEFAULT_DATA_DIR
+
+if TYPE_CHECKING:
+    from canaryws.adapters.auth import TokenAuthority
+    from canaryws.settings import Settings
 
 
 def _when(timestamp: int) -> str:
     return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _data_dir(data_dir: Path | None) -> Path:
+def _settings(data_dir: Path | None) -> Settings:
     from canaryws.settings import Settings
 
-    return Settings.from_env(data_dir=data_dir).data_dir
+    try:
+        return Settings.from_env(data_dir=data_dir)
+    except ValueError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+def _service_authority(settings: Settings) -> TokenAuthority:
+    """The token authority of the service whose data dir ``settings`` names; a
+    ClickException (exit 1) when it is no service's data dir or its secret is unsafe.
+    Creates nothing."""
+    from canaryws.adapters.auth import SECRET_FILE, SecretFileError, TokenAuthority
+
+    directory = settings.data_dir
+    if not os.path.lexists(directory / SECRET_FILE):
+        where = directory.absolute()
+        raise click.ClickException(
+            f"{where} is not the data dir of a service: it holds no {SECRET_FILE}, which `canaryws serve` creates "
+            f"on its first start. Point at the service's data dir with --data-dir PATH or CANARYWS_DATA_DIR=PATH "
+            f"(the default, ./{DEFAULT_DATA_DIR}, is relative to the current directory). Nothing was written."
+        )
+    try:
+        return TokenAuthority.from_data_dir(directory, settings.token_ttl_seconds, create=False)
+    except SecretFileError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 _DATA_DIR_OPTION = click.option(
     "--data-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help=f"The service's data dir, with secret.key and revoked.json (default ./{DEFAULT_DATA_DIR}).",
+    help=f"The service's data dir, with secret.key and revoked.json (default ./{DEFAULT_DATA_DIR}, "
+         "or CANARYWS_DATA_DIR).",
 )
+
+
+@click.command("issue")
+@click.argument("client_id")
+@_DATA_DIR_OPTION
+@click.option("--ttl", type=click.IntRange(min=1), default=None,
+              help="Lifetime in seconds (default CANARYWS_TOKEN_TTL, 30 days).")
+@click.option(
+    "--property",
+    "properties",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A client property flag constraints may use (e.g. clientVersion=2.4.1), signed into the token; "
+         "repeatable.",
+)
+def issue(client_id: str, data_dir: Path | None, ttl: int | None, properties: tuple[str, ...]) -> None:
+    """Print a token proving CLIENT_ID (and its --property values) to the service using the data dir."""
+    from canaryws.adapters.auth import (
+        InvalidClientId,
+        InvalidProperty,
+        parse_property,
+        validate_client_id,
+        validate_properties,
+    )
+
+    try:
+        validate_client_id(client_id)
+    except InvalidClientId as exc:
+        raise click.BadParameter(str(exc), param_hint="CLIENT_ID") from None
+    signed: dict[str, str] = {}
+    try:
+        for assignment in properties:
+            name, value = parse_property(assignment)
+            if name in signed:
+                raise InvalidProperty(f"property {name} is given twice")
+            signed[name] = value
+        validate_properties(signed)
+    except InvalidProperty as exc:
+        raise click.BadParameter(str(exc), param_hint="'--property'") from None
+    settings = _settings(data_dir)
+    token = _service_authority(settings).issue(client_id, ttl_seconds=ttl, properties=signed)
+    shown = "".join(f", {name}={value!r}" for name, value in sorted(signed.items()))
+    click.echo(f"# token for client {client_id!r}{shown}, valid {ttl or settings.token_ttl_seconds} s", err=True)
+    click.echo(token)
 
 
 @click.command("revoke")
@@ -45,7 +126,7 @@ _DATA_DIR_OPTION = click.option(
 def revoke(token: str | None, client_id: str | None, data_dir: Path | None) -> None:
     """Revoke TOKEN (`-` reads it from stdin, keeping it out of shell history), or with
     --client every token of a client issued up to now (tokens issued afterwards work)."""
-    from canaryws.adapters.auth import InvalidClientId, TokenAuthority, TokenError, validate_client_id
+    from canaryws.adapters.auth import InvalidClientId, TokenError, validate_client_id
     from canaryws.adapters.revocation import (
         RevocationFileError,
         inspect_token,
@@ -57,7 +138,8 @@ def revoke(token: str | None, client_id: str | None, data_dir: Path | None) -> N
 
     if (token is None) == (client_id is None):
         raise click.UsageError("give either a TOKEN (or - to read it from stdin) or --client CLIENT_ID")
-    directory = _data_dir(data_dir)
+    settings = _settings(data_dir)
+    directory = settings.data_dir
     path = revocations_path(directory)
     try:
         if client_id is not None:
@@ -65,6 +147,7 @@ def revoke(token: str | None, client_id: str | None, data_dir: Path | None) -> N
                 validate_client_id(client_id)
             except InvalidClientId as exc:
                 raise click.UsageError(str(exc)) from None
+            _service_authority(settings)
             cutoff, _ = revoke_client(path, client_id)
             wait_past(cutoff)  # a token issued after this command returns is not caught
             click.echo(f"revoked every token of client {client_id!r} issued up to {_when(cutoff)} ({cutoff}); "
@@ -74,10 +157,9 @@ def revoke(token: str | None, client_id: str | None, data_dir: Path | None) -> N
         value = sys.stdin.read().strip() if token == "-" else token.strip()
         if not value:
             raise click.UsageError("no token given (stdin was empty)")
-        if not (directory / "secret.key").exists():
-            raise click.ClickException(f"{directory} holds no secret.key: not the data dir of a service")
+        authority = _service_authority(settings)
         try:
-            presented = inspect_token(TokenAuthority.from_data_dir(directory), value)
+            presented = inspect_token(authority, value)
         except TokenError as exc:
             raise click.ClickException(f"not a token of the service using {directory}: {exc}") from None
         identity = presented.identity
@@ -102,7 +184,9 @@ def revoked(data_dir: Path | None, as_json: bool) -> None:
     """List the revoked tokens (id, client, expiry) and clients; never token values."""
     from canaryws.adapters.revocation import RevocationFileError, read_revocations, revocations_path
 
-    path = revocations_path(_data_dir(data_dir))
+    settings = _settings(data_dir)
+    _service_authority(settings)
+    path = revocations_path(settings.data_dir)
     try:
         current = read_revocations(path)
     except RevocationFileError as exc:
@@ -134,6 +218,7 @@ def revoked(data_dir: Path | None, as_json: bool) -> None:
 
 
 def register(group: click.Group) -> None:
-    """Add ``revoke`` and ``revoked`` to the ``token`` group."""
+    """Add ``issue``, ``revoke`` and ``revoked`` to the ``token`` group."""
+    group.add_command(issue)
     group.add_command(revoke)
     group.add_command(revoked)

@@ -54,8 +54,9 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from urllib.parse import quote, unquote
 
-from canaryws.adapters.admin import ADMIN_KEY_FILE, AdminKeyError, load_or_create_admin_key
+from canaryws.adapters.admin import ADMIN_KEY_FILE, load_or_create_admin_key
 from canaryws.adapters.auth import TokenAuthority
+from canaryws.adapters.files import CredentialFileError
 from canaryws.adapters.flags.file_source import FileFlagSource
 from canaryws.adapters.revocation import RevocationFileError, RevocationList
 from canaryws.adapters.telemetry.providers import WORKER_VAR
@@ -79,7 +80,7 @@ def startup_error(exc: Exception, settings: Settings) -> str | None:
     None for another exception."""
     if isinstance(exc, FlagsDocumentError):
         return f"cannot start: flags document {settings.flags_path}: {exc}"
-    if isinstance(exc, RevocationFileError | AdminKeyError):
+    if isinstance(exc, RevocationFileError | CredentialFileError):  # the token secret's and admin.key's
         return f"cannot start: {exc}"
     return None
 
@@ -197,7 +198,7 @@ def _worker_main(
 
     drain = serving.ConnectionDrain(service.asgi)
     serving.run(
-        serving.uvicorn_config(drain, settings),
+        serving.uvicorn_config(drain, settings, service.records.refused),
         drain,
         settings.shutdown_timeout,
         sockets=[sock],

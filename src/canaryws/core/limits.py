@@ -8,10 +8,11 @@ from __future__ import annotations
 
 
 class TokenBucket:
-    """``rate`` messages per second with bursts of up to ``burst``.
+    """``rate`` messages (or bytes) per second with bursts of up to ``burst``.
 
-    :meth:`take` always admits the message and returns how long the caller must wait
-    before handling it (0.0 while the bucket holds a token). Waiting repays the debt, so
+    :meth:`take` always admits the message (of ``amount`` tokens: 1 for a message, its
+    size for a byte budget) and returns how long the caller must wait before handling it
+    (0.0 while the bucket holds the tokens). Waiting repays the debt, so
     a connection that floods is slowed to ``rate`` and loses nothing: while it waits the
     server does not read its next frame, and TCP pushes back on the sender.
 
@@ -31,14 +32,29 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def take(self, now: float) -> float:
+    def take(self, now: float, amount: float = 1.0) -> float:
         tokens = self.tokens + (now - self.stamp) * self.rate
         if tokens > self.burst:
             tokens = self.burst
         self.stamp = now
-        tokens -= 1.0
+        tokens -= amount
         self.tokens = tokens
         return 0.0 if tokens >= 0.0 else -tokens / self.rate
+
+
+    def admit(self, now: float, amount: float = 1.0) -> float:
+        """Take ``amount`` tokens if the bucket holds them (0.0), else take nothing and return
+        how long until it would: for refusing (a handshake over its rate) rather than delaying,
+        so that refused attempts never push the bucket into debt."""
+        tokens = self.tokens + (now - self.stamp) * self.rate
+        if tokens > self.burst:
+            tokens = self.burst
+        self.stamp = now
+        if tokens >= amount:
+            self.tokens = tokens - amount
+            return 0.0
+        self.tokens = tokens
+        return (amount - tokens) / self.rate
 
 
 class RecentIds:

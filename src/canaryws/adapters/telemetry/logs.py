@@ -157,6 +157,26 @@ class _ClientErrorsAreNotServerErrors(logging.Filter):
 _CLIENT_ERRORS = _ClientErrorsAreNotServerErrors()
 
 
+class QuietHandshakes(logging.Filter):
+    """uvicorn logs every WebSocket handshake at INFO (with the client address and path), the
+    websockets library it drives logs each one again ("connection open", "connection rejected
+    (401 Unauthorized)", "connection closed", all on uvicorn's logger), and uvicorn logs one the
+    app refuses (401, 403, 429) a third time as an ERROR ("ASGI callable returned without
+    completing handshake"): an unauthenticated flood became thousands of ERROR lines. The
+    service logs its own accepted and closed connections and a rate-limited summary of refusals
+    (``canaryws.adapters.websocket``), so these are dropped."""
+
+    TEMPLATES = ('%s - "WebSocket %s"', "connection rejected (", "HTTP response sent (")
+    MESSAGES = frozenset({"ASGI callable returned without completing handshake.", "connection open",
+                          "connection closed"})
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.msg
+        if not isinstance(message, str):
+            return True
+        return not (message in self.MESSAGES or message.startswith(self.TEMPLATES))
+
+
 def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> None:
     """Send all logging (root logger and uvicorn's) as JSON lines to ``stream``.
 
@@ -190,6 +210,8 @@ def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> 
         uvicorn_logger.disabled = False
     if _CLIENT_ERRORS not in logging.getLogger("uvicorn.error").filters:
         logging.getLogger("uvicorn.error").addFilter(_CLIENT_ERRORS)
+    if not any(isinstance(f, QuietHandshakes) for f in logging.getLogger("uvicorn.error").filters):
+        logging.getLogger("uvicorn.error").addFilter(QuietHandshakes())
 
     # watchfiles logs "N changes detected" at INFO for every change in the flags directory.
     logging.getLogger("watchfiles").setLevel(max(numeric_level, logging.WARNING))

@@ -27,7 +27,10 @@ Environment (read from the ``environ`` mapping given, ``os.environ`` by default)
 - ``OTEL_SDK_DISABLED=true``: no spans are sampled or exported; the SDK's meter provider
   reads the same variable from the process environment and then records no metrics
   either (``/metrics`` answers with an empty exposition).
-- ``CANARYWS_TRACE_FILE_MAX_BYTES``: optional cap on the trace file's size.
+- ``CANARYWS_TRACE_FILE_MAX_BYTES``, ``CANARYWS_TRACE_FILE_ROTATE``: the trace file's size
+  cap (default 256 MiB; ``0`` or ``unlimited``: none) and what happens there (default
+  ``true``: rotate to ``traces.old.jsonl``; ``false``: drop the batches beyond it); see
+  :func:`trace_file_limits`.
 - ``CANARYWS_WORKER``: set by ``canaryws serve --workers N`` for worker ``k`` (1..N):
   the trace file is then ``traces-<k>.jsonl``, since its exporter must be the file's only
   writer (:func:`trace_file_name`).
@@ -42,7 +45,8 @@ reason, in ``canaryws.telemetry.spans_dropped`` (Prometheus
 - ``queue_full``: the queue was full when the span ended (the exporter is slower than
   the service produces spans); the SDK drops the oldest queued span;
 - ``export_failed``: the exporter returned FAILURE (or raised) for a batch: collector
-  unreachable, timed out or refusing, trace file write failed or over its cap;
+  unreachable, timed out or refusing; trace file write or rotation failed, a batch
+  larger than the file's cap, or (``CANARYWS_TRACE_FILE_ROTATE=false``) beyond it;
 - ``shutdown``: the span ended after the processor was shut down.
 
 An exporter that loses spans is *degraded* (:meth:`TelemetryProviders.status`, shown
@@ -59,12 +63,13 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 from urllib.parse import unquote
 
 from opentelemetry.exporter.otlp.proto.http import Compression
@@ -74,6 +79,7 @@ from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -87,7 +93,7 @@ from opentelemetry.util.re import parse_env_headers
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from canaryws.adapters.telemetry.logs import iso_utc
-from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+from canaryws.adapters.telemetry.otlp_json_file import DEFAULT_MAX_BYTES, OtlpJsonFileSpanExporter
 from canaryws.adapters.telemetry.sampling import (
     ConnectionSpansSampler,
     sampler_from_environ,
@@ -95,11 +101,15 @@ from canaryws.adapters.telemetry.sampling import (
 
 __all__ = [
     "DROP_REASONS",
+    "TRACE_FILE_MAX_BYTES_VAR",
     "TRACE_FILE_NAME",
+    "TRACE_FILE_ROTATE_VAR",
     "WORKER_VAR",
     "SpanExportMonitor",
     "TelemetryProviders",
+    "TraceFileLimits",
     "setup_telemetry",
+    "trace_file_limits",
     "trace_file_name",
 ]
 
@@ -107,6 +117,9 @@ _logger = logging.getLogger("canaryws.telemetry")
 
 TRACE_FILE_NAME = "traces.jsonl"
 WORKER_VAR = "CANARYWS_WORKER"  # the worker's index (1..N) under ``serve --workers N``
+TRACE_FILE_MAX_BYTES_VAR = "CANARYWS_TRACE_FILE_MAX_BYTES"
+TRACE_FILE_ROTATE_VAR = "CANARYWS_TRACE_FILE_ROTATE"
+MIN_TRACE_FILE_MAX_BYTES = 64 * 1024  # below this, "256" most likely meant MiB
 _DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 _EXPORTER_NAMES = ("otlp", "file", "console", "none")
 # Specification defaults, used instead of the SDK reading os.environ itself.
@@ -436,6 +449,13 @@ def _traces_status(monitors: Sequence[SpanExportMonitor]) -> dict[str, Any]:
     }
 
 
+def _observe_rotations(exporter: OtlpJsonFileSpanExporter) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        yield Observation(exporter.rotations)
+
+    return observe
+
+
 def _observe_drops(monitors: Sequence[SpanExportMonitor]) -> Callable[[CallbackOptions], Iterable[Observation]]:
     def observe(_options: CallbackOptions) -> Iterable[Observation]:
         for monitor in monitors:
@@ -510,6 +530,36 @@ class TelemetryProviders:
         return True
 
 
+HTTP_METRIC_ATTRIBUTES = frozenset({"http.route", "http.status_code", "http.response.status_code"})
+"""What the HTTP server metrics of the FastAPI/ASGI instrumentation keep: the matched route
+(none for an unknown path) and the status, both sets the service defines. The instrumentation
+would also label them with the request's ``Host`` (``http.server_name``, ``http.host``), the
+method, the client's HTTP version and the port: values a client chooses, so each new ``Host``
+made new series (issue 21: 200 requests, 25 times the lines; a 1 MB ``Host``, a 40 MB
+``/metrics``), and every method times every status would still multiply them."""
+
+HTTP_DURATION_BUCKETS_MS = (5.0, 25.0, 100.0, 500.0, 2500.0, 10000.0)
+"""The buckets of ``http.server.duration`` (only ``/admin`` and unknown paths are measured: the
+probes are not instrumented and ``/records`` has its own histogram)."""
+
+
+def bounded_http_views() -> list[View]:
+    """Views that bound the instrumentation's ``http.server.*`` metrics: the duration keeps only
+    :data:`HTTP_METRIC_ATTRIBUTES` in :data:`HTTP_DURATION_BUCKETS_MS`, the active requests none,
+    and the request and response size histograms (nothing reads them) are dropped."""
+    return [
+        View(instrument_name="http.server.request.size", aggregation=DropAggregation()),
+        View(instrument_name="http.server.response.size", aggregation=DropAggregation()),
+        View(instrument_name="http.server.request.body.size", aggregation=DropAggregation()),
+        View(instrument_name="http.server.response.body.size", aggregation=DropAggregation()),
+        View(instrument_name="http.server.duration", attribute_keys=set(HTTP_METRIC_ATTRIBUTES),
+             aggregation=ExplicitBucketHistogramAggregation(HTTP_DURATION_BUCKETS_MS)),
+        View(instrument_name="http.server.request.duration", attribute_keys=set(HTTP_METRIC_ATTRIBUTES),
+             aggregation=ExplicitBucketHistogramAggregation(tuple(b / 1000 for b in HTTP_DURATION_BUCKETS_MS))),
+        View(instrument_name="http.server.active_requests", attribute_keys=set()),
+    ]
+
+
 def setup_telemetry(
     *,
     data_dir: Path,
@@ -522,13 +572,14 @@ def setup_telemetry(
     sdk_disabled = _flag(env, "OTEL_SDK_DISABLED")
     names = ["none"] if sdk_disabled else _trace_exporter_names(env)
     batching = _batch_settings(env)  # validated before anything is started
+    file_limits = trace_file_limits(env)  # validated even when no trace file is written: a typo is a typo
 
     registry = CollectorRegistry()
     readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
     otlp_metrics = _otlp_metric_reader(env)
     if otlp_metrics is not None:
         readers.append(otlp_metrics)
-    meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+    meter_provider = MeterProvider(metric_readers=readers, resource=resource, views=bounded_http_views())
 
     sampler: Sampler = ALWAYS_OFF if sdk_disabled else sampler_from_environ(env)
     tracer_provider = TracerProvider(
@@ -554,7 +605,13 @@ def setup_telemetry(
             if name == "file":
                 trace_file = Path(data_dir) / trace_file_name(env)
                 file_exporter = OtlpJsonFileSpanExporter(
-                    trace_file, max_bytes=_int(env, "CANARYWS_TRACE_FILE_MAX_BYTES")
+                    trace_file, max_bytes=file_limits.max_bytes, rotate=file_limits.rotate
+                )
+                meter_provider.get_meter("canaryws.telemetry").create_observable_counter(
+                    "canaryws.telemetry.trace_file_rotations",
+                    callbacks=[_observe_rotations(file_exporter)],
+                    unit="{rotation}",
+                    description="Times the local trace file reached its size cap and was moved to its backup",
                 )
                 exporter = file_exporter
                 monitor = SpanExportMonitor(name, str(trace_file), exporter_logs_failures=True)
@@ -605,6 +662,60 @@ def trace_file_name(env: Mapping[str, str]) -> str:
     if not worker.isdecimal():
         raise ValueError(f"{WORKER_VAR}={worker!r} is not a worker number")
     return f"traces-{int(worker)}.jsonl"
+
+
+class TraceFileLimits(NamedTuple):
+    max_bytes: int | None
+    """The cap on the trace file's size; None: no cap."""
+    rotate: bool
+    """At the cap, move the file to its backup and start a new one (True), or drop the
+    batches that do not fit (False)."""
+
+
+_SIZE = re.compile(r"(?P<number>[0-9]+)\s*(?P<unit>kib|mib|gib)?", re.IGNORECASE)
+_SIZE_UNITS = {None: 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def trace_file_limits(env: Mapping[str, str]) -> TraceFileLimits:
+    """The trace file's cap and rotation, from ``env``; ValueError names a bad value.
+
+    ``CANARYWS_TRACE_FILE_MAX_BYTES``: bytes (``268435456``) or ``KiB``/``MiB``/``GiB``
+    (``256MiB``), at least 64 KiB; ``0`` or ``unlimited`` for no cap; default 256 MiB.
+    ``CANARYWS_TRACE_FILE_ROTATE``: ``true`` (default) or ``false`` (also 1/0, yes/no,
+    on/off).
+    """
+    raw = env.get(TRACE_FILE_MAX_BYTES_VAR, "").strip()
+    max_bytes: int | None = DEFAULT_MAX_BYTES
+    if raw:
+        match = _SIZE.fullmatch(raw)
+        if raw.lower() == "unlimited":
+            max_bytes = None
+        elif match is None:
+            raise ValueError(
+                f"{TRACE_FILE_MAX_BYTES_VAR}={raw!r} is not a size: use bytes (268435456) or KiB/MiB/GiB "
+                "(256MiB), or 0 or unlimited for no cap"
+            )
+        else:
+            unit = match["unit"].lower() if match["unit"] else None
+            max_bytes = int(match["number"]) * _SIZE_UNITS[unit] or None
+            if max_bytes is not None and max_bytes < MIN_TRACE_FILE_MAX_BYTES:
+                raise ValueError(
+                    f"{TRACE_FILE_MAX_BYTES_VAR}={raw!r} is below the minimum of 64KiB ({MIN_TRACE_FILE_MAX_BYTES} "
+                    "bytes); sizes are in bytes unless they say KiB, MiB or GiB (0 or unlimited: no cap)"
+                )
+    rotate_raw = env.get(TRACE_FILE_ROTATE_VAR, "").strip().lower()
+    if rotate_raw in _FALSE:
+        rotate = False
+    elif not rotate_raw or rotate_raw in _TRUE:
+        rotate = True
+    else:
+        raise ValueError(
+            f"{TRACE_FILE_ROTATE_VAR}={env[TRACE_FILE_ROTATE_VAR]!r} is not a boolean: use true (rotate at the cap) "
+            "or false (drop the spans beyond it)"
+        )
+    return TraceFileLimits(max_bytes, rotate)
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

@@ -43,6 +43,7 @@ PROVIDER_NAME = "Unleash"
 _EMPTY_CONTEXT = otel_context.Context()
 NEVER = sys.maxsize  # a batch gap that never ends: no batch spans
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+A_CLAIMED_VERSION = "canaryws.client.claimed_version"  # X-Canaryws-Client-Version, advisory
 
 
 class RecordsTelemetry:
@@ -83,7 +84,8 @@ class RecordsTelemetry:
         self._throttled = meter.create_counter(
             "canaryws.frames.throttled",
             unit="{frame}",
-            description="Frames held back by the per-connection rate limit, by strategy",
+            description="Frames held back by a limit (frames: the rate; bytes, client_bytes: the work budgets), "
+            "by strategy",
         )
         # Batches, records and batch durations are counted once, on the connection summaries
         # (which the batch loop fills anyway): at collection (a scrape, an OTLP export) the
@@ -201,25 +203,27 @@ class RecordsTelemetry:
     def terminated(self, reason: str) -> None:
         self._terminated.add(1, self._attrs("reason", reason))
 
-    def throttled(self, strategy: str) -> None:
-        self._throttled.add(1, self._attrs("strategy", strategy))
+    def throttled(self, strategy: str, limit: str = "frames") -> None:
+        """A frame that waited for a limit: ``frames`` (the rate), ``bytes`` (the connection's
+        work budget) or ``client_bytes`` (the client id's)."""
+        self._throttled.add(1, self._attrs("strategy", strategy, "limit", limit))
 
     def start_connect(self, connection_id: str, client_id: str,
-                      headers: Iterable[tuple[bytes, bytes]] = ()) -> Span:
+                      headers: Iterable[tuple[bytes, bytes]] = (), claimed_version: str | None = None) -> Span:
         """The connect span: the handshake, auth and cohort. It continues the W3C trace
         context (``traceparent``) the client sent with its handshake, if any (the ASGI
-        instrumentation leaves ``/records`` alone)."""
+        instrumentation leaves ``/records`` alone). ``claimed_version`` is the client's own
+        ``X-Canaryws-Client-Version`` (advisory: never a flag property, never a metric label)."""
         carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
                    if name in _TRACE_HEADERS}
+        attributes = {A_ROLE: "connect", "canaryws.connection.id": connection_id, "canaryws.client.id": client_id}
+        if claimed_version is not None:
+            attributes[A_CLAIMED_VERSION] = claimed_version
         return self.tracer.start_span(
             "records.connect",
             context=propagate.extract(carrier) if carrier else _EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
-            attributes={
-                A_ROLE: "connect",
-                "canaryws.connection.id": connection_id,
-                "canaryws.client.id": client_id,
-            },
+            attributes=attributes,
         )
 
     @staticmethod
@@ -266,7 +270,7 @@ class RecordsTelemetry:
     def closed(self, summary: ConnectionSummary, close_code: int) -> None:
         """Connection metrics at disconnect (the summary span is emitted by :meth:`emit_summary`)."""
         self._connections_active.add(-1, self._attrs("strategy", summary.strategy))
-        self._closes.add(1, self._attrs("strategy", summary.strategy, "code", str(close_code)))
+        self._closes.add(1, self._attrs("strategy", summary.strategy, "code", close_code_label(close_code)))
 
     def emit_summary(self, summary: ConnectionSummary, start_ns: int, end_ns: int, connect: SpanContext | None) -> None:
         """One ``records.connection`` span: a slice of a connection's life under one cohort."""
@@ -630,15 +634,26 @@ class FlagsTelemetry:
             yield Observation(share, {"source": str(self._status().get("source"))})
 
 
+LABELLED_CLOSE_CODES = frozenset(range(1000, 1016))
+"""The close codes of RFC 6455 that ``canaryws_connections_closed_total`` names; any other (a
+client may close with any of 3000-4999) is ``other``, so that clients cannot make series."""
+
+
+def close_code_label(code: int) -> str:
+    return str(code) if code in LABELLED_CLOSE_CODES else "other"
+
+
 def span_context(span: Span) -> SpanContext | None:
     ctx = span.get_span_context()
     return ctx if ctx.is_valid else None
 
 
 __all__ = [
+    "LABELLED_CLOSE_CODES",
     "DurationHistograms",
     "FlagsTelemetry",
     "RecordsTelemetry",
     "SummaryTotals",
+    "close_code_label",
     "span_context",
 ]
