@@ -28,8 +28,11 @@ install: .venv/.synced
 serve: install
 	$(UV) run --frozen --no-sync canaryws serve $(SERVE_ARGS)
 
+# ruff, and the architecture (import-linter's contracts in pyproject.toml: imports only point down
+# the layers, and canaryws.core imports no framework, no OpenTelemetry and no I/O module)
 lint: install
 	$(UV) run --frozen --no-sync ruff check src tests bench
+	$(UV) run --frozen --no-sync lint-imports
 
 typecheck: install
 	$(UV) run --frozen --no-sync mypy

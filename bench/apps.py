@@ -78,7 +78,7 @@ def naive_app(flags_file: Path, trace_file: Path) -> FastAPI:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     from canaryws.adapters.flags.engine import FlagSnapshot
-    from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+    from canaryws.adapters.telemetry.file_exporter import OtlpJsonFileSpanExporter
     from canaryws.core.cohorts import STRICT_FLAG
     from canaryws.core.flagdoc import parse_flags_document
 

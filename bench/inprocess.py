@@ -47,6 +47,9 @@ PRODUCTION_ENV = {
     "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
     "OTEL_TRACES_SAMPLER_ARG": "0.01",
     "CANARYWS_MAX_MESSAGES_PER_SECOND": "1000000",
+    # one connection sends 20,000 batches as fast as it can: the work budgets would measure themselves
+    "CANARYWS_MAX_BYTES_PER_SECOND": "0",
+    "CANARYWS_MAX_CLIENT_BYTES_PER_SECOND": "0",
     "CANARYWS_LOG_LEVEL": "WARNING",
 }
 
@@ -110,8 +113,8 @@ def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
     else:
         from starlette.websockets import WebSocket
 
+        from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY
         from canaryws.adapters.auth import TokenAuthority
-        from canaryws.adapters.websocket import CHANNEL_SCOPE_KEY
         from canaryws.app import build_service
         from canaryws.settings import Settings
 

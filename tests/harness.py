@@ -21,7 +21,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from canaryws.adapters.auth import TokenAuthority
-from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
 
 PROTOCOL = "canaryws.records.v1"
 
@@ -87,7 +87,7 @@ def write_guard_summaries(path: Path, strict_close: int, connections: int = 30) 
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-    from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+    from canaryws.adapters.telemetry.file_exporter import OtlpJsonFileSpanExporter
     from canaryws.adapters.telemetry.records import RecordsTelemetry
     from canaryws.core.summary import END_CLOSED, ConnectionSummary
 

@@ -1,9 +1,11 @@
-"""Composition: the one place where adapters are built from settings and wired."""
+"""Composition: the one place where adapters are built from settings and wired, and the
+whole ASGI stack is assembled (:func:`build_service`). :mod:`canaryws.serve` runs it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -16,29 +18,28 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.types import ASGIApp
 
 from canaryws.adapters.admin import ADMIN_KEY_FILE, admin_credential_check, admin_router, load_or_create_admin_key
+from canaryws.adapters.asgi.access_token import AccessTokenScrubber
+from canaryws.adapters.asgi.drain import ConnectionDrain
+from canaryws.adapters.asgi.expose_abort import ExposeAbort
+from canaryws.adapters.asgi.records_route import RecordsRoute
 from canaryws.adapters.auth import TokenAuthority
+from canaryws.adapters.files import CredentialFileError
 from canaryws.adapters.flags.engine import FlagSnapshot
 from canaryws.adapters.flags.file_source import FileFlagSource
 from canaryws.adapters.flags.unleash_source import UnleashFlagSource
-from canaryws.adapters.http import AccessTokenScrubber, probes_router
-from canaryws.adapters.revocation import RevocationList
+from canaryws.adapters.http import probes_router
+from canaryws.adapters.records.endpoint import EndpointLimits, RecordsEndpoint
+from canaryws.adapters.revocation import RevocationFileError, RevocationList
+from canaryws.adapters.server.graceful import app_shutdown_budget
 from canaryws.adapters.shadow import ShadowRunner
+from canaryws.adapters.telemetry.flags import FlagsTelemetry
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
-from canaryws.adapters.telemetry.records import FlagsTelemetry, RecordsTelemetry
-from canaryws.adapters.websocket import EndpointLimits, ExposeAbort, RecordsEndpoint, RecordsRoute
+from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core.cohorts import expected_strict_share
+from canaryws.core.flagdoc import FlagsDocumentError
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws")
-
-APP_SHUTDOWN_MAX_SECONDS = 5.0
-
-
-def app_shutdown_budget(shutdown_timeout: float) -> float:
-    """Seconds the app's own shutdown (the background tasks, then the telemetry flush) gets
-    of the shutdown bound: a third of it, at most 5 s. The connections get the rest
-    (``canaryws.cli.serving``)."""
-    return min(APP_SHUTDOWN_MAX_SECONDS, shutdown_timeout / 3)
 
 PROBE_PATHS = "healthz,readyz,metrics"
 # The OTel ASGI middleware leaves these alone. /records never reaches it (RecordsRoute serves it
@@ -92,7 +93,12 @@ def build_flag_source(settings: Settings, on_reload: Callable[[str], None]) -> F
 
 @dataclass
 class Service:
-    """Everything the running app holds; exposed on ``app.state.service`` for tests."""
+    """Everything the running app holds; exposed on ``app.state.service`` for tests.
+
+    ``asgi`` is the whole stack a server runs, outermost first: ``drain`` (the
+    :class:`ConnectionDrain` the graceful server drains at shutdown), :class:`ExposeAbort`,
+    :class:`AccessTokenScrubber`, :class:`RecordsRoute` (``/records`` to ``records``), then
+    ``fastapi`` (the probes, ``/admin``, under the OpenTelemetry ASGI middleware)."""
 
     settings: Settings
     flags: FlagSource
@@ -100,6 +106,7 @@ class Service:
     telemetry: TelemetryProviders
     records: RecordsEndpoint
     fastapi: FastAPI
+    drain: ConnectionDrain
     asgi: ASGIApp
 
 
@@ -120,10 +127,9 @@ def build_service(settings: Settings) -> Service:
     telemetry = setup_telemetry(
         data_dir=settings.data_dir, service_name=settings.service_name, environ=settings.environ
     )
-    # The flag gauges read the source's status at scrape time, after the source exists.
-    flags_telemetry = FlagsTelemetry(telemetry.meter_provider, lambda: flags.status(),
-                                     lambda: expected_strict_share(flags.current, settings.default_strategy))
-    flags = build_flag_source(settings, lambda result: flags_telemetry.reloaded(settings.flags_backend, result))
+    flags_telemetry = FlagsTelemetry(telemetry.meter_provider)
+    flags = build_flag_source(settings, functools.partial(flags_telemetry.reloaded, settings.flags_backend))
+    flags_telemetry.observe(flags.status, lambda: expected_strict_share(flags.current, settings.default_strategy))
     flags.load()
     tokens = TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
     revocations = RevocationList(settings.data_dir)
@@ -169,6 +175,7 @@ def build_service(settings: Settings) -> Service:
         app_name=settings.service_name,
         environment=settings.unleash_environment,
     )
+    records_telemetry.totals.track(records.open_summaries)  # the batch metrics read the open slices too
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -231,10 +238,34 @@ def build_service(settings: Settings) -> Service:
             *(field.strip() for field in settings.environ.get(SANITIZE_FIELDS_VAR, "").split(",") if field.strip()),
         ],
     )
-    asgi = ExposeAbort(AccessTokenScrubber(RecordsRoute(app, records.handle)))
-    service = Service(settings, flags, tokens, telemetry, records, app, asgi)
+    drain = ConnectionDrain(ExposeAbort(AccessTokenScrubber(RecordsRoute(app, records.handle))))
+    service = Service(settings, flags, tokens, telemetry, records, app, drain, drain)
     app.state.service = service
     return service
+
+
+def startup_error(exc: Exception, settings: Settings) -> str | None:
+    """The "cannot start" message for a start-up failure of the service's own state (a bad
+    flags document, revocation list, token secret or admin credential), or None for another
+    exception."""
+    if isinstance(exc, FlagsDocumentError):
+        return f"cannot start: flags document {settings.flags_path}: {exc}"
+    if isinstance(exc, RevocationFileError | CredentialFileError):  # the token secret's and admin.key's
+        return f"cannot start: {exc}"
+    return None
+
+
+def prepare_shared_state(settings: Settings) -> None:
+    """Validate the flags document (the Unleash bootstrap too) and ``revoked.json``, and
+    create the token secret and the admin credential if missing, as :func:`build_service`
+    would; raises what it raises. No watcher, client or thread is started (the supervisor of
+    several workers runs it once, before any worker)."""
+    FileFlagSource(settings.flags_path).load()
+    TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
+    RevocationList(settings.data_dir).load()
+    load_or_create_admin_key(
+        settings.admin_token_file or settings.data_dir / ADMIN_KEY_FILE, create=settings.admin_token_file is None
+    )
 
 
 def create_app() -> ASGIApp:

@@ -8,13 +8,22 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from canaryws.adapters.auth import DEFAULT_TTL_SECONDS
 from canaryws.core.cohorts import DEFAULT_STRATEGIES, DEFAULT_STRATEGY
 from canaryws.core.contract import DEFAULT_MAX_RECORDS
 from canaryws.core.strategies.strict import DEFAULT_MAX_LENGTH
 
+DEFAULT_TTL_SECONDS = 30 * 24 * 3600  # CANARYWS_TOKEN_TTL: a token's lifetime unless issued with another
 DEFAULT_FLAGS = Path("flags/features.json")
+FLAGS_ENVVAR = "CANARYWS_FLAGS"  # the flags file: the service's (bootstrap with Unleash) and the CLI's
 DEFAULT_DATA_DIR = Path("data")
+
+UNLEASH_URL = "UNLEASH_URL"  # the API root, e.g. http://127.0.0.1:4242/api
+UNLEASH_API_TOKEN = "UNLEASH_API_TOKEN"  # a client (backend) token: the service's SDK, `flags export`
+UNLEASH_ADMIN_TOKEN = "UNLEASH_ADMIN_TOKEN"  # an admin token: `flags` and `guard` change the flags with it
+UNLEASH_ENVIRONMENT = "UNLEASH_ENVIRONMENT"
+UNLEASH_PROJECT = "UNLEASH_PROJECT"
+DEFAULT_UNLEASH_ENVIRONMENT = "development"
+DEFAULT_UNLEASH_PROJECT = "default"
 
 
 def _boolean(raw: str) -> bool:
@@ -61,6 +70,40 @@ def _origins(raw: str) -> frozenset[str] | None:
     return None if "*" in origins else origins
 
 
+@dataclass(frozen=True, slots=True)
+class UnleashSettings:
+    """Which Unleash server, project and environment: the ``UNLEASH_*`` variables, read here
+    only (:meth:`from_env`; surrounding blanks are dropped, a blank value counts as unset).
+
+    The service takes its flags from the server with ``url`` and ``api_token`` (a client
+    token; :class:`Settings` carries them); ``canaryws flags`` and ``canaryws guard`` change
+    them through the Admin API with ``url`` and ``admin_token``; ``flags export`` fetches
+    them with ``url`` and ``api_token``.
+    """
+
+    url: str | None = None
+    api_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
+    environment: str = DEFAULT_UNLEASH_ENVIRONMENT
+    project: str = DEFAULT_UNLEASH_PROJECT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> UnleashSettings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        return cls(
+            url=get(UNLEASH_URL),
+            api_token=get(UNLEASH_API_TOKEN),
+            admin_token=get(UNLEASH_ADMIN_TOKEN),
+            environment=get(UNLEASH_ENVIRONMENT) or DEFAULT_UNLEASH_ENVIRONMENT,
+            project=get(UNLEASH_PROJECT) or DEFAULT_UNLEASH_PROJECT,
+        )
+
+
 @dataclass(frozen=True)
 class Settings:
     host: str = "127.0.0.1"
@@ -94,16 +137,16 @@ class Settings:
     per_message_deflate: bool = False
     allowed_origins: frozenset[str] | None = None  # None: any Origin
     admin_token_file: Path | None = None  # None: <data-dir>/admin.key, created on first start
-    shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see cli.serving)
-    workers: int = 1  # serving processes; above 1, cli.workers supervises them on one listening socket
+    shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see adapters.server.graceful)
+    workers: int = 1  # serving processes; above 1, adapters.server.supervisor supervises them on one listening socket
     service_name: str = "canaryws"
     # the strategy of every client while records.strict is absent from the flags document
     default_strategy: str = DEFAULT_STRATEGY
-    # Unleash server backend (used when url and api token are both set)
+    # Unleash server backend (used when url and api token are both set; from_env takes them from UnleashSettings)
     unleash_url: str | None = None
     unleash_api_token: str | None = field(default=None, repr=False)
-    unleash_environment: str = "development"
-    unleash_project: str = "default"
+    unleash_environment: str = DEFAULT_UNLEASH_ENVIRONMENT
+    unleash_project: str = DEFAULT_UNLEASH_PROJECT
     unleash_refresh_interval: float = 15.0
     unleash_request_timeout: float = 5.0
     unleash_startup_wait: float = 3.0
@@ -129,7 +172,7 @@ class Settings:
         conv: dict[str, tuple[str, Callable[[str], object]]] = {
             "host": ("CANARYWS_HOST", str),
             "port": ("CANARYWS_PORT", int),
-            "flags_path": ("CANARYWS_FLAGS", Path),
+            "flags_path": (FLAGS_ENVVAR, Path),
             "data_dir": ("CANARYWS_DATA_DIR", Path),
             "max_records": ("CANARYWS_MAX_RECORDS", int),
             "max_record_length": ("CANARYWS_MAX_RECORD_LENGTH", int),
@@ -159,10 +202,6 @@ class Settings:
             "shutdown_timeout": ("CANARYWS_SHUTDOWN_TIMEOUT", float),
             "workers": ("CANARYWS_WORKERS", _at_least_one),
             "default_strategy": ("CANARYWS_DEFAULT_STRATEGY", _strategy),
-            "unleash_url": ("UNLEASH_URL", str),
-            "unleash_api_token": ("UNLEASH_API_TOKEN", str),
-            "unleash_environment": ("UNLEASH_ENVIRONMENT", str),
-            "unleash_project": ("UNLEASH_PROJECT", str),
             "unleash_refresh_interval": ("UNLEASH_REFRESH_INTERVAL", float),
             "unleash_request_timeout": ("UNLEASH_REQUEST_TIMEOUT", float),
             "unleash_startup_wait": ("CANARYWS_UNLEASH_STARTUP_WAIT", float),
@@ -173,5 +212,12 @@ class Settings:
                     values[attr] = typ(env[var])
                 except ValueError as exc:
                     raise ValueError(f"{var}={env[var]!r}: {exc}") from None
+        unleash = UnleashSettings.from_env(env)
+        values.update(
+            unleash_url=unleash.url,
+            unleash_api_token=unleash.api_token,
+            unleash_environment=unleash.environment,
+            unleash_project=unleash.project,
+        )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

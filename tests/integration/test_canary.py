@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from canaryws.adapters.flags.engine import FlagSnapshot
+from canaryws.analysis.judge import DEFAULT_METRICS
 from canaryws.core.cohorts import EvaluationContext, decide_cohort
 from canaryws.core.flagdoc import validate_flags_data
 from canaryws.core.strategies import VERSIONS
@@ -296,10 +297,13 @@ async def test_report_reads_collector_output_and_writes_table_and_html(tmp_path:
             doc["resourceSpans"] += json.loads(second).get("resourceSpans", [])
             out.write(json.dumps(_ints_as_strings(doc)) + "\n")
     html = tmp_path / "report.html"
-    table = run_cli("report", "--traces", str(collector), "--html", str(html))
+    table = run_cli("report", "--traces", str(collector), "--html", str(html), env={"COLUMNS": "80"})
     assert table.returncode == 2, table.stderr  # 30 clients are too thin a sample to judge
     assert "hold" in table.stdout and "strict" in table.stdout and "lenient" in table.stdout
     assert "too thin" in table.stdout
+    # an 80-column terminal: every line fits, every metric name is whole
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80 and "…" not in table.stdout, table.stdout
+    assert all(f" {rule.name} " in table.stdout for rule in DEFAULT_METRICS), table.stdout
     page = html.read_text()
     assert page.count("<svg") >= 2 and "https://" not in page.replace('xmlns="http://www.w3.org', "")
     as_json = json.loads(run_cli("report", "--traces", str(collector), "--json").stdout)

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
 from canaryws.analysis.traces import expand_paths, load_slices
 from harness import Service, UnleashServer, flags_doc, free_port, metric_value, run_cli, send_batch
 

@@ -418,6 +418,24 @@ def test_a_flood_of_refused_handshakes_logs_no_error_and_a_few_info_lines(tmp_pa
     assert len(new_lines) <= len(summaries) + 10, new_lines[:20]
 
 
+def test_two_authorization_or_origin_headers_are_refused_with_400(tmp_path: Path) -> None:
+    """Which of two headers counts would be a guess (and a proxy might guess otherwise)."""
+    with Service(tmp_path) as svc:
+        token = svc.token("twice")
+        sock = socket.create_connection(("127.0.0.1", svc.port), timeout=10)
+        lines = ["GET /records HTTP/1.1", f"Host: 127.0.0.1:{svc.port}", "Upgrade: websocket",
+                 "Connection: Upgrade", f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}",
+                 "Sec-WebSocket-Version: 13", f"Authorization: Bearer {token}", "Authorization: Bearer forged"]
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        status, _, body = _read_response(sock)
+        sock.close()
+        assert (status, json.loads(body)["error"]) == (400, "duplicate_header")
+        status, _, body, sock = handshake(svc.port, token, extra={"Origin": "https://a.example"})
+        sock.close()
+        assert status == 101  # one Origin is fine
+        assert metric_value(scrape(svc), "canaryws_connections_refused_total", reason="duplicate_header") == 1
+
+
 # -- identity ----------------------------------------------------------------------------------
 
 

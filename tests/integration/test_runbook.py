@@ -697,7 +697,7 @@ class FreezableService(Service):
     so that its command line reads ``.../canaryws serve ...``."""
 
     SCRIPT = ("import asyncio, os, sys, time\n"
-              "from canaryws.adapters.websocket import RecordsEndpoint\n"
+              "from canaryws.adapters.records.endpoint import RecordsEndpoint\n"
               "original = RecordsEndpoint.run\n"
               "async def freeze():\n"
               "    while not os.path.exists('freeze'):\n"

@@ -227,7 +227,7 @@ class StuckShutdownService(Service):
     only the watchdog can end it."""
 
     SCRIPT = ("import asyncio, sys, time\n"
-              "from canaryws.adapters.websocket import RecordsEndpoint\n"
+              "from canaryws.adapters.records.endpoint import RecordsEndpoint\n"
               "async def run(self):\n"  # the connection sweeper: stopped first by the app's shutdown
               "    try:\n"
               "        await asyncio.sleep(3600)\n"

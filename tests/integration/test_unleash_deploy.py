@@ -4,7 +4,7 @@ One server for the module, with its own state dir, port and database, driven the
 drives it: ``up`` (twice), the client and admin APIs with the printed tokens, ``down``, ``down --purge``.
 Two more, started side by side without ``UNLEASH_DB`` as two checkouts would, show that each state
 dir gets its own database and that ``down --purge`` drops only what its state dir created; and the
-README's snippet is run as written, with ``up`` failing and working.
+deploy/unleash snippet of docs/operating.md is run as written, with ``up`` failing and working.
 """
 
 from __future__ import annotations
@@ -320,8 +320,9 @@ def test_down_purge_refuses_a_database_the_state_dir_did_not_create(unleash: Unl
 
 
 def readme_snippet() -> str:
-    """The first command of README.md's deploy/unleash block, as written: ``up``, and the service on its settings."""
-    section = (REPO / "README.md").read_text().split("### Flags from a real Unleash server\n", 1)[1]
+    """The first command of the deploy/unleash block of docs/operating.md (linked from README.md), as
+    written: ``up``, and the service on its settings."""
+    section = (REPO / "docs" / "operating.md").read_text().split("## Flags from a real Unleash server\n", 1)[1]
     block = section.split("```sh\n", 1)[1].split("```", 1)[0]
     lines: list[str] = []
     for line in block.splitlines():

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from canaryws.adapters.telemetry.otlp_json_file import read_otlp_json_lines
+from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
 from canaryws.core.summary import A_CLOSE_CODE, A_CONNECTION_ID
 from harness import PROTOCOL, Service, flags_doc, run_cli, send_batch, send_signal, wait_exit
 from wsraw import CLOSE, TEXT, RawClient, frame
@@ -282,8 +282,9 @@ def test_the_number_of_workers_is_validated_and_bad_shared_state_stops_the_super
 
 
 def test_each_worker_gets_its_own_instance_id_and_trace_file_name() -> None:
-    from canaryws.adapters.telemetry.providers import _resource, trace_file_name
-    from canaryws.cli.workers import instance_id_base, worker_environ
+    from canaryws.adapters.server.supervisor import instance_id_base, worker_environ
+    from canaryws.adapters.telemetry.environment import resource_from_environ as _resource
+    from canaryws.adapters.telemetry.environment import trace_file_name
 
     env = {"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=prod,service.instance.id=pod%2Da"}
     base = instance_id_base(env)

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
+from canaryws.adapters.flags.backend import FlagBackend
+from canaryws.adapters.flags.file_backend import FileFlagBackend
 from canaryws.adapters.flags.file_store import read_document
-from canaryws.cli.flags import FileFlagBackend, FlagBackend, flags_group
+from canaryws.cli.flags import flags_group
 from canaryws.core.flagdoc import describe
 
 REPO_FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"

@@ -1,5 +1,5 @@
 """The deployment files under deploy/, checked at schema level and for consistency with each other
-and with the service (README: configuration, probes, shutdown bound).
+and with the service (docs/configuration.md, docs/operating.md: probes, shutdown bound).
 
 - deploy/compose.yaml against the Compose Specification JSON schema (the copy bundled by the PyPI
   package check-jsonschema, ``check_jsonschema/builtin_schemas/vendor/compose-spec.json``, Apache-2.0),
@@ -81,9 +81,9 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
-def readme_variables() -> set[str]:
-    """The environment variables README.md documents (its Configuration table and text)."""
-    return set(re.findall(r"`((?:CANARYWS|UNLEASH|OTEL)_[A-Z_]+)", (REPO / "README.md").read_text()))
+def documented_variables() -> set[str]:
+    """The environment variables docs/configuration.md documents."""
+    return set(re.findall(r"`((?:CANARYWS|UNLEASH|OTEL)_[A-Z_]+)", (REPO / "docs" / "configuration.md").read_text()))
 
 
 # -- compose -----------------------------------------------------------------------------------------
@@ -157,13 +157,13 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
         assert any(image.startswith(official) for image in images.values()), official
 
     unleash_env = env_of(services["unleash"])
-    readme_vars = readme_variables()
+    documented = documented_variables()
     for name in CANARYWS_SERVICES:
         service = services[name]
         assert service["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
         env = env_of(service)
-        # every canaryws/Unleash/OTel variable set is one README documents
-        assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= readme_vars
+        # every canaryws/Unleash variable set is one docs/configuration.md documents
+        assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= documented
         assert env["CANARYWS_HOST"] == "0.0.0.0"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4318"
         assert env["UNLEASH_URL"] == "http://unleash:4242/api"
@@ -577,7 +577,7 @@ def test_deployment_probes_ports_and_selectors_match() -> None:
     pod_labels = pod["metadata"]["labels"]
     (container,) = pod["spec"]["containers"]
     env = container_env(container)
-    assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= readme_variables()
+    assert {k for k in env if k.startswith(("CANARYWS_", "UNLEASH_"))} <= documented_variables()
     port_by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert env["CANARYWS_HOST"] == "0.0.0.0"
     listen = int(env["CANARYWS_PORT"])

@@ -13,17 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from starlette.websockets import WebSocket
 
-from canaryws.adapters import websocket as websocket_module
-from canaryws.adapters.auth import TokenAuthority
-from canaryws.adapters.websocket import CHANNEL_SCOPE_KEY
-from canaryws.app import build_service
-from canaryws.core.flagdoc import encode_flags_document, parse_flags_document, with_rollout
+from canaryws.adapters.records import loop as loop_module
+from canaryws.core.flagdoc import with_rollout
 from canaryws.core.limits import TokenBucket
-from canaryws.settings import Settings
+from inprocess import embedded_flags, service_for, token_for, websocket_for
 
-FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
 RATE = 100.0
 BURST = 5
 
@@ -82,12 +77,8 @@ def _drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: list[tuple[f
            **limits: float) -> tuple[Channel, list[float], float]:
     """The real endpoint serving ``frames`` on the test's clock: the channel, every wait the
     loop took, and when the connection opened."""
-    (tmp_path / "features.json").write_bytes(encode_flags_document(
-        with_rollout(parse_flags_document(FLAGS.read_bytes()), "records.strict", 100)))
-    settings = Settings.from_env({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
-                                 flags_path=tmp_path / "features.json", data_dir=tmp_path / "data", **limits)
-    service = build_service(settings)
-    token = TokenAuthority.from_data_dir(settings.data_dir).issue("rate-client")
+    service = service_for(tmp_path, with_rollout(embedded_flags(), "records.strict", 100), **limits)
+    token = token_for(service, "rate-client")
 
     clock = Clock()
     waits: list[float] = []
@@ -98,16 +89,13 @@ def _drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, frames: list[tuple[f
         clock.now += seconds
         await real_sleep(0)
 
-    monkeypatch.setattr(websocket_module, "time", types.SimpleNamespace(
+    monkeypatch.setattr(loop_module, "time", types.SimpleNamespace(
         perf_counter=clock.perf_counter, time=time.time, time_ns=time.time_ns, monotonic=time.monotonic))
-    monkeypatch.setattr(websocket_module, "asyncio", types.SimpleNamespace(**{**vars(asyncio), "sleep": sleep}))
+    monkeypatch.setattr(loop_module, "asyncio", types.SimpleNamespace(**{**vars(asyncio), "sleep": sleep}))
 
     channel = Channel(clock, frames)
-    scope = {"type": "websocket", "path": "/records", "subprotocols": [],
-             "headers": [(b"authorization", f"Bearer {token}".encode())],
-             CHANNEL_SCOPE_KEY: (channel.receive, channel.send)}
     opened = clock.now
-    asyncio.run(service.records.handle(WebSocket(scope, channel.receive, channel.send)))
+    asyncio.run(service.records.handle(websocket_for(token, channel.receive, channel.send)))
     assert channel.results == len(frames)  # every batch answered, none refused
     return channel, waits, opened
 

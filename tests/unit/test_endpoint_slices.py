@@ -12,27 +12,17 @@ from typing import Any
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from starlette.websockets import WebSocket
 
-from canaryws.adapters.auth import TokenAuthority
 from canaryws.adapters.flags.engine import FlagSnapshot
-from canaryws.adapters.websocket import CHANNEL_SCOPE_KEY
-from canaryws.app import build_service
-from canaryws.core.flagdoc import encode_flags_document, parse_flags_document, with_rollout
-from canaryws.settings import Settings
-
-FLAGS = Path(__file__).resolve().parents[2] / "flags" / "features.json"
+from canaryws.core.flagdoc import with_rollout
+from inprocess import embedded_flags, service_for, token_for, websocket_for
 
 
 def test_a_slice_the_sweep_ends_during_the_cohort_frame_starts_under_the_new_cohort(tmp_path: Path) -> None:
-    doc = with_rollout(parse_flags_document(FLAGS.read_bytes()), "records.strict", 100)
-    (tmp_path / "features.json").write_bytes(encode_flags_document(doc))
-    settings = Settings.from_env({"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"},
-                                 flags_path=tmp_path / "features.json", data_dir=tmp_path / "data",
-                                 summary_interval=0.001)
-    service = build_service(settings)
+    doc = with_rollout(embedded_flags(), "records.strict", 100)
+    service = service_for(tmp_path, doc, summary_interval=0.001)
     endpoint = service.records
-    token = TokenAuthority.from_data_dir(settings.data_dir).issue("slice-client")
+    token = token_for(service, "slice-client")
     lenient = FlagSnapshot.from_document(with_rollout(doc, "records.strict", 0), source="file")
     assert lenient.revision != service.flags.current.revision
 
@@ -61,12 +51,8 @@ def test_a_slice_the_sweep_ends_during_the_cohort_frame_starts_under_the_new_coh
             slices_started_under.extend(conn.summary.strategy for conn in endpoint._open.values())
         await asyncio.sleep(0)
 
-    scope = {"type": "websocket", "path": "/records", "subprotocols": [],
-             "headers": [(b"authorization", f"Bearer {token}".encode())],
-             CHANNEL_SCOPE_KEY: (receive, send)}
-
     async def serve_one_connection() -> str:
-        await endpoint.handle(WebSocket(scope, receive, send))
+        await endpoint.handle(websocket_for(token, receive, send))
         return generate_latest(service.telemetry.prometheus_registry).decode()
 
     metrics = asyncio.run(serve_one_connection())

@@ -102,7 +102,7 @@ def test_the_context_has_the_fields_an_sdk_sets() -> None:
 
 
 def test_the_endpoint_writes_current_time_as_the_sdks_do() -> None:
-    from canaryws.adapters.websocket import now_iso
+    from canaryws.adapters.records.flags_view import now_iso
 
     parsed = datetime.fromisoformat(now_iso())
     assert parsed.tzinfo is not None and parsed.utcoffset() == UTC.utcoffset(None)

@@ -7,8 +7,13 @@ import logging
 
 import pytest
 
-from canaryws.adapters.door import MAX_HEADER_BYTES, PROBE_HEADROOM, effective_max_connections, guarded_http_protocol
 from canaryws.adapters.http import PRIVATE_STATUS_KEYS, public_status
+from canaryws.adapters.server.door import (
+    MAX_HEADER_BYTES,
+    PROBE_HEADROOM,
+    effective_max_connections,
+    guarded_http_protocol,
+)
 from canaryws.adapters.telemetry.logs import QuietHandshakes
 from canaryws.adapters.telemetry.records import LABELLED_CLOSE_CODES, close_code_label
 

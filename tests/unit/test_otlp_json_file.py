@@ -29,13 +29,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from canaryws.adapters.telemetry.otlp_json_file import (
-    DEFAULT_MAX_BYTES,
-    OtlpJsonFileSpanExporter,
-    backup_path,
-    encode_otlp_json,
-    read_otlp_json_lines,
-)
+from canaryws.adapters.telemetry.file_exporter import DEFAULT_MAX_BYTES, OtlpJsonFileSpanExporter, backup_path
+from canaryws.adapters.telemetry.otlp_json_encoder import encode_otlp_json
+from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.analysis.traces import TraceTail, expand_paths, load_slices
 from canaryws.core.summary import END_CLOSED, ConnectionSummary
@@ -199,7 +195,7 @@ def test_document_equals_the_sdk_otlp_encoder_with_hex_ids() -> None:
 
 
 def test_non_finite_doubles_bytes_and_maps_use_the_proto3_json_spelling() -> None:
-    from canaryws.adapters.telemetry.otlp_json_file import _any_value
+    from canaryws.adapters.telemetry.otlp_json_encoder import _any_value
 
     assert _any_value(float("nan")) == {"doubleValue": "NaN"}
     assert _any_value(float("-inf")) == {"doubleValue": "-Infinity"}

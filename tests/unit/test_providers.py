@@ -22,15 +22,11 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
 
-from canaryws.adapters.telemetry.otlp_json_file import DEFAULT_MAX_BYTES, read_otlp_json_lines
-from canaryws.adapters.telemetry.providers import (
-    SpanExportMonitor,
-    TelemetryProviders,
-    TraceFileLimits,
-    _MonitoredBatchSpanProcessor,
-    setup_telemetry,
-    trace_file_limits,
-)
+from canaryws.adapters.telemetry.environment import TraceFileLimits, trace_file_limits
+from canaryws.adapters.telemetry.export_health import MonitoredBatchSpanProcessor, SpanExportMonitor
+from canaryws.adapters.telemetry.file_exporter import DEFAULT_MAX_BYTES
+from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
+from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 
 ROLE = "canaryws.span.role"
 
@@ -325,7 +321,7 @@ def _monitored(
         "max_export_batch_size": batch,
         "export_timeout_millis": 30000,
     }
-    provider.add_span_processor(_MonitoredBatchSpanProcessor(exporter, monitor, settings))  # type: ignore[arg-type]
+    provider.add_span_processor(MonitoredBatchSpanProcessor(exporter, monitor, settings))  # type: ignore[arg-type]
     return provider
 
 

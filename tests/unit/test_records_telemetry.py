@@ -18,7 +18,8 @@ from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult, 
 from opentelemetry.trace import INVALID_SPAN, StatusCode
 from prometheus_client import CollectorRegistry, generate_latest
 
-from canaryws.adapters.telemetry.records import NEVER, FlagsTelemetry, RecordsTelemetry
+from canaryws.adapters.telemetry.flags import FlagsTelemetry
+from canaryws.adapters.telemetry.records import NEVER, RecordsTelemetry
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core import histogram
 from canaryws.core.cohorts import Cohort

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 from rich.console import Console
 
-from canaryws.analysis.render import render_html, render_terminal
+from canaryws.analysis.judge import DEFAULT_METRICS, Rules, judge
+from canaryws.analysis.render.html import render_html
+from canaryws.analysis.render.terminal import METRIC_COLUMNS, render_terminal
+from canaryws.analysis.units import ConnectionUnit
+from canaryws.core import histogram
 from canaryws.core.histogram import SIZE, bucket_of
 
 XSS_REASON = "<script>alert('x')</script> & [bold]not markup[/bold]"
@@ -137,8 +142,28 @@ def empty_report() -> dict[str, Any]:
     }
 
 
-def terminal(report: dict[str, Any]) -> str:
-    console = Console(width=120, no_color=True, record=True)
+def judged_report() -> dict[str, Any]:
+    """What the judge itself returns for 300 connections per cohort, strict closing a quarter
+    of them abnormally: rate-ratio rows with intervals, Mann-Whitney rows, every default metric."""
+    units = []
+    for i in range(600):
+        strategy = "strict" if i % 2 else "lenient"
+        abnormal = i % 8 == 1 if strategy == "strict" else i % 80 == 0
+        batches = 5 + i % 40
+        latency = histogram.empty()
+        latency[bucket_of(5.0 + i % 17)] += batches
+        units.append(ConnectionUnit(
+            connection_id=f"k{i}", client_id=f"c{i}", strategy=strategy, start_ns=i, end_ns=i + 1, closed=True,
+            close_code=1011 if abnormal else 1000, batches=batches, records=5 * batches,
+            accepted=5 * batches - i % 7, skipped=0 if strategy == "strict" else i % 7,
+            rejected=i % 7 if strategy == "strict" else 0, errors=1 if i % 25 == 3 else 0,
+            latency=latency, latency_sum_s=batches * (5.0 + i % 17) / 1000, strict_share=0.5, retry=i % 45 == 5,
+        ))
+    return judge(units, Rules())
+
+
+def terminal(report: dict[str, Any], width: int = 120) -> str:
+    console = Console(width=width, no_color=True, record=True)
     render_terminal(report, console)
     return console.export_text()
 
@@ -164,6 +189,15 @@ def _row(out: str, label: str) -> str:
     return next(line for line in out.splitlines() if line.strip().startswith(label))
 
 
+def _judgement(out: str, metric: str) -> tuple[list[str], list[str]]:
+    """A metric's two lines in the judgement table, split: its name and values, then its
+    result (and critical flag) and what qualifies the values."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("Judgement"))
+    index = next(i for i in range(start, len(lines)) if lines[i].startswith(f" {metric} "))
+    return lines[index].split(), lines[index + 1].split()
+
+
 def test_terminal_cohort_rows() -> None:
     out = terminal(realistic_report())
     assert _row(out, "accepted ").split()[1:] == ["3,800", "(95.00%)", "3,600", "(90.00%)"]
@@ -182,13 +216,15 @@ def test_terminal_cohort_rows() -> None:
 
 def test_terminal_judgement_srm_and_shadow() -> None:
     out = terminal(realistic_report())
-    for column in ("metric", "lenient mean", "strict mean", "effect", "tolerance", "p-value", "result", "critical"):
-        assert column in out
-    row = _row(out, "abnormal_close_rate ")
-    assert "0.025 (n=40)" in row and "0.2 (n=40)" in row and "+0.175" in row and "2.0e-05" in row
-    assert row.split()[-2:] == ["fail", "yes"]
-    assert _row(out, "accepted_rate ").split()[-2:] == ["fail", "no"]
-    assert _row(out, "retry_rate ").split()[-2:] == ["nodata", "yes"]
+    header = _row(out, "metric ").split()
+    assert header == ["metric", "lenient", "strict", "effect", "tolerance", "p-value"]
+    # each metric: its name and values, then its result (critical or not) and the values' n
+    first, second = _judgement(out, "abnormal_close_rate")
+    assert first == ["abnormal_close_rate", "0.025", "0.2", "+0.175", "0.02", "2.0e-05"]
+    assert second == ["fail", "·", "critical", "(n=40)", "(n=40)"]
+    assert _judgement(out, "accepted_rate")[1] == ["fail", "(n=40)", "(n=40)"]
+    assert _judgement(out, "retry_rate") == (["retry_rate", "—", "0.15", "—", "—", "—"],
+                                             ["nodata", "·", "critical", "(n=0)", "(n=2)"])
     assert "SRM: OK: 21 strict / 20 lenient clients" in out and "51.22%" in out
     assert "Shadow comparison" in out
     assert _row(out, "divergent records").split()[2:] == ["280", "(7.00%)", "140", "(7.00%)", "140", "(7.00%)"]
@@ -198,12 +234,43 @@ def test_terminal_judgement_srm_and_shadow() -> None:
     assert _row(out, "unexpected").split()[1:] == ["2", "0", "0"]
 
 
+def test_terminal_rate_ratio_rows() -> None:
+    """A critical metric: the rates over their events/connections, the ratio over its
+    always-valid interval, the tolerated ratio over its floor."""
+    report = judged_report()
+    metric = next(m for m in report["metrics"] if m["name"] == "abnormal_close_rate")
+    assert metric["test"] == "rate-ratio" and metric["result"] == "fail"
+    first, second = _judgement(terminal(report), "abnormal_close_rate")
+    interval = metric["ratio_interval"]
+    assert first == ["abnormal_close_rate", "2.67%", "25.00%", f"×{metric['ratio']:.3g}", "×1.1",
+                     f"{metric['p_value']:.1e}"]
+    assert second == ["fail", "·", "critical", "(8/300)", "(75/300)", f"[{interval[0]:.3g},", f"{interval[1]:.3g}]",
+                      "+0.10%"]
+
+
+@pytest.mark.parametrize("report", [judged_report, realistic_report, empty_report])
+def test_terminal_fits_80_columns_without_cutting_names(report: Callable[[], dict[str, Any]]) -> None:
+    """``canaryws report`` in an 80-column terminal: every line fits, every metric name and
+    judgement header is whole, nothing is cut short with an ellipsis."""
+    shown = report()
+    out = terminal(shown, width=80)
+    assert max(len(line) for line in out.splitlines()) <= 80
+    assert "…" not in out and "..." not in out
+    assert _row(out, "metric ").split() == list(METRIC_COLUMNS)
+    judged = [m["name"] for m in shown["metrics"]]
+    for name in judged:
+        first, second = _judgement(out, name)
+        assert first[0] == name and second[0] in ("pass", "fail", "nodata", "inconclusive", "marginal")
+    if report is judged_report:
+        assert judged == [rule.name for rule in DEFAULT_METRICS]
+
+
 def test_terminal_empty_report_does_not_crash() -> None:
     out = terminal(empty_report())
     assert "hold" in out and "strict cohort too thin" in out
     assert _row(out, "accepted ").split()[1:] == ["0", "(—)", "0", "(—)"]
     assert _row(out, "latency p50 (ms)").split()[3:] == ["—", "—"]
-    assert "inconclusive" in out
+    assert _judgement(out, "abnormal_close_rate")[1][0] == "inconclusive"
     assert "SRM: not checked: 0 clients < 20" in out
     assert "rejected:" not in out and "closes:" not in out
 

@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Span
 
 from canaryws.adapters import shadow as shadow_module
+from canaryws.adapters.records.after_round import AfterRound
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core.strategies import LENIENT, STRICT, Outcome
@@ -256,50 +257,52 @@ def test_sample_rate_bounds_are_allowed(telemetry: Telemetry, rate: float) -> No
     assert runner.run(summary, span, RECORDS, outcome) is (rate == 1.0)
 
 
-# -- submit: the comparisons of a loop round run after its answers -------------------------
+# -- after the round: the comparisons of a loop round run after its answers ----------------
 
 
-def test_submitted_comparisons_run_after_the_round_in_order_with_spans_ending_at_the_answer(
+def test_the_rounds_comparisons_run_after_the_round_in_order_with_spans_ending_at_the_answer(
     telemetry: Telemetry,
 ) -> None:
     runner = runner_for(telemetry)
+    after = AfterRound(runner)
     summaries = [new_summary(f"c{i}") for i in range(3)]
 
     async def round_of_answers() -> tuple[list[int], list[int], list[int]]:
-        before, after = [], []
+        before, answered = [], []
         for summary in summaries:
             span, outcome = answer(telemetry, summary)
             before.append(time.time_ns())
-            runner.submit(summary, span, RECORDS, outcome)
-            after.append(time.time_ns())
+            after.add(summary, outcome, 0.0, 0.001, span, RECORDS, time.time_ns())
+            answered.append(time.time_ns())
         counted = [s.shadow_batches for s in summaries]  # nothing compared yet: the round goes on
         await asyncio.sleep(0)  # the loop's next round runs the one flush callback
-        return counted, before, after
+        return counted, before, answered
 
-    counted, before, after = asyncio.run(round_of_answers())
+    counted, before, answered = asyncio.run(round_of_answers())
     assert counted == [0, 0, 0]
     assert [s.shadow_batches for s in summaries] == [1, 1, 1]
     assert [s.shadow_divergent for s in summaries] == [2, 2, 2]
     finished = telemetry.finished()
     assert [(span.attributes or {})["canaryws.connection.id"] for span in finished] == ["c0", "c1", "c2"]
-    for span, start, end in zip(finished, before, after, strict=True):
+    for span, start, end in zip(finished, before, answered, strict=True):
         assert span.end_time is not None and start <= span.end_time <= end  # the answer's time
 
 
 def test_flush_runs_what_is_pending_at_once(telemetry: Telemetry) -> None:
     """What the endpoint does before it ends a summary slice."""
     runner = runner_for(telemetry)
+    after = AfterRound(runner)
     summary = new_summary()
 
-    async def submit_then_flush() -> int:
+    async def add_then_flush() -> int:
         span, outcome = answer(telemetry, summary)
-        runner.submit(summary, span, RECORDS, outcome)
-        runner.flush()
+        after.add(summary, outcome, 0.0, 0.001, span, RECORDS, time.time_ns())
+        after.flush()
         return summary.shadow_batches
 
-    assert asyncio.run(submit_then_flush()) == 1
+    assert asyncio.run(add_then_flush()) == 1
     assert summary.shadow_batches == 1  # the scheduled callback found nothing left to run
-    runner.flush()  # nothing pending: nothing happens
+    after.flush()  # nothing pending: nothing happens
     assert summary.shadow_batches == 1
 
 
@@ -311,16 +314,42 @@ def test_a_failing_bookkeeping_step_loses_neither_the_other_comparisons_nor_the_
             raise RuntimeError("broken")
 
     runner = runner_for(telemetry)
+    after = AfterRound(runner)
     broken = BrokenSummary("b", "client-b", "strict", 1, True, "rev")
     fine = new_summary("f")
 
     async def round_of_two() -> None:
         for summary in (broken, fine):
             span, outcome = answer(telemetry, summary)
-            runner.submit(summary, span, RECORDS, outcome)
+            after.add(summary, outcome, 0.0, 0.001, span, RECORDS, time.time_ns())
         await asyncio.sleep(0)
 
     asyncio.run(round_of_two())
     assert fine.shadow_batches == 1
     assert len(telemetry.finished()) == 2  # the broken one's span ended too
     assert [r.getMessage() for r in caplog.records if r.name == "canaryws.shadow"] == ["shadow bookkeeping failed"]
+
+
+def test_after_the_round_each_batch_is_counted_then_compared_then_its_span_ended(telemetry: Telemetry) -> None:
+    """The one queue: a plain batch is counted and its span ended at the answer's time; a
+    shadowed one is counted, then compared (which ends its span)."""
+    runner = runner_for(telemetry)
+    after = AfterRound(runner)
+    plain, shadowed = new_summary("p"), new_summary("s")
+    outcome = STRICT.process(RECORDS, MAX_LENGTH)
+
+    async def round_of_two() -> tuple[int, int, int]:
+        plain_span = telemetry.records.start_batch(None)
+        shadow_span = telemetry.records.start_batch(None)
+        answered_ns = time.time_ns()
+        after.add(plain, outcome, 1.0, 1.25, plain_span, None, answered_ns)
+        after.add(shadowed, outcome, 2.0, 2.5, shadow_span, RECORDS, answered_ns)
+        before = (plain.batches, shadowed.batches, len(telemetry.finished()))
+        await asyncio.sleep(0)
+        return (*before[:2], answered_ns)
+
+    plain_before, shadowed_before, answered_ns = asyncio.run(round_of_two())
+    assert (plain_before, shadowed_before) == (0, 0)  # nothing counted before the round ends
+    assert (plain.batches, shadowed.batches) == (1, 1)
+    assert (plain.records, shadowed.shadow_batches, plain.shadow_batches) == (len(RECORDS), 1, 0)
+    assert [span.end_time for span in telemetry.finished()] == [answered_ns, answered_ns]

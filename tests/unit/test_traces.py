@@ -11,7 +11,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
-from canaryws.adapters.telemetry.otlp_json_file import OtlpJsonFileSpanExporter
+from canaryws.adapters.telemetry.file_exporter import OtlpJsonFileSpanExporter
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.analysis.traces import Slice, TraceTail, expand_paths, load_slices
 from canaryws.core.compare import compare

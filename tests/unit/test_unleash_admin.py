@@ -12,19 +12,20 @@ from typing import Any
 
 import pytest
 
-from canaryws.adapters.flags.unleash_admin import (
-    UnleashError,
+from canaryws.adapters.flags.backend_selection import open_backend
+from canaryws.adapters.flags.file_backend import FileFlagBackend
+from canaryws.adapters.flags.unleash_backend import UnleashAdminBackend
+from canaryws.adapters.flags.unleash_errors import UnleashError
+from canaryws.adapters.flags.unleash_http import check_base_url, check_token, display_url
+from canaryws.adapters.flags.unleash_projection import (
     as_flags_document,
     canonical_document,
-    check_base_url,
-    check_token,
     client_document,
     client_feature,
-    display_url,
     plan_rollout,
 )
-from canaryws.cli.flags import FileFlagBackend, UnleashAdminBackend, UnleashSettings, open_backend
 from canaryws.core.flagdoc import FlagEditError, validate_flags_data
+from canaryws.settings import UnleashSettings
 
 # What unleash-server 8.2 answers to GET /admin/projects/default/features/records.strict
 # ?variantEnvironments=true after deploy/unleash/up (trimmed of fields the projection ignores) ...

@@ -24,12 +24,12 @@ from types import MappingProxyType
 import jwt
 
 from canaryws.adapters.files import CredentialFileError, create_credential, read_credential
+from canaryws.settings import DEFAULT_TTL_SECONDS
 
 SECRET_FILE = "secret.key"
 ISSUER = "canaryws"
 AUDIENCE = "canaryws.records"
 ALGORITHM = "HS256"
-DEFAULT_TTL_SECONDS = 30 * 24 * 3600
 CLIENT_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,127}")
 MIN_SECRET_LENGTH = 32
 

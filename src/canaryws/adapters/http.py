@@ -1,46 +1,15 @@
-"""HTTP surface: probes, Prometheus metrics, and the ASGI middleware that keeps the
-browser ``access_token`` query parameter out of logs and traces."""
+"""HTTP surface: the probes and the Prometheus metrics."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
 
-from canaryws.adapters.websocket import ACCESS_TOKEN_SCOPE_KEY
-
-ACCESS_TOKEN_PARAM = "access_token"
 REQUIRE_COHORT_FLAGS = "cohort-flags"  # /readyz?require=cohort-flags: 503 while a cohort flag is held
-
-
-class AccessTokenScrubber:
-    """Moves ``access_token`` from the query string into a private scope key, before
-    anything (OTel instrumentation, uvicorn's own log lines) reads the query string.
-
-    The scope dict is mutated in place on purpose: uvicorn logs from the same dict.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("websocket", "http"):
-            raw: bytes = scope.get("query_string", b"")
-            if raw and b"access_token" in raw:
-                pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True)
-                kept = []
-                for key, value in pairs:
-                    if key == ACCESS_TOKEN_PARAM:
-                        scope[ACCESS_TOKEN_SCOPE_KEY] = value
-                    else:
-                        kept.append((key, value))
-                scope["query_string"] = urlencode(kept).encode("latin-1")
-        await self.app(scope, receive, send)
 
 
 PRIVATE_STATUS_KEYS = frozenset({"path", "url", "bootstrap_path", "last_error", "target"})

@@ -1,23 +1,11 @@
 """Shadow runs: the other strategy processes a batch too, after its answer went out.
 
-The endpoint sends its answer first; only then does it hand the batch to
-:meth:`ShadowRunner.submit`. The comparison (:meth:`ShadowRunner.run`: the other
-strategy, :func:`canaryws.core.compare.compare`, the divergence counted on the
-connection's summary, which the ``canaryws.shadow.*`` metrics read, and set on the batch
-span) runs in an event-loop callback, once the loop has run the other connections whose
-frames arrived in the same round: their answers go out first, back to back, and the
-round's comparisons follow. The answer never waits for a comparison and never depends on
-it, and nothing a comparison does (an exception included) reaches a connection.
-
-Why a round, not inline after each answer (docs/benchmarks.md): on a socket, an answer
-written while the client sleeps costs the server the client's wake-up inside the write.
-A comparison between two answers leaves the client time to fall asleep again, so each
-answer paid a wake-up; answers written back to back mostly find it awake. The pending
-comparisons live for one loop round (an earlier design that queued them for up to
-0.5 ms per process kept them alive across young-generation garbage collections, which
-scanned and promoted them). :meth:`ShadowRunner.flush` runs them at once: the endpoint
-calls it before it ends a summary slice, so a summary never ends with comparisons
-outstanding.
+The endpoint sends its answer first; the batch joins the loop round's answered batches
+(:mod:`canaryws.adapters.records.after_round`), which run :meth:`ShadowRunner.run` once the
+round's answers are out: the other strategy, :func:`canaryws.core.compare.compare`, the
+divergence counted on the connection's summary (which the ``canaryws.shadow.*`` metrics
+read) and set on the batch span. The answer never waits for a comparison and never depends
+on it, and nothing a comparison does (an exception included) reaches a connection.
 
 The cost is bounded by **sampling**: a shadow-eligible batch is compared with probability
 ``sample_rate`` (``CANARYWS_SHADOW_SAMPLE_RATE``, default 1.0); the ``records.shadow``
@@ -27,7 +15,6 @@ most one batch's work (``CANARYWS_MAX_RECORDS`` records), like the answer's own.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -65,28 +52,6 @@ class ShadowRunner:
         self._sample_rate = sample_rate
         self._rng = rng
         self._other = {name: (other, STRATEGIES[other].process) for name, other in OTHER_STRATEGY.items()}
-        self._pending: list[tuple[ConnectionSummary, Span, Sequence[Any], Outcome, int | None]] = []
-
-    def submit(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome) -> None:
-        """Compare ``outcome`` (the answer just sent) in this loop round's comparisons: after
-        the connections already scheduled in the round have sent their answers."""
-        pending = self._pending
-        if not pending:
-            asyncio.get_running_loop().call_soon(self.flush)
-        pending.append((summary, span, records, outcome, time.time_ns() if span.is_recording() else None))
-
-    def flush(self) -> None:
-        """Run the submitted comparisons now, in the order they came."""
-        if not self._pending:  # the common case at a slice's end, and after an explicit flush
-            return
-        pending, self._pending = self._pending, []
-        run = self.run
-        for summary, span, records, outcome, answered_ns in pending:
-            try:
-                run(summary, span, records, outcome, answered_ns)
-            except Exception:  # run() contains the comparison's own errors; this is the rest
-                log.exception("shadow bookkeeping failed")
-                span.end()
 
     def run(self, summary: ConnectionSummary, span: Span, records: Sequence[Any], outcome: Outcome,
             answered_ns: int | None = None) -> bool:

@@ -12,27 +12,30 @@ What is compared
 ----------------
 Strict rejecting what lenient skipped is the change being rolled out, not a regression,
 so reason counts are reported but never judged. What counts against the canary is what
-its clients suffer and what reaches downstream, **per connection** (the unit of analysis):
-:data:`DEFAULT_METRICS` is the table (the one place it is written; docs/report.md and
-``canaryws report`` show it from there).
+its clients suffer and what reaches downstream, **per connection** (the unit of analysis).
+Which metrics, which of them are critical (a fail rolls back), their bad direction, test
+and tolerances: :data:`DEFAULT_METRICS` is the table, the one place it is written
+(docs/report.md's table is generated from it; ``canaryws report`` shows each metric's
+description from the judgement).
 
-Critical metrics (they decide a rollback) are 0/1 per connection: it closed abnormally, it
-was a retry, it got an error frame. Each is watched by an anytime-valid rate-ratio monitor
-(:mod:`canaryws.analysis.sequential`): the evidence accumulates over the connections that
-ended since the comparison started, its false-rollback probability stays below its share of
-``alpha`` however often it is looked at, and a harm that starts late is still found. A
-critical metric **fails** when its e-value reaches ``1 / (alpha / number of critical
-metrics)`` (the tolerated ratio ``1 + rel_tolerance`` is the null hypothesis) *and*, over the
-last ``recent_s`` seconds, the canary had at least ``min_events`` events and its rate exceeds
-the baseline's by at least ``abs_tolerance`` (a small absolute floor). It is **marginal** (hold)
-when the e-value reached ``1 / hold_alpha``, and **nodata** (hold) until enough connections
-ended that a harm that matters (``detect_ratio`` times the baseline's rate, or
-``detect_excess`` more where that is near 0) would, on average, have reached the rollback
-threshold: a promote needs the power to have seen the harm.
+A ``rate-ratio`` metric (by default, the critical ones) is a 0/1 outcome per connection,
+watched by an anytime-valid rate-ratio monitor (:mod:`canaryws.analysis.sequential`): the
+evidence accumulates over the connections that ended since the comparison started, its
+false-rollback probability stays below its share of ``alpha`` however often it is looked
+at, and a harm that starts late is still found. A critical one **fails** when its e-value
+reaches ``1 / (alpha / number of critical metrics)`` (the tolerated ratio
+``1 + rel_tolerance`` is the null hypothesis) *and*, over the last ``recent_s`` seconds,
+the canary had at least ``min_events`` events and its rate exceeds the baseline's by at
+least ``abs_tolerance`` (a small absolute floor). It is **marginal** (hold) when the e-value
+reached ``1 / hold_alpha``, and **nodata** (hold) until enough connections ended that a harm
+that matters (``detect_ratio`` times the baseline's rate, or ``detect_excess`` more where
+that is near 0) would, on average, have reached the rollback threshold: a promote needs the
+power to have seen the harm.
 
-The other metrics only hold: a one-sided Mann-Whitney U test on per-connection values at
-``alpha`` with a tolerance ``max(abs_tolerance, rel_tolerance x |baseline mean|)``
-(fixed-horizon: looking often inflates their false holds, never a rollback).
+A ``mann-whitney`` metric (by default, the others: they only hold) is a one-sided
+Mann-Whitney U test on per-connection values at ``alpha`` with a tolerance
+``max(abs_tolerance, rel_tolerance x |baseline mean|)`` (fixed-horizon: looking often
+inflates their false holds, never a rollback).
 
 Before any metric: each cohort needs ``min_connections`` connections and ``min_batches``
 batches, else the comparison is ``inconclusive`` (nothing is judged).
@@ -65,9 +68,10 @@ from canaryws.analysis.sequential import Counts, RateRatioMonitor, exposure_to_d
 from canaryws.analysis.units import ConnectionUnit
 from canaryws.core import histogram
 from canaryws.core.compare import VALUE_MISMATCH, accepted_only_kind
+from canaryws.core.strategies import LENIENT, STRICT
 
-CANARY = "strict"
-BASELINE = "lenient"
+CANARY = STRICT.name
+BASELINE = LENIENT.name
 COHORTS = (CANARY, BASELINE)
 TEST_NAME = "mann-whitney-u"
 SRM_MIN_CLIENTS = 20  # below this the split says nothing
@@ -120,7 +124,8 @@ DEFAULT_METRICS: tuple[MetricRule, ...] = (
                "accepted records / records, per connection: what reaches downstream",
                critical=False, direction="decrease", abs_tolerance=0.02, rel_tolerance=0.05),
 )
-"""The judge's metric table: the one place it is written (docs/report.md shows it, a test checks)."""
+"""The judge's metric table: the one place it is written. docs/report.md's table is generated
+from it (``tests/unit/test_judge.py`` checks it cell for cell)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from canaryws.adapters.telemetry.otlp_json_file import parse_otlp_json_line, read_otlp_json_lines
+from canaryws.adapters.telemetry.otlp_json_reader import parse_otlp_json_line, read_otlp_json_lines
 from canaryws.analysis.units import summaries
 from canaryws.core.summary import ConnectionSummary
 

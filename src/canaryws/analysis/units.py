@@ -1,7 +1,7 @@
 """Units of analysis: one per connection and cohort, added up from its summary slices.
 
 Pure: the input is the flat span dicts of
-:func:`canaryws.adapters.telemetry.otlp_json_file.read_otlp_json_lines` (or anything of
+:func:`canaryws.adapters.telemetry.otlp_json_reader.read_otlp_json_lines` (or anything of
 that shape); only ``records.connection`` summary spans are used.
 """
 

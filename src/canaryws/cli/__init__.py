@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -58,9 +56,10 @@ def serve(
     workers: int | None,
 ) -> None:
     """Run the service (uvicorn) on the embedded flags file."""
+    from canaryws.adapters.server.config import check_shutdown_timeout
     from canaryws.adapters.telemetry.logs import configure_logging
-    from canaryws.cli import serving
-    from canaryws.cli import workers as multi
+    from canaryws.serve import CannotStart
+    from canaryws.serve import serve as run_service
 
     try:
         settings = Settings.from_env(
@@ -75,44 +74,16 @@ def serve(
     except ValueError as exc:
         raise click.ClickException(f"cannot start: invalid configuration: {exc}") from None
     try:
-        serving.check_shutdown_timeout(settings.shutdown_timeout)
+        check_shutdown_timeout(settings.shutdown_timeout)
     except ValueError as exc:
         raise click.ClickException(f"CANARYWS_SHUTDOWN_TIMEOUT: {exc}") from None
     configure_logging(level=settings.log_level)
-    if settings.workers > 1:
-        # The shared on-disk state is prepared here, once; each worker builds the service itself.
-        with _cannot_start(settings):
-            multi.prepare_shared_state(settings)
-        try:
-            sock = multi.listen(settings)
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot start: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}"
-            ) from None
-        status = multi.Supervisor(settings, sock).run()
-        if status:
-            raise SystemExit(status)
-        return
-    from canaryws.app import build_service
-
-    with _cannot_start(settings):
-        service = build_service(settings)
-    drain = serving.ConnectionDrain(service.asgi)
-    serving.run(serving.uvicorn_config(drain, settings, service.records.refused), drain, settings.shutdown_timeout)
-
-
-@contextlib.contextmanager
-def _cannot_start(settings: Settings) -> Iterator[None]:
-    """A bad flags document, revocation list or admin credential: a clear "cannot start"."""
-    from canaryws.cli.workers import startup_error
-
     try:
-        yield
-    except Exception as exc:
-        message = startup_error(exc, settings)
-        if message is None:
-            raise
-        raise click.ClickException(message) from None
+        status = run_service(settings)
+    except CannotStart as exc:
+        raise click.ClickException(str(exc)) from None
+    if status:
+        raise SystemExit(status)
 
 
 @main.group()

@@ -1,11 +1,13 @@
 """``canaryws flags``: show, ramp, enable and disable the cohort flags; archive them; export them.
 
-The commands talk to a :class:`FlagBackend`, never to a file directly. :func:`open_backend`
-selects it from the environment: with ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN`` set, the
-flags of an Unleash server through its Admin API (:class:`UnleashAdminBackend`, project
-``UNLEASH_PROJECT`` or ``default``, environment ``UNLEASH_ENVIRONMENT`` or ``development``);
-otherwise the local flags file (:class:`FileFlagBackend`). ``export`` writes the server's
-client-features document to the flags file (the bootstrap).
+The commands talk to a :class:`~canaryws.adapters.flags.backend.FlagBackend`, never to a
+file directly: with ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN`` set, the flags of an Unleash
+server through its Admin API (project ``UNLEASH_PROJECT`` or ``default``, environment
+``UNLEASH_ENVIRONMENT`` or ``development``); otherwise the local flags file (see
+:mod:`canaryws.adapters.flags.backend_selection`). ``export`` writes the server's
+client-features document to the flags file (the bootstrap;
+:mod:`canaryws.adapters.flags.unleash_export`). The ``UNLEASH_*`` variables are read once
+per command, by :class:`canaryws.settings.UnleashSettings`.
 
 Exit codes: 0 success, 2 usage errors (unknown flag, bad percent, missing Unleash
 settings for ``export``), 1 I/O errors, invalid flags documents (including the one
@@ -18,336 +20,28 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from canaryws.adapters.flags.engine import Assessment, FlagSnapshot, assess, cohort_verdicts
-from canaryws.adapters.flags.file_store import read_document, update_document, write_document_atomic
-from canaryws.adapters.flags.unleash_admin import (
-    ServerFlags,
-    UnleashAdmin,
-    UnleashError,
-    fetch_client_document,
-)
+from canaryws.adapters.flags.backend import FlagBackend, FlagChange, FlagListing, problem_notes
+from canaryws.adapters.flags.backend_selection import select_backend
+from canaryws.adapters.flags.engine import FlagSnapshot, assess
+from canaryws.adapters.flags.file_store import write_document_atomic
+from canaryws.adapters.flags.unleash_admin import UnleashAdmin
+from canaryws.adapters.flags.unleash_backend import UnleashAdminBackend
+from canaryws.adapters.flags.unleash_errors import UnleashError
+from canaryws.adapters.flags.unleash_export import fetch_client_document
 from canaryws.core.cohorts import STRICT_FLAG
-from canaryws.core.flagdoc import (
-    FLEXIBLE_ROLLOUT,
-    FlagEditError,
-    FlagProblem,
-    FlagRow,
-    FlagsDocument,
-    FlagsDocumentError,
-    describe,
-    with_enabled,
-    with_rollout,
-    without_feature,
-)
+from canaryws.core.flagdoc import FlagEditError, FlagsDocumentError
+from canaryws.settings import DEFAULT_FLAGS, FLAGS_ENVVAR, UNLEASH_API_TOKEN, UNLEASH_URL, UnleashSettings
 
-DEFAULT_FLAGS_PATH = Path("flags/features.json")
-FLAGS_ENVVAR = "CANARYWS_FLAGS"
-
-UNLEASH_URL = "UNLEASH_URL"  # the API root, e.g. http://127.0.0.1:4242/api
-UNLEASH_ADMIN_TOKEN = "UNLEASH_ADMIN_TOKEN"  # selects the Unleash backend (with UNLEASH_URL)
-UNLEASH_API_TOKEN = "UNLEASH_API_TOKEN"  # the client (backend) token: export
-UNLEASH_ENVIRONMENT = "UNLEASH_ENVIRONMENT"
-UNLEASH_PROJECT = "UNLEASH_PROJECT"
-DEFAULT_UNLEASH_ENVIRONMENT = "development"
-DEFAULT_UNLEASH_PROJECT = "default"
 DEFAULT_STRATEGY_ENVVAR = "CANARYWS_DEFAULT_STRATEGY"  # the service's strategy while records.strict is absent
-
-
-# ----------------------------------------------------------------------- backends
-
-
-@dataclass(frozen=True, slots=True)
-class FlagListing:
-    """All flags of a backend at one revision."""
-
-    source: str  # "file" or "unleash"
-    location: str  # the file path or the server URL
-    revision: str
-    flags: tuple[FlagRow, ...]
-    project: str | None = None  # Unleash only
-    environment: str | None = None  # Unleash only
-    notes: tuple[str, ...] = ()  # warnings for the operator (stderr)
-    problems: tuple[FlagProblem, ...] = ()  # every problem, the engine's included (as the service sees them)
-    cohort_flags: Mapping[str, str] = dataclasses.field(default_factory=dict)  # flag -> verdict (engine)
-
-
-@dataclass(frozen=True, slots=True)
-class FlagChange:
-    """The outcome of one mutation: the flag before and after, and the revisions."""
-
-    flag: str
-    before: FlagRow
-    after: FlagRow
-    old_revision: str
-    new_revision: str
-    location: str
-    notes: tuple[str, ...] = ()
-
-    @property
-    def changed(self) -> bool:
-        return self.old_revision != self.new_revision
-
-
-@dataclass(frozen=True, slots=True)
-class FlagArchive:
-    """The outcome of ``archive``: the flag as it was, and the revisions."""
-
-    flag: str
-    before: FlagRow
-    old_revision: str
-    new_revision: str
-    location: str
-    notes: tuple[str, ...] = ()
-
-
-class FlagBackend(Protocol):
-    """Where the flags live. Raise FlagEditError for requests that cannot apply (unknown
-    flag, bad percent) and FlagsDocumentError for unreadable or invalid flags."""
-
-    @property
-    def location(self) -> str: ...
-
-    def describe(self) -> FlagListing: ...
-
-    def set_rollout(self, flag: str, percent: int) -> FlagChange: ...
-
-    def set_enabled(self, flag: str, enabled: bool) -> FlagChange: ...
-
-    def archive(self, flag: str) -> FlagArchive: ...
-
-
-class FileFlagBackend:
-    """The local flags file, edited atomically under a lock (see ``file_store``)."""
-
-    source = "file"
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    @property
-    def location(self) -> str:
-        return str(self._path)
-
-    def describe(self) -> FlagListing:
-        return _listing(self.source, self.location, read_document(self._path))
-
-    def set_rollout(self, flag: str, percent: int) -> FlagChange:
-        old, new = update_document(self._path, lambda doc: with_rollout(doc, flag, percent))
-        return self._change(flag, old, new, _other_strategies_notes(new, flag) + _problem_notes(assess(new)))
-
-    def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
-        old, new = update_document(self._path, lambda doc: with_enabled(doc, flag, enabled))
-        return self._change(flag, old, new, _problem_notes(assess(new)))
-
-    def archive(self, flag: str) -> FlagArchive:
-        old, new = update_document(self._path, lambda doc: without_feature(doc, flag))
-        return FlagArchive(flag, _row(old, flag), old.revision, new.revision, self.location)
-
-    def _change(self, flag: str, old: FlagsDocument, new: FlagsDocument, notes: tuple[str, ...] = ()) -> FlagChange:
-        return FlagChange(
-            flag=flag,
-            before=_row(old, flag),
-            after=_row(new, flag),
-            old_revision=old.revision,
-            new_revision=new.revision,
-            location=self.location,
-            notes=notes,
-        )
-
-
-class UnleashAdminBackend:
-    """The flags of one project and environment of an Unleash server, via its Admin API.
-
-    The revision is the flagdoc revision of the environment's client-features
-    document (canonical form, see ``unleash_admin``): the revision ``export`` writes.
-    """
-
-    source = "unleash"
-
-    def __init__(
-        self,
-        base_url: str,
-        admin_token: str,
-        *,
-        environment: str = DEFAULT_UNLEASH_ENVIRONMENT,
-        project: str = DEFAULT_UNLEASH_PROJECT,
-    ) -> None:
-        self._admin = UnleashAdmin(base_url, admin_token, environment=environment, project=project)
-
-    @property
-    def location(self) -> str:
-        return self._admin.url
-
-    @property
-    def where(self) -> str:
-        """The location for people: server, project and environment."""
-        return f"Unleash {self._admin.url} (project {self._admin.project}, environment {self._admin.environment})"
-
-    def describe(self) -> FlagListing:
-        flags = self._admin.flags()
-        return _listing(self.source, self.location, flags.document, project=self._admin.project,
-                        environment=self._admin.environment, fatal=flags.problems)
-
-    def set_rollout(self, flag: str, percent: int) -> FlagChange:
-        change = self._admin.set_rollout(flag, percent)
-        notes = _other_strategies_notes(change.after.document, flag) + _server_notes(change.after)
-        return self._change(flag, change.before, change.after, notes)
-
-    def set_enabled(self, flag: str, enabled: bool) -> FlagChange:
-        change = self._admin.set_enabled(flag, enabled)
-        notes: tuple[str, ...] = ()
-        before, after = _row(change.before.document, flag), _row(change.after.document, flag)
-        if enabled and before.strategies != after.strategies:
-            notes = (
-                f"{flag} had no active strategy in environment {self._admin.environment}, so Unleash added "
-                f"its default one: {after.strategies}",
-            )
-        return self._change(flag, change.before, change.after, notes + _server_notes(change.after))
-
-    def archive(self, flag: str) -> FlagArchive:
-        change = self._admin.archive(flag)
-        return FlagArchive(
-            flag,
-            _row(change.before.document, flag),
-            change.before.document.revision,
-            change.after.document.revision,
-            self.where,
-            _server_notes(change.after),
-        )
-
-    def _change(self, flag: str, old: ServerFlags, new: ServerFlags, notes: tuple[str, ...]) -> FlagChange:
-        return FlagChange(
-            flag=flag,
-            before=_row(old.document, flag),
-            after=_row(new.document, flag),
-            old_revision=old.document.revision,
-            new_revision=new.document.revision,
-            location=self.where,
-            notes=notes,
-        )
-
-
-def _row(doc: FlagsDocument, flag: str) -> FlagRow:
-    for row in describe(doc):
-        if row.name == flag:
-            return row
-    raise FlagEditError(f"unknown flag {flag!r}")  # pragma: no cover - the edit checked it
-
-
-def _other_strategies_notes(doc: FlagsDocument, flag: str) -> tuple[str, ...]:
-    feature = doc.feature(flag) or {}
-    others = sorted({s.get("name", "?") for s in feature.get("strategies", [])} - {FLEXIBLE_ROLLOUT})
-    if not others:
-        return ()
-    return (
-        f"{flag} also has {', '.join(others)} strateg{'ies' if len(others) > 1 else 'y'}; "
-        "Unleash turns a flag on when any strategy matches",
-    )
-
-
-def _listing(source: str, location: str, doc: FlagsDocument, *, project: str | None = None,
-             environment: str | None = None, fatal: tuple[str, ...] = ()) -> FlagListing:
-    """A listing of ``doc`` with every problem the service would see (``fatal``: why the
-    server's document is not a flags document at all)."""
-    if fatal:
-        notes = (f"this is not a flags document canaryws can use (a service keeps its last flags): "
-                 f"{'; '.join(fatal[:5])}",)
-        return FlagListing(source, location, doc.revision, (), project, environment, notes)
-    assessment = assess(doc)
-    verdicts = {flag: verdict for flag, (verdict, _) in cohort_verdicts(assessment).items()}
-    return FlagListing(source, location, doc.revision, tuple(describe(doc, assessment.problems)), project,
-                       environment, _problem_notes(assessment), assessment.problems, verdicts)
-
-
-def _problem_notes(assessment: Assessment) -> tuple[str, ...]:
-    """What the operator should know: a cohort flag the service will not apply as served,
-    and the problems of the other flags (applied anyway, as every SDK does)."""
-    notes: list[str] = []
-    cohort_names: set[str] = set()
-    for flag, (verdict, problems) in cohort_verdicts(assessment).items():
-        cohort_names.update(p.flag for p in problems if p.flag is not None)
-        cohort_names.add(flag)
-        if verdict == "invalid":
-            notes.append(
-                f"{flag} cannot be evaluated as intended ({'; '.join(str(p) for p in problems[:5])}): a running "
-                f"service keeps its last good definition of {flag} until this is fixed (disabling {flag} always "
-                "applies), and a service cannot start on this document"
-            )
-        elif verdict == "disabled" and problems:
-            notes.append(f"{flag} is disabled, which a service applies; the rest of its definition has problems: "
-                         f"{'; '.join(str(p) for p in problems[:5])}")
-    others = [p for p in assessment.problems if p.flag not in cohort_names]
-    if others:
-        kinds: dict[str, int] = {}
-        for problem in others:
-            kinds[problem.kind] = kinds.get(problem.kind, 0) + 1
-        summary = ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items()))
-        shown = "; ".join(str(p) for p in others[:5])
-        more = f" (and {len(others) - 5} more)" if len(others) > 5 else ""
-        notes.append(
-            f"{len(others)} problem{'' if len(others) == 1 else 's'} in flags canaryws does not evaluate ({summary}); "
-            f"a service applies the rest of the document and evaluates these flags as every Unleash SDK does: "
-            f"{shown}{more}"
-        )
-    return tuple(notes)
-
-
-def _server_notes(flags: ServerFlags) -> tuple[str, ...]:
-    if flags.problems:
-        return (f"this is not a flags document canaryws can use: {'; '.join(flags.problems[:5])}",)
-    return _problem_notes(assess(flags.document))
-
-
-@dataclass(frozen=True, slots=True)
-class UnleashSettings:
-    """The ``UNLEASH_*`` environment variables (empty values count as unset)."""
-
-    url: str | None
-    admin_token: str | None
-    api_token: str | None
-    environment: str
-    project: str
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> UnleashSettings:
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        return cls(
-            url=get(UNLEASH_URL),
-            admin_token=get(UNLEASH_ADMIN_TOKEN),
-            api_token=get(UNLEASH_API_TOKEN),
-            environment=get(UNLEASH_ENVIRONMENT) or DEFAULT_UNLEASH_ENVIRONMENT,
-            project=get(UNLEASH_PROJECT) or DEFAULT_UNLEASH_PROJECT,
-        )
-
-
-def open_backend(flags_path: Path, environ: Mapping[str, str] | None = None) -> FlagBackend:
-    """The backend the commands use: Unleash if ``UNLEASH_URL`` and ``UNLEASH_ADMIN_TOKEN``
-    are set (``environ``, default ``os.environ``), else the flags file at ``flags_path``."""
-    settings = UnleashSettings.from_env(environ)
-    if settings.url is not None and settings.admin_token is not None:
-        return UnleashAdminBackend(
-            settings.url, settings.admin_token, environment=settings.environment, project=settings.project
-        )
-    return FileFlagBackend(flags_path)
-
-
-# ----------------------------------------------------------------------- commands
 
 
 class _UsageFailure(click.ClickException):
@@ -390,7 +84,7 @@ def _flags_option(help: str = _FLAGS_HELP) -> Callable[[Callable[..., Any]], Cal
         "--flags",
         "flags_path",
         type=click.Path(dir_okay=False, path_type=Path),
-        default=DEFAULT_FLAGS_PATH,
+        default=DEFAULT_FLAGS,
         envvar=FLAGS_ENVVAR,
         show_default=True,
         show_envvar=True,
@@ -399,9 +93,10 @@ def _flags_option(help: str = _FLAGS_HELP) -> Callable[[Callable[..., Any]], Cal
 
 
 def _open_backend(flags_path: Path) -> FlagBackend:
-    """:func:`open_backend`, telling the operator on stderr when it may not be what they expect."""
+    """The backend of the ``UNLEASH_*`` variables, telling the operator on stderr when it may
+    not be what they expect."""
     settings = UnleashSettings.from_env()
-    backend = open_backend(flags_path)
+    backend = select_backend(flags_path, settings)
     ctx = click.get_current_context(silent=True)
     explicit = ctx is not None and ctx.get_parameter_source("flags_path") is click.core.ParameterSource.COMMANDLINE
     if isinstance(backend, UnleashAdminBackend):
@@ -606,7 +301,7 @@ def export(flags_path: Path) -> None:
     click.echo(
         f"exported {count} flag{'' if count == 1 else 's'} (revision {exported.document.revision}) to {flags_path}"
     )
-    for note in exported.notes + _problem_notes(assess(exported.document)):
+    for note in exported.notes + problem_notes(assess(exported.document)):
         click.echo(f"note: {note}", err=True)
 
 

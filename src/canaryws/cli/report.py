@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from canaryws.adapters.flags.unleash_admin import UnleashError
+from canaryws.adapters.flags.backend import FlagBackend
+from canaryws.adapters.flags.unleash_errors import UnleashError
+from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.analysis.guard import Guard
-from canaryws.analysis.judge import Rules, judge
+from canaryws.analysis.judge import COHORTS, Rules, judge
 from canaryws.analysis.traces import Slice, TraceTail, expand_paths, load_slices
 from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
-from canaryws.cli.flags import FlagBackend
 from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import FlagsDocumentError
 
@@ -72,7 +73,7 @@ def parse_time(text: str, now: float) -> int:
 
 
 def _iso(ns: int | None) -> str | None:
-    return None if ns is None else datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds")
+    return None if ns is None else iso_utc(ns / 1e9, timespec="seconds", utc="+00:00")
 
 
 class _VerdictCommand(click.Command):
@@ -207,10 +208,10 @@ def report(
         "end": _iso(until_ns if until_ns is not None else max((s[2] for s in slices), default=None)),
         "files": [str(f) for f in files],
         "spans": len(slices),
-        "connections": sum(result["cohorts"][c]["connections"] for c in ("strict", "lenient")),
+        "connections": sum(result["cohorts"][c]["connections"] for c in COHORTS),
     }
     if html_path is not None:
-        from canaryws.analysis.render import render_html
+        from canaryws.analysis.render.html import render_html
 
         try:
             html_path.write_text(render_html(result), encoding="utf-8")
@@ -221,7 +222,7 @@ def report(
     else:
         from rich.console import Console
 
-        from canaryws.analysis.render import render_terminal
+        from canaryws.analysis.render.terminal import render_terminal
 
         render_terminal(result, Console())
     sys.exit(EXIT_CODES[result["verdict"]])
@@ -295,8 +296,8 @@ def guard(
     /metrics, and after a rollback keeps serving them for --metrics-linger seconds (default
     60; SIGTERM ends the wait) before it exits 1.
     """
+    from canaryws.adapters.flags.backend_selection import open_backend
     from canaryws.adapters.telemetry.logs import configure_logging
-    from canaryws.cli.flags import open_backend
 
     now = time.time()
     try:
@@ -383,8 +384,8 @@ def _replay(guard_state: Guard, slices: Sequence[Slice], interval: float, as_jso
             click.echo(json.dumps(result, allow_nan=False))
             continue
         e_values = ", ".join(f"{m['name']} e={m['e_value']:.3g}" for m in result["metrics"])
-        line = (f"{result['time']} {result['verdict']:<8} strict {result['connections']['strict']} / "
-                f"lenient {result['connections']['lenient']} connections; {e_values}")
+        connections = " / ".join(f"{c} {result['connections'][c]}" for c in COHORTS)
+        line = f"{result['time']} {result['verdict']:<8} {connections} connections; {e_values}"
         click.echo(line + (f"; would {result['action']}" if result["action"] else ""))
     if not judgements:
         click.echo("no connection summaries to replay", err=True)

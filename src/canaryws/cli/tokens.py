@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,7 +33,9 @@ if TYPE_CHECKING:
 
 
 def _when(timestamp: int) -> str:
-    return datetime.fromtimestamp(timestamp, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    from canaryws.adapters.telemetry.logs import iso_utc
+
+    return iso_utc(timestamp, timespec="seconds")
 
 
 def _settings(data_dir: Path | None) -> Settings:

@@ -10,13 +10,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+from canaryws.core.strategies import LENIENT, STRATEGIES, STRICT
+
 STRICT_FLAG = "records.strict"
 SHADOW_FLAG = "records.shadow"
 COHORT_FLAGS = (STRICT_FLAG, SHADOW_FLAG)
 # What a client gets when ``records.strict`` is absent from the flags document
 # (``CANARYWS_DEFAULT_STRATEGY``): lenient until the flag's clean-up sets strict.
-DEFAULT_STRATEGIES = ("lenient", "strict")
-DEFAULT_STRATEGY = "lenient"
+DEFAULT_STRATEGIES = tuple(STRATEGIES)
+DEFAULT_STRATEGY = LENIENT.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +135,10 @@ def decide_cohort(
     strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
     shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
     if strict.found:
-        strategy = "strict" if strict.enabled else "lenient"
+        strategy = STRICT.name if strict.enabled else LENIENT.name
     else:
         strategy = default_strategy
-        on = strategy == "strict"
+        on = strategy == STRICT.name
         strict = replace(strict, enabled=on, variant="on" if on else "off")
     cohort = Cohort(
         strategy=strategy,
@@ -152,5 +154,5 @@ def expected_strict_share(snapshot: FlagSnapshotView, default_strategy: str = DE
     connects): the flag's own share, or, with ``records.strict`` absent, 1.0 when the
     default strategy is strict and 0.0 when it is lenient (everyone gets the default)."""
     if not snapshot.has_flag(STRICT_FLAG):
-        return 1.0 if default_strategy == "strict" else 0.0
+        return 1.0 if default_strategy == STRICT.name else 0.0
     return snapshot.expected_share(STRICT_FLAG)

@@ -16,7 +16,7 @@ class TokenBucket:
     a connection that floods is slowed to ``rate`` and loses nothing: while it waits the
     server does not read its next frame, and TCP pushes back on the sender.
 
-    The batch loop (``canaryws.adapters.websocket``) runs this arithmetic on its own local
+    The batch loop (``canaryws.adapters.records.loop``) runs this arithmetic on its own local
     variables, since a method call per frame cost more than the arithmetic; this class is
     its specification, and ``tests/unit/test_endpoint_rate.py`` checks the loop's waits
     against it frame by frame.

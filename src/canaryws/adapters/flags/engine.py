@@ -19,8 +19,8 @@ previous snapshot) and reports it as *held*; the rest of the document is applied
 exception, always applied: a cohort flag with ``"enabled": false`` is off, whatever else
 is wrong with it (the kill switch).
 
-Two places read engine internals (listed in the README's dependency notes, each with the
-test that breaks if they change): the raw ``take_state`` response (the public wrapper
+Two places read engine internals (listed in the upgrade checklist of docs/dependencies.md,
+each with the test that breaks if they change): the raw ``take_state`` response (the public wrapper
 drops the engine's per-flag compile warnings), through ``UnleashEngine.lib``, ``.state``
 and ``.materialize_pointer``.
 """

@@ -254,8 +254,11 @@ class UnleashFlagSource:
         Unleash 8 answers an unchanged poll with a 304 that carries no ETag, so the SDK
         writes nothing to its cache and the cache cannot see it. The SDK's transport
         returns a result either way (empty on failure); this thin wrapper reads it. It
-        relies on the SDK's ``_transport.fetch_features`` (pinned in uv.lock; the outage
-        test in tests/integration/test_unleash_backend.py fails if it changes).
+        relies on the SDK's ``_transport.fetch_features`` (pinned in uv.lock; docs/dependencies.md:
+        tests/unit/test_dependency_internals.py and the outage test in
+        tests/integration/test_unleash_backend.py fail if it changes). The SDK's public
+        surface cannot see such a poll: a 304 without an ETag writes nothing to the cache
+        and emits no event, exactly like a failed poll.
         """
         transport = client._transport
         fetch = transport.fetch_features

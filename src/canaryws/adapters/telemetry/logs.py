@@ -44,10 +44,12 @@ client_id_var: ContextVar[str | None] = ContextVar("canaryws_client_id", default
 
 UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 
-def iso_utc(timestamp: float) -> str:
+def iso_utc(timestamp: float, timespec: str = "milliseconds", utc: str = "Z") -> str:
     """ISO-8601 UTC with milliseconds and a ``Z`` suffix: the service's one time format
-    (log records, and the times /readyz reports)."""
-    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    (log records, and the times /readyz reports). ``timespec="seconds"`` where a second is
+    the unit (token expiries, the report's window); ``utc="+00:00"`` where UTC has always
+    been written as an offset (the report's JSON, the guard's judgements)."""
+    return datetime.fromtimestamp(timestamp, tz=UTC).isoformat(timespec=timespec).replace("+00:00", utc)
 
 
 REDACTED = "[REDACTED]"
@@ -164,7 +166,7 @@ class QuietHandshakes(logging.Filter):
     app refuses (401, 403, 429) a third time as an ERROR ("ASGI callable returned without
     completing handshake"): an unauthenticated flood became thousands of ERROR lines. The
     service logs its own accepted and closed connections and a rate-limited summary of refusals
-    (``canaryws.adapters.websocket``), so these are dropped."""
+    (``canaryws.adapters.records``), so these are dropped."""
 
     TEMPLATES = ('%s - "WebSocket %s"', "connection rejected (", "HTTP response sent (")
     MESSAGES = frozenset({"ASGI callable returned without completing handshake.", "connection open",

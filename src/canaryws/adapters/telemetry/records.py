@@ -9,6 +9,10 @@
   summary interval. Always sampled; the unit of analysis when cohorts are compared.
 - shadow comparisons: counted in metrics, and set on the batch span, which then ends
   when the comparison is done but carries the time the answer was sent as its end.
+
+The batch, record and shadow totals behind the metrics are read from the connection
+summaries at collection time (:mod:`canaryws.adapters.telemetry.totals`); the flag
+source's metrics are :mod:`canaryws.adapters.telemetry.flags`.
 """
 
 from __future__ import annotations
@@ -16,9 +20,7 @@ from __future__ import annotations
 import math
 import random
 import sys
-import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -27,16 +29,26 @@ from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvid
 from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
 from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client import CollectorRegistry
-from prometheus_client.metrics_core import HistogramMetricFamily
 
 from canaryws.adapters.telemetry.sampling import PRESAMPLED_BATCH_ROLE, ConnectionSpansSampler
-from canaryws.core import histogram
-from canaryws.core.cohorts import COHORT_FLAGS, Cohort, FlagEvaluation
+from canaryws.adapters.telemetry.totals import (
+    DURATION_DESCRIPTION,
+    DurationHistograms,
+    ShadowTotals,
+    SummaryTotals,
+)
+from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
-from canaryws.core.flagdoc import PROBLEM_KINDS
-from canaryws.core.strategies import OTHER_STRATEGY
 from canaryws.core.strategies.outcome import Outcome
 from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
+
+__all__ = [
+    "LABELLED_CLOSE_CODES",
+    "NEVER",
+    "RecordsTelemetry",
+    "close_code_label",
+    "span_context",
+]
 
 SCOPE = "canaryws.records"
 PROVIDER_NAME = "Unleash"
@@ -399,241 +411,6 @@ class RecordsTelemetry:
         span.end()
 
 
-DURATION_DESCRIPTION = "Time from frame received to result sent"
-
-
-@dataclass(slots=True)
-class ShadowTotals:
-    """The shadow's totals for one (strategy, shadow strategy) pair."""
-
-    batches: int = 0
-    records: int = 0
-    work: float = 0.0  # seconds
-    divergent: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
-
-
-class SummaryTotals:
-    """Process-wide batch and shadow metrics, read from the connection summaries at collection time.
-
-    The endpoint registers where the open connections' summaries are (:meth:`track`) and
-    hands over each slice it ends (:meth:`retire`, under :attr:`lock`, in the same step as
-    the slice leaves the open set or is replaced), so a total never counts a slice twice or
-    not at all: every counter only grows. Collection runs in the scrape's or the exporter's
-    thread and holds the lock while it sums; the batch loop never takes it.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self._live: Callable[[], Iterable[ConnectionSummary]] = tuple
-        self._batches: dict[str, int] = {}
-        self._records: dict[tuple[str, str, str], int] = {}  # (strategy, outcome, reason) -> n
-        self._latency: dict[str, list[int]] = {}
-        self._latency_sum: dict[str, float] = {}
-        self._shadow: dict[tuple[str, str], ShadowTotals] = {}  # (strategy, shadow strategy) ->
-
-    def track(self, live: Callable[[], Iterable[ConnectionSummary]]) -> None:
-        """``live()`` returns the summaries of the open connections (a snapshot)."""
-        self._live = live
-
-    def retire(self, summary: ConnectionSummary) -> None:
-        """Fold an ended slice into the totals; call with :attr:`lock` held."""
-        self._fold_counts(summary, self._batches, self._records)
-        self._fold_latency(summary, self._latency, self._latency_sum)
-        self._fold_shadow(summary, self._shadow)
-
-    @staticmethod
-    def _fold_counts(summary: ConnectionSummary, batches: dict[str, int],
-                     records: dict[tuple[str, str, str], int]) -> None:
-        if not summary.batches:
-            return
-        strategy = summary.strategy
-        batches[strategy] = batches.get(strategy, 0) + summary.batches
-        key = (strategy, "accepted", "")
-        records[key] = records.get(key, 0) + summary.accepted
-        for (outcome, reason), n in summary.reasons.items():  # a new dict: safe while batches go on
-            key = (strategy, outcome, reason)
-            records[key] = records.get(key, 0) + n
-
-    @staticmethod
-    def _fold_latency(summary: ConnectionSummary, latency: dict[str, list[int]],
-                      latency_sum: dict[str, float]) -> None:
-        if not summary.batches:
-            return
-        strategy = summary.strategy
-        buckets = latency.get(strategy)
-        if buckets is None:
-            buckets = latency[strategy] = histogram.empty()
-        for i, n in enumerate(list(summary.latency)):
-            buckets[i] += n
-        latency_sum[strategy] = latency_sum.get(strategy, 0.0) + summary.latency_sum_s
-
-    @staticmethod
-    def _fold_shadow(summary: ConnectionSummary, pairs: dict[tuple[str, str], ShadowTotals]) -> None:
-        if not summary.shadow_batches:
-            return
-        strategy = summary.strategy
-        key = (strategy, OTHER_STRATEGY.get(strategy, ""))
-        totals = pairs.get(key)
-        if totals is None:
-            totals = pairs[key] = ShadowTotals()
-        totals.batches += summary.shadow_batches
-        totals.records += summary.shadow_records
-        totals.work += summary.shadow_work_s
-        divergent = totals.divergent
-        for kind_reason, n in list(summary.divergence.items()):  # a copy: batches go on meanwhile
-            divergent[kind_reason] = divergent.get(kind_reason, 0) + n
-
-    def counts(self) -> tuple[dict[str, int], dict[tuple[str, str, str], int]]:
-        """Batches and records now: retired slices plus the open connections' current slices."""
-        with self.lock:
-            batches, records = dict(self._batches), dict(self._records)
-            for summary in self._live():
-                self._fold_counts(summary, batches, records)
-        return batches, records
-
-    def latency(self) -> tuple[dict[str, list[int]], dict[str, float]]:
-        """Batch-duration buckets and sums now, the same way (only the histogram scrape needs them)."""
-        with self.lock:
-            latency = {strategy: list(buckets) for strategy, buckets in self._latency.items()}
-            latency_sum = dict(self._latency_sum)
-            for summary in self._live():
-                self._fold_latency(summary, latency, latency_sum)
-        return latency, latency_sum
-
-    def shadow(self) -> dict[tuple[str, str], ShadowTotals]:
-        """The shadow's totals now, by (strategy, shadow strategy), the same way."""
-        with self.lock:
-            pairs = {key: ShadowTotals(t.batches, t.records, t.work, dict(t.divergent))
-                     for key, t in self._shadow.items()}
-            for summary in self._live():
-                self._fold_shadow(summary, pairs)
-        return pairs
-
-    def observe_batches(self, _options: CallbackOptions) -> Iterable[Observation]:
-        batches = self.counts()[0]
-        return [Observation(n, {"strategy": strategy}) for strategy, n in batches.items()]
-
-    def observe_records(self, _options: CallbackOptions) -> Iterable[Observation]:
-        records = self.counts()[1]
-        return [
-            Observation(n, {"strategy": strategy, "outcome": outcome, **({"reason": reason} if reason else {})})
-            for (strategy, outcome, reason), n in records.items()
-            if n or outcome != "accepted"
-        ]
-
-
-class DurationHistograms:
-    """The ``canaryws_batch_duration_seconds`` histogram per strategy, read from the
-    connection summaries' latency histograms at scrape time (:class:`SummaryTotals`).
-
-    The buckets are :mod:`canaryws.core.histogram`'s √2-spaced bounds, the ones the
-    summaries carry. A prometheus_client custom collector in the registry ``/metrics``
-    serves, so the exposition is a standard Prometheus histogram (the OTel SDK has no
-    histogram whose values are read at collection time).
-    """
-
-    name = "canaryws_batch_duration_seconds"
-
-    def __init__(self, totals: SummaryTotals) -> None:
-        self._totals = totals
-        self._le = [repr(bound) for bound in histogram.BOUNDS_S]
-
-    def collect(self) -> Iterable[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, DURATION_DESCRIPTION, labels=["strategy"], unit="seconds")
-        latency, latency_sum = self._totals.latency()
-        for strategy, counts in latency.items():
-            buckets: list[tuple[str, float]] = []
-            running = 0
-            for le, n in zip(self._le, counts, strict=False):
-                running += n
-                buckets.append((le, running))
-            buckets.append(("+Inf", running + counts[-1]))
-            family.add_metric([strategy], buckets, latency_sum[strategy])
-        yield family
-
-
-class FlagsTelemetry:
-    """Metrics of the flag source: reload results, revision and age of the flags."""
-
-    def __init__(self, meter_provider: MeterProvider, status: Callable[[], Mapping[str, Any]],
-                 strict_share: Callable[[], float | None] | None = None) -> None:
-        """``status`` returns the flag source's status and ``strict_share`` the share of client
-        ids the flags in force route to strict (None when it depends on more than the id);
-        both are read at scrape time only."""
-        meter = meter_provider.get_meter("canaryws.flags")
-        self._status = status
-        self._strict_share = strict_share
-        self._reloads = meter.create_counter(
-            "canaryws.flags.reloads", unit="{reload}", description="Flag document reloads by source and result"
-        )
-        meter.create_observable_gauge(
-            "canaryws.flags.age",
-            callbacks=[self._observe_age],
-            unit="s",
-            description="Seconds since the flags in force were loaded",
-        )
-        meter.create_observable_gauge(
-            "canaryws.flags.info",
-            callbacks=[self._observe_info],
-            unit="1",
-            description="1 for the flags revision in force (labels: source, revision, state)",
-        )
-        meter.create_observable_gauge(
-            "canaryws.flags.problems",
-            callbacks=[self._observe_problems],
-            unit="{problem}",
-            description="Problems in the flags document in force, by kind (every kind, 0 included)",
-        )
-        meter.create_observable_gauge(
-            "canaryws.flags.cohort_held",
-            callbacks=[self._observe_held],
-            unit="1",
-            description="1 while a cohort flag is held at its last good definition (served in a form "
-            "canaryws cannot evaluate as intended), else 0",
-        )
-        if strict_share is not None:
-            meter.create_observable_gauge(
-                "canaryws.flags.strict_share",
-                callbacks=[self._observe_strict_share],
-                unit="1",
-                description="Share of client ids the flags in force route to the strict cohort",
-            )
-
-    def reloaded(self, source: str, result: str) -> None:
-        self._reloads.add(1, {"source": source, "result": result})
-
-    def _observe_age(self, _options: CallbackOptions) -> Iterable[Observation]:
-        st = self._status()
-        yield Observation(float(st.get("age_seconds", 0.0)), {"source": str(st.get("source"))})
-
-    def _observe_info(self, _options: CallbackOptions) -> Iterable[Observation]:
-        st = self._status()
-        yield Observation(
-            1,
-            {"source": str(st.get("source")), "revision": str(st.get("revision")), "state": str(st.get("state"))},
-        )
-
-    def _observe_problems(self, _options: CallbackOptions) -> Iterable[Observation]:
-        st = self._status()
-        counts = st.get("problems") or {}
-        source = str(st.get("source"))
-        for kind in PROBLEM_KINDS:
-            yield Observation(int(counts.get(kind, 0)), {"source": source, "kind": kind})
-
-    def _observe_held(self, _options: CallbackOptions) -> Iterable[Observation]:
-        st = self._status()
-        cohort = st.get("cohort_flags") or {}
-        source = str(st.get("source"))
-        for flag in COHORT_FLAGS:
-            held = (cohort.get(flag) or {}).get("state") == "held"
-            yield Observation(1 if held else 0, {"source": source, "flag": flag})
-
-    def _observe_strict_share(self, _options: CallbackOptions) -> Iterable[Observation]:
-        share = self._strict_share() if self._strict_share is not None else None
-        if share is not None:
-            yield Observation(share, {"source": str(self._status().get("source"))})
-
-
 LABELLED_CLOSE_CODES = frozenset(range(1000, 1016))
 """The close codes of RFC 6455 that ``canaryws_connections_closed_total`` names; any other (a
 client may close with any of 3000-4999) is ``other``, so that clients cannot make series."""
@@ -646,14 +423,3 @@ def close_code_label(code: int) -> str:
 def span_context(span: Span) -> SpanContext | None:
     ctx = span.get_span_context()
     return ctx if ctx.is_valid else None
-
-
-__all__ = [
-    "LABELLED_CLOSE_CODES",
-    "DurationHistograms",
-    "FlagsTelemetry",
-    "RecordsTelemetry",
-    "SummaryTotals",
-    "close_code_label",
-    "span_context",
-]

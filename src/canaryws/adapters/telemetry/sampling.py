@@ -131,7 +131,9 @@ def root_ratio(sampler: Sampler) -> float | None:
     if isinstance(sampler, TraceIdRatioBased):
         return sampler.rate
     if isinstance(sampler, ParentBased):
-        root = getattr(sampler, "_root", None)  # the SDK keeps it private; tests/unit/test_sampling.py pins it
+        # No public accessor of the root: the SDK's private attribute (docs/dependencies.md;
+        # tests/unit/test_sampling.py pins it).
+        root = getattr(sampler, "_root", None)
         return root_ratio(root) if isinstance(root, Sampler) else None
     return None
 

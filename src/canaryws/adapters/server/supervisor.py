@@ -1,25 +1,23 @@
-"""``canaryws serve --workers N``: N worker processes serving one listening socket.
+"""N worker processes serving one listening socket (``canaryws serve --workers N``).
 
 The supervisor (the ``canaryws serve`` process):
 
-1. prepares the state the workers share on disk, once, before any of them starts: the
-   token secret and the admin credential are created if missing, and the flags document
-   and ``revoked.json`` are validated (a bad one stops ``serve`` with the same message as
-   with one process);
-2. binds and listens on the socket, then starts the workers with the *spawn* start method:
-   fresh interpreters that inherit no threads, locks, OpenTelemetry providers, flag client
-   or event loop. The supervisor builds none of these (no service, no telemetry, no thread);
-3. restarts a worker that exits (immediately if it had started serving, else after a
+1. binds and listens on the socket (:func:`listen`), then starts the workers with the
+   *spawn* start method: fresh interpreters that inherit no threads, locks, OpenTelemetry
+   providers, flag client or event loop. The supervisor builds none of these (no service,
+   no telemetry, no thread); the composition (:mod:`canaryws.serve`) prepares the state
+   the workers share on disk before;
+2. restarts a worker that exits (immediately if it had started serving, else after a
    back-off from 1 s to 30 s), with a warning in the log. A worker that cannot start in
    the first place (the app, the telemetry or the socket is broken: every restart would
    fail the same way) stops the service, exit status 1;
-4. on SIGTERM or SIGINT closes its copy of the socket and sends SIGTERM to every worker.
+3. on SIGTERM or SIGINT closes its copy of the socket and sends SIGTERM to every worker.
    Each worker drains and exits on its own, within ``CANARYWS_SHUTDOWN_TIMEOUT``
-   (:mod:`canaryws.cli.serving`: answers, 1012, telemetry flush, watchdog). The supervisor
-   exits 0 when every worker did, 1 when one was forced or crashed (a worker still
-   starting that the signal ended counts as clean: it served nothing). It kills a worker
-   still there a second after the bound, which only a worker its watchdog could not end
-   can be.
+   (:mod:`canaryws.adapters.server.graceful`: answers, 1012, telemetry flush, watchdog).
+   The supervisor exits 0 when every worker did, 1 when one was forced or crashed (a
+   worker still starting that the signal ended counts as clean: it served nothing). It
+   kills a worker still there a second after the bound, which only a worker its watchdog
+   could not end can be.
 
 uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``) is not used: it hard-codes
 the worker (a plain ``uvicorn.Server`` that re-raises the signal, so no drain and no exit
@@ -27,14 +25,14 @@ status), cannot give a worker its index (the trace file ``traces-<k>.jsonl`` nee
 writer), starts a second worker with the same index on SIGHUP, polls for signals every
 0.5 s and waits for its workers without a bound.
 
-Each worker (:func:`_worker_main`) builds the whole service itself
-(:func:`canaryws.app.build_service`: its flag client, its telemetry), with
-``CANARYWS_WORKER=<k>`` and ``service.instance.id=<base>-<k>`` in its environment mapping
-(``<base>``: the ``service.instance.id`` of ``OTEL_RESOURCE_ATTRIBUTES``, else
-``<hostname>-<supervisor pid>``), and runs the graceful server on the inherited socket. Its
-log records carry ``worker`` and ``pid``. It handles SIGTERM only: Ctrl+C in a terminal
-reaches the whole process group, and the supervisor turns it into one SIGTERM per worker.
-A worker whose supervisor disappears (``kill -9``) shuts itself down.
+Each worker runs the ``target`` the composition gives (:func:`canaryws.serve.run_worker`:
+it builds the whole service itself, with ``CANARYWS_WORKER=<k>`` and
+``service.instance.id=<base>-<k>`` in its environment mapping, :func:`worker_environ`;
+``<base>``: the ``service.instance.id`` of ``OTEL_RESOURCE_ATTRIBUTES``, else
+``<hostname>-<supervisor pid>``), after :func:`become_worker`: its log records carry
+``worker`` and ``pid``, it handles SIGTERM only (Ctrl+C in a terminal reaches the whole
+process group, and the supervisor turns it into one SIGTERM per worker), and a worker
+whose supervisor disappears (``kill -9``) shuts itself down.
 """
 
 from __future__ import annotations
@@ -44,23 +42,16 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from multiprocessing import get_context
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from urllib.parse import quote, unquote
 
-from canaryws.adapters.admin import ADMIN_KEY_FILE, load_or_create_admin_key
-from canaryws.adapters.auth import TokenAuthority
-from canaryws.adapters.files import CredentialFileError
-from canaryws.adapters.flags.file_source import FileFlagSource
-from canaryws.adapters.revocation import RevocationFileError, RevocationList
-from canaryws.adapters.telemetry.providers import WORKER_VAR
-from canaryws.core.flagdoc import FlagsDocumentError
+from canaryws.adapters.telemetry.environment import WORKER_VAR
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws.workers")
@@ -71,30 +62,9 @@ RESTART_BACKOFF = (1.0, 30.0)  # seconds before restarting a worker that died be
 KILL_GRACE = 1.0  # seconds after the bound before the supervisor kills a worker still there
 SERVICE_INSTANCE_ID = "service.instance.id"
 
-
-# -- start-up: what the supervisor does before any worker exists ---------------------
-
-
-def startup_error(exc: Exception, settings: Settings) -> str | None:
-    """The "cannot start" message for a start-up failure of the service's own state, or
-    None for another exception."""
-    if isinstance(exc, FlagsDocumentError):
-        return f"cannot start: flags document {settings.flags_path}: {exc}"
-    if isinstance(exc, RevocationFileError | CredentialFileError):  # the token secret's and admin.key's
-        return f"cannot start: {exc}"
-    return None
-
-
-def prepare_shared_state(settings: Settings) -> None:
-    """Validate the flags document (the Unleash bootstrap too) and ``revoked.json``, and
-    create the token secret and the admin credential if missing, as :func:`build_service`
-    would; raises what it raises. No watcher, client or thread is started."""
-    FileFlagSource(settings.flags_path).load()
-    TokenAuthority.from_data_dir(settings.data_dir, settings.token_ttl_seconds)
-    RevocationList(settings.data_dir).load()
-    load_or_create_admin_key(
-        settings.admin_token_file or settings.data_dir / ADMIN_KEY_FILE, create=settings.admin_token_file is None
-    )
+WorkerTarget = Callable[[Settings, int, socket.socket, Connection, int, str], None]
+"""A worker's entry point: (settings, index, listening socket, ready pipe, supervisor pid,
+instance id base); a module-level function, since *spawn* imports it by name."""
 
 
 def listen(settings: Settings) -> socket.socket:
@@ -158,18 +128,16 @@ def _exit_with_supervisor(supervisor_pid: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _worker_main(
-    settings: Settings, index: int, sock: socket.socket, ready: Connection, supervisor_pid: int, instance_base: str
-) -> None:
-    """A worker's entry point, in a spawned interpreter: build the service, serve ``sock``
-    until SIGTERM, tell the supervisor through ``ready`` once serving."""
-    # Ctrl+C is the supervisor's to handle (it started us with SIGINT blocked).
+def become_worker(index: int, supervisor_pid: int, log_level: str) -> None:
+    """What every worker does first, in its spawned interpreter: leave Ctrl+C to the
+    supervisor (it started us with SIGINT blocked), log as JSON with ``worker`` and ``pid``,
+    and watch for the supervisor's disappearance."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     from canaryws.adapters.telemetry.logs import configure_logging
 
-    configure_logging(level=settings.log_level)
+    configure_logging(level=log_level)
     fields = _WorkerFields(index)
     for handler in logging.getLogger().handlers:
         handler.addFilter(fields)
@@ -177,34 +145,16 @@ def _worker_main(
         target=_exit_with_supervisor, args=(supervisor_pid,), name="canaryws-supervisor-watch", daemon=True
     ).start()
 
-    from canaryws.app import build_service
-    from canaryws.cli import serving
 
-    settings = replace(settings, environ=worker_environ(settings.environ, index, instance_base))
-    try:
-        service = build_service(settings)
-    except Exception as exc:
-        message = startup_error(exc, settings)
-        if message is None:
-            log.exception("worker could not start")
-        else:
-            log.error(message)
-        sys.exit(STARTUP_FAILURE)
+def ready_signal(ready: Connection) -> Callable[[], None]:
+    """The callback a worker's server calls once serving: tells the supervisor."""
 
     def started() -> None:
         with contextlib.suppress(OSError):
             ready.send_bytes(b"ready")
             ready.close()
 
-    drain = serving.ConnectionDrain(service.asgi)
-    serving.run(
-        serving.uvicorn_config(drain, settings, service.records.refused),
-        drain,
-        settings.shutdown_timeout,
-        sockets=[sock],
-        signals=(signal.SIGTERM,),
-        on_started=started,
-    )
+    return started
 
 
 # -- the supervisor ------------------------------------------------------------------
@@ -227,11 +177,13 @@ def _describe(exitcode: int) -> str:
 
 
 class Supervisor:
-    """Runs ``settings.workers`` workers on ``sock`` until SIGTERM/SIGINT (see the module doc)."""
+    """Runs ``settings.workers`` workers (each ``target``) on ``sock`` until SIGTERM/SIGINT
+    (see the module doc)."""
 
-    def __init__(self, settings: Settings, sock: socket.socket) -> None:
+    def __init__(self, settings: Settings, sock: socket.socket, target: WorkerTarget) -> None:
         self.settings = settings
         self.sock = sock
+        self.target = target
         self.instance_base = instance_id_base(settings.environ)
         self._context = get_context("spawn")
         self._workers: dict[int, _Worker] = {}
@@ -274,11 +226,11 @@ class Supervisor:
     def _start(self, index: int) -> None:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
-            target=_worker_main,
+            target=self.target,
             args=(self.settings, index, self.sock, writer, os.getpid(), self.instance_base),
             name=f"canaryws-worker-{index}",
         )
-        # The worker starts with SIGINT blocked (inherited through exec): see _worker_main.
+        # The worker starts with SIGINT blocked (inherited through exec): see become_worker.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()

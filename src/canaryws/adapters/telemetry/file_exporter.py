@@ -1,16 +1,10 @@
-"""Span export to a local file in OTLP/JSON, one ``ExportTraceServiceRequest`` per line.
+"""Span export to a local file in OTLP/JSON lines, bounded by size (rotation).
 
-The lines have exactly the shape the OpenTelemetry Collector's ``file`` exporter
-writes (``{"resourceSpans":[...]}``): camelCase field names, trace/span ids as
-lowercase hex, enums as integers, 64-bit integers as decimal strings, fields holding
-their default value left out (the OTLP/JSON encoding of the OTLP specification). A
-file written here can be read by anything that reads Collector file-exporter output,
-and :func:`read_otlp_json_lines` reads both.
-
-The document is built directly from the SDK's ``ReadableSpan`` objects rather than
-through ``encode_spans`` + ``json_format.MessageToDict``: the result is the same (a
-unit test checks it against the SDK encoder, ids aside) at a fraction of the cost,
-which is paid on the batch processor's thread but under the GIL.
+Each exported batch is one line: an ``ExportTraceServiceRequest`` in OTLP/JSON
+(:func:`canaryws.adapters.telemetry.otlp_json_encoder.encode_otlp_json`), the shape the
+OpenTelemetry Collector's ``file`` exporter writes, so anything that reads Collector
+file-exporter output reads this file too (and
+:func:`canaryws.adapters.telemetry.otlp_json_reader.read_otlp_json_lines` reads both).
 
 The file is bounded by default: at ``max_bytes`` (:data:`DEFAULT_MAX_BYTES`, 256 MiB) it
 is renamed to its backup (:func:`backup_path`: ``traces.jsonl`` -> ``traces.old.jsonl``)
@@ -20,277 +14,35 @@ disk. Both are owner-only (0600).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import io
-import json
 import logging
-import math
 import os
 import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import msgspec
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind
+
+from canaryws.adapters.telemetry.otlp_json_encoder import encode_otlp_json
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
     "FILE_MODE",
     "OtlpJsonFileSpanExporter",
     "backup_path",
-    "encode_otlp_json",
-    "parse_otlp_json_line",
-    "read_otlp_json_lines",
 ]
 
 _logger = logging.getLogger("canaryws.telemetry")
-
-# OTLP `Span.SpanKind` numbers (SPAN_KIND_UNSPECIFIED = 0 is never produced by the SDK).
-_KIND = {
-    SpanKind.INTERNAL: 1,
-    SpanKind.SERVER: 2,
-    SpanKind.CLIENT: 3,
-    SpanKind.PRODUCER: 4,
-    SpanKind.CONSUMER: 5,
-}
-# `SpanFlags`: the SDK's OTLP encoder always sets HAS_IS_REMOTE, plus IS_REMOTE when
-# the parent (or linked) context is remote.
-_FLAG_HAS_IS_REMOTE = 0x100
-_FLAG_IS_REMOTE = 0x200
-
-_JSON = dict[str, Any]
 
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 """The trace file's default size cap (256 MiB): at it, the file is rotated."""
 FILE_MODE = 0o600
 """The trace file and its backup are the owner's only: spans carry client ids and
 connection details."""
-
-
-# ------------------------------------------------------------------------------------
-# Encoding (SDK objects -> OTLP/JSON dicts)
-# ------------------------------------------------------------------------------------
-
-
-def _any_value(value: object) -> _JSON:
-    """Encode one attribute value as an OTLP/JSON ``AnyValue``."""
-    # Exact type checks first: the common case, cheaper than an isinstance chain.
-    cls = value.__class__
-    if cls is str:
-        return {"stringValue": value}
-    if cls is bool:
-        return {"boolValue": value}
-    if cls is int:
-        return {"intValue": str(value)}
-    if cls is float:
-        return {"doubleValue": _double(value)}  # type: ignore[arg-type]
-    if value is None:
-        return {}
-    if isinstance(value, bool):
-        return {"boolValue": bool(value)}
-    if isinstance(value, str):
-        return {"stringValue": str(value)}
-    if isinstance(value, int):
-        return {"intValue": str(int(value))}
-    if isinstance(value, float):
-        return {"doubleValue": _double(float(value))}
-    if isinstance(value, bytes | bytearray):
-        return {"bytesValue": base64.b64encode(value).decode("ascii")}
-    if isinstance(value, Sequence):
-        values = [_any_value(v) for v in value]
-        return {"arrayValue": {"values": values} if values else {}}
-    if isinstance(value, Mapping):
-        kvs = [_key_value(str(k), v) for k, v in value.items()]
-        return {"kvlistValue": {"values": kvs} if kvs else {}}
-    raise TypeError(f"unsupported attribute value type {cls.__name__}")
-
-
-def _double(value: float) -> float | str:
-    # proto3 JSON spells non-finite doubles as strings; JSON itself has no NaN/Infinity.
-    if math.isfinite(value):
-        return value
-    if math.isnan(value):
-        return "NaN"
-    return "Infinity" if value > 0 else "-Infinity"
-
-
-def _key_value(key: str, value: object) -> _JSON:
-    if key:
-        return {"key": key, "value": _any_value(value)}
-    return {"value": _any_value(value)}
-
-
-def _attributes(attributes: Mapping[str, object] | None) -> list[_JSON]:
-    if not attributes:
-        return []
-    out: list[_JSON] = []
-    for key, value in attributes.items():
-        try:
-            out.append(_key_value(key, value))
-        except TypeError as error:  # mirrors the SDK encoder: skip the attribute, keep the span
-            _logger.warning("span attribute %r not exported: %s", key, error)
-    return out
-
-
-def _trace_state(context: SpanContext) -> str:
-    state = context.trace_state
-    if not state:
-        return ""
-    return ",".join(f"{key}={value}" for key, value in state.items())
-
-
-def _span_flags(parent: SpanContext | None) -> int:
-    if parent is not None and parent.is_remote:
-        return _FLAG_HAS_IS_REMOTE | _FLAG_IS_REMOTE
-    return _FLAG_HAS_IS_REMOTE
-
-
-def _encode_span(span: ReadableSpan) -> _JSON:
-    context = span.get_span_context()
-    assert context is not None  # an SDK span always has one
-    out: _JSON = {
-        "traceId": f"{context.trace_id:032x}",
-        "spanId": f"{context.span_id:016x}",
-    }
-    trace_state = _trace_state(context)
-    if trace_state:
-        out["traceState"] = trace_state
-    parent = span.parent
-    if parent is not None and parent.span_id:
-        out["parentSpanId"] = f"{parent.span_id:016x}"
-    if span.name:
-        out["name"] = span.name
-    out["kind"] = _KIND.get(span.kind, 0)
-    if span.start_time:
-        out["startTimeUnixNano"] = str(span.start_time)
-    if span.end_time:
-        out["endTimeUnixNano"] = str(span.end_time)
-    attributes = _attributes(span.attributes)
-    if attributes:
-        out["attributes"] = attributes
-    if span.dropped_attributes:
-        out["droppedAttributesCount"] = span.dropped_attributes
-    if span.events:
-        events: list[_JSON] = []
-        for event in span.events:
-            encoded: _JSON = {}
-            if event.timestamp:
-                encoded["timeUnixNano"] = str(event.timestamp)
-            if event.name:
-                encoded["name"] = event.name
-            event_attributes = _attributes(event.attributes)
-            if event_attributes:
-                encoded["attributes"] = event_attributes
-            if event.dropped_attributes:
-                encoded["droppedAttributesCount"] = event.dropped_attributes
-            events.append(encoded)
-        out["events"] = events
-    if span.dropped_events:
-        out["droppedEventsCount"] = span.dropped_events
-    if span.links:
-        links: list[_JSON] = []
-        for link in span.links:
-            link_context = link.context
-            encoded = {
-                "traceId": f"{link_context.trace_id:032x}",
-                "spanId": f"{link_context.span_id:016x}",
-            }
-            link_state = _trace_state(link_context)
-            if link_state:
-                encoded["traceState"] = link_state
-            link_attributes = _attributes(link.attributes)
-            if link_attributes:
-                encoded["attributes"] = link_attributes
-            if link.dropped_attributes:
-                encoded["droppedAttributesCount"] = link.dropped_attributes
-            encoded["flags"] = _span_flags(link_context)
-            links.append(encoded)
-        out["links"] = links
-    if span.dropped_links:
-        out["droppedLinksCount"] = span.dropped_links
-    status: _JSON = {}
-    if span.status.description:
-        status["message"] = span.status.description
-    if span.status.status_code.value:
-        status["code"] = span.status.status_code.value
-    out["status"] = status
-    out["flags"] = _span_flags(parent)
-    return out
-
-
-def _encode_scope(scope: InstrumentationScope | None) -> _JSON:
-    if scope is None:
-        return {}
-    out: _JSON = {}
-    if scope.name:
-        out["name"] = scope.name
-    if scope.version:
-        out["version"] = scope.version
-    attributes = _attributes(scope.attributes)
-    if attributes:
-        out["attributes"] = attributes
-    return out
-
-
-def _encode_resource(resource: Resource) -> _JSON:
-    attributes = _attributes(resource.attributes)
-    return {"attributes": attributes} if attributes else {}
-
-
-def encode_otlp_json(spans: Sequence[ReadableSpan]) -> _JSON:
-    """Build the OTLP/JSON ``ExportTraceServiceRequest`` document for ``spans``.
-
-    Spans are grouped by resource, then by instrumentation scope, in first-seen order,
-    exactly as the SDK's OTLP encoder groups them.
-    """
-    # Grouped by object identity: spans of one provider share their Resource and scope
-    # objects, and hashing a Resource serialises all of its attributes.
-    resources: dict[int, Resource] = {}
-    scopes: dict[int, InstrumentationScope | None] = {}
-    grouped: dict[int, dict[int, list[_JSON]]] = {}
-    for span in spans:
-        resource = span.resource
-        scope = span.instrumentation_scope or None
-        by_scope = grouped.get(id(resource))
-        if by_scope is None:
-            by_scope = grouped[id(resource)] = {}
-            resources[id(resource)] = resource
-        encoded = by_scope.get(id(scope))
-        if encoded is None:
-            encoded = by_scope[id(scope)] = []
-            scopes[id(scope)] = scope
-        encoded.append(_encode_span(span))
-    resource_spans: list[_JSON] = []
-    for resource_key, by_scope in grouped.items():
-        resource = resources[resource_key]
-        scope_spans: list[_JSON] = []
-        for scope_key, encoded_spans in by_scope.items():
-            scope = scopes[scope_key]
-            entry: _JSON = {"scope": _encode_scope(scope), "spans": encoded_spans}
-            if scope is not None and scope.schema_url:
-                entry["schemaUrl"] = scope.schema_url
-            scope_spans.append(entry)
-        resource_entry: _JSON = {
-            "resource": _encode_resource(resource),
-            "scopeSpans": scope_spans,
-        }
-        if resource.schema_url:
-            resource_entry["schemaUrl"] = resource.schema_url
-        resource_spans.append(resource_entry)
-    return {"resourceSpans": resource_spans}
-
-
-# ------------------------------------------------------------------------------------
-# The exporter
-# ------------------------------------------------------------------------------------
 
 
 def backup_path(path: Path) -> Path:
@@ -671,156 +423,3 @@ class OtlpJsonFileSpanExporter(SpanExporter):
                 return error.errno == 22
         return True
 
-
-# ------------------------------------------------------------------------------------
-# Reading (OTLP/JSON lines -> flat span dicts)
-# ------------------------------------------------------------------------------------
-
-
-def _hex_id(value: object, size: int) -> str | None:
-    """Normalise a trace/span id to lowercase hex.
-
-    Accepts hex (OTLP/JSON) and base64 (protobuf's generic JSON mapping). An empty or
-    absent id (a root span's parent) becomes None.
-    """
-    if not value or not isinstance(value, str):
-        return None
-    if len(value) == size * 2:
-        try:
-            bytes.fromhex(value)
-            return value.lower()
-        except ValueError:
-            pass
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        return value.lower()
-    return raw.hex() if len(raw) == size else value.lower()
-
-
-def _int(value: object) -> int:
-    if value is None or value == "":
-        return 0
-    if isinstance(value, int | str | float):
-        return int(value)
-    raise ValueError(f"not an integer: {value!r}")
-
-
-def _python_value(any_value: Mapping[str, Any]) -> Any:
-    """Convert an OTLP/JSON ``AnyValue`` object to the Python value it carries."""
-    if "stringValue" in any_value:
-        return any_value["stringValue"]
-    if "boolValue" in any_value:
-        return bool(any_value["boolValue"])
-    if "intValue" in any_value:
-        return int(any_value["intValue"])
-    if "doubleValue" in any_value:
-        return float(any_value["doubleValue"])  # also parses "NaN" / "Infinity"
-    if "arrayValue" in any_value:
-        return [_python_value(v) for v in (any_value["arrayValue"] or {}).get("values", [])]
-    if "kvlistValue" in any_value:
-        return _python_attributes((any_value["kvlistValue"] or {}).get("values", []))
-    if "bytesValue" in any_value:
-        return base64.b64decode(any_value["bytesValue"])
-    return None
-
-
-def _python_attributes(
-    key_values: Sequence[Mapping[str, Any]] | None,
-) -> dict[str, Any]:
-    return {kv.get("key", ""): _python_value(kv.get("value") or {}) for kv in key_values or ()}
-
-
-def _flat_spans(document: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
-    for resource_spans in document.get("resourceSpans") or ():
-        resource = _python_attributes((resource_spans.get("resource") or {}).get("attributes"))
-        # "instrumentationLibrarySpans" is the pre-1.0 OTLP name of scopeSpans.
-        scope_list = resource_spans.get("scopeSpans") or resource_spans.get("instrumentationLibrarySpans") or ()
-        for scope_spans in scope_list:
-            scope = scope_spans.get("scope") or scope_spans.get("instrumentationLibrary") or {}
-            scope_name = scope.get("name", "")
-            for span in scope_spans.get("spans") or ():
-                status = span.get("status") or {}
-                yield {
-                    "trace_id": _hex_id(span.get("traceId"), 16),
-                    "span_id": _hex_id(span.get("spanId"), 8),
-                    "parent_span_id": _hex_id(span.get("parentSpanId"), 8),
-                    "name": span.get("name", ""),
-                    "kind": _int(span.get("kind")),
-                    "start_ns": _int(span.get("startTimeUnixNano")),
-                    "end_ns": _int(span.get("endTimeUnixNano")),
-                    "attributes": _python_attributes(span.get("attributes")),
-                    "events": [
-                        {
-                            "name": event.get("name", ""),
-                            "time_ns": _int(event.get("timeUnixNano")),
-                            "attributes": _python_attributes(event.get("attributes")),
-                        }
-                        for event in span.get("events") or ()
-                    ],
-                    "links": [
-                        {
-                            "trace_id": _hex_id(link.get("traceId"), 16),
-                            "span_id": _hex_id(link.get("spanId"), 8),
-                            "attributes": _python_attributes(link.get("attributes")),
-                        }
-                        for link in span.get("links") or ()
-                    ],
-                    "status_code": _int(status.get("code")),
-                    "status_message": status.get("message", ""),
-                    "resource": resource,
-                    "scope": scope_name,
-                }
-
-
-def parse_otlp_json_line(text: str) -> list[dict[str, Any]]:
-    """The spans of one OTLP/JSON line (see :func:`read_otlp_json_lines` for their shape).
-
-    Raises ``ValueError`` when the line is not an OTLP/JSON traces document.
-    """
-    try:
-        document = json.loads(text)
-        if not isinstance(document, dict):
-            raise ValueError("line is not a JSON object")
-        return list(_flat_spans(document))
-    except (AttributeError, TypeError) as error:
-        raise ValueError(str(error)) from error
-
-
-def read_otlp_json_lines(path: Path | str, *, strict: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield every span in an OTLP/JSON lines file as a flat dict.
-
-    Reads this module's exporter output and OpenTelemetry Collector ``file`` exporter
-    output (any number of ``resourceSpans``/``scopeSpans`` per line). Each span is::
-
-        {"trace_id", "span_id", "parent_span_id",  # hex; parent None for a root
-         "name", "kind",                  # kind: OTLP integer (1 internal, 2 server...)
-         "start_ns", "end_ns",            # int nanoseconds since the epoch
-         "attributes": {key: python value},
-         "events": [{"name", "time_ns", "attributes"}],
-         "links": [{"trace_id", "span_id", "attributes"}],
-         "status_code", "status_message", # 0 unset, 1 ok, 2 error
-         "resource": {key: python value}, "scope": scope name}
-
-    Blank lines are skipped. A line that is not valid JSON (e.g. the torn last line of a
-    process killed mid-write) is skipped with a warning, or raises ``ValueError`` when
-    ``strict`` is true.
-    """
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            try:
-                spans = parse_otlp_json_line(text)
-            except ValueError as error:
-                if strict:
-                    raise ValueError(f"{path}:{number}: not an OTLP/JSON trace line: {error}") from error
-                _logger.warning(
-                    "%s:%d: skipped a line that is not OTLP/JSON traces: %s",
-                    path,
-                    number,
-                    error,
-                )
-                continue
-            yield from spans

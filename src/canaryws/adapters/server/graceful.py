@@ -1,9 +1,10 @@
-"""``canaryws serve``'s uvicorn server, with a bounded graceful shutdown.
+"""uvicorn's server as ``canaryws serve`` runs it, with a bounded graceful shutdown.
 
 On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
 (``CANARYWS_SHUTDOWN_TIMEOUT``, ``--shutdown-timeout``), counted from the signal:
 
-1. **Stop accepting** (the listening sockets close) and **drain** (:class:`ConnectionDrain`):
+1. **Stop accepting** (the listening sockets close) and **drain**
+   (:class:`canaryws.adapters.asgi.drain.ConnectionDrain`):
    each WebSocket connection stops reading new frames, answers the frames it had already
    read, and is then closed with 1012 and a closing handshake, on its own, as soon as it
    has answered (its app task waits in ``receive()`` with nothing queued).
@@ -11,8 +12,7 @@ On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
    connections still open (and drops them), waits for the connections and their tasks,
    and cancels what is left at the end of the connections' share of the bound.
 3. **The app's shutdown** (the lifespan): background tasks stop, spans and metrics are
-   flushed, in :func:`canaryws.app.app_shutdown_budget`
-   (a third of the bound, at most 5 s).
+   flushed, in :func:`app_shutdown_budget` (a third of the bound, at most 5 s).
 4. A **watchdog** thread, armed by the signal, ends the process with ``os._exit(1)`` when
    the bound passes and it is still alive, whatever is stuck (a client that never reads, an
    OTLP endpoint that never answers, a task that blocks the event loop, an exit handler).
@@ -21,42 +21,39 @@ A graceful shutdown exits 0 (uvicorn would re-raise the signal after its shutdow
 kills the process with the signal's status instead); a forced one exits 1.
 
 With ``--workers N`` each worker process runs this same server on the listening socket
-its supervisor (:mod:`canaryws.cli.workers`) bound, and handles SIGTERM only.
+its supervisor (:mod:`canaryws.adapters.server.supervisor`) bound, and handles SIGTERM only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
-import math
 import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from socket import socket
 from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.server import HANDLED_SIGNALS
 
-from canaryws.adapters.door import (
-    PROBE_HEADROOM,
-    effective_max_connections,
-    guarded_http_protocol,
-    raise_open_files_limit,
-)
-from canaryws.app import app_shutdown_budget
-from canaryws.settings import Settings
+from canaryws.adapters.asgi.drain import ConnectionDrain
 
 log = logging.getLogger("canaryws.shutdown")
 
 FORCED_EXIT_STATUS = 1
+APP_SHUTDOWN_MAX_SECONDS = 5.0
+
+
+def app_shutdown_budget(shutdown_timeout: float) -> float:
+    """Seconds the app's own shutdown (the background tasks, then the telemetry flush) gets
+    of the shutdown bound: a third of it, at most 5 s. The connections get the rest."""
+    return min(APP_SHUTDOWN_MAX_SECONDS, shutdown_timeout / 3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,130 +148,6 @@ class ShutdownWatchdog:
         os._exit(FORCED_EXIT_STATUS)
 
 
-class _Tracked:
-    """One WebSocket connection as the drain sees it: its server protocol (with the inbound
-    queue and the transport), its ``send``, and where its app task is."""
-
-    __slots__ = ("closing", "protocol", "queue", "receiving", "send", "transport")
-
-    def __init__(self, protocol: object, queue: asyncio.Queue[Any], transport: asyncio.Transport, send: Send) -> None:
-        self.protocol = protocol
-        self.queue = queue
-        self.transport = transport
-        self.send = send
-        self.receiving: Awaitable[Message] | None = None  # the app's latest receive() awaitable
-        self.closing = False  # the drain sent its close frame
-
-    @property
-    def parked(self) -> bool:
-        """The app task waits in receive(): its latest receive() coroutine is suspended."""
-        pending = self.receiving
-        return inspect.iscoroutine(pending) and inspect.getcoroutinestate(pending) == inspect.CORO_SUSPENDED
-
-    @property
-    def idle(self) -> bool:
-        """Everything it read is answered: the app waits for more and nothing is queued."""
-        return self.parked and self.queue.empty()
-
-    def stop_reading(self) -> None:
-        if self.transport.is_reading():
-            self.transport.pause_reading()
-
-
-class ConnectionDrain:
-    """Outermost ASGI wrapper that drains the WebSocket connections at shutdown.
-
-    :meth:`drain` stops reading on every connection; each one, once it has answered every
-    frame it had read, is closed with 1012 through its own ``send`` (the ASGI
-    ``websocket.close``), so the server protocol runs the closing handshake: it reads
-    again, discards data frames that arrive after the close, and closes the TCP connection
-    when the client's close frame arrives. (Closing the socket while unread frames sit in
-    it would reset the connection and destroy the results still on their way.)
-
-    It needs the server protocol behind ``receive`` (uvicorn's WebSocket protocols hand the
-    application their bound ``receive``, with the inbound ``queue`` and the ``transport``);
-    connections under another server are left to the server's own shutdown.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self._open: set[_Tracked] = set()
-        self.closed: set[object] = set()  # server protocols the drain sent a close frame to
-        self._draining = False
-        self._closers: set[asyncio.Task[None]] = set()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        protocol = getattr(receive, "__self__", None)
-        queue = getattr(protocol, "queue", None)
-        transport = getattr(protocol, "transport", None)
-        if scope["type"] != "websocket" or not isinstance(queue, asyncio.Queue) or transport is None:
-            await self.app(scope, receive, send)
-            return
-        tracked = _Tracked(protocol, queue, transport, send)
-
-        def tracked_receive() -> Awaitable[Message]:
-            # Until the drain starts: the protocol's own receive() coroutine, remembered (so
-            # the drain can tell a parked app) but not wrapped, since a wrapper coroutine
-            # would be created and resumed on every frame (docs/benchmarks.md).
-            if self._draining:
-                return self._receive_draining(tracked, receive)
-            tracked.receiving = pending = receive()
-            return pending
-
-        self._open.add(tracked)
-        try:
-            await self.app(scope, tracked_receive, send)
-        finally:
-            self._open.discard(tracked)
-
-    async def _receive_draining(self, tracked: _Tracked, receive: Receive) -> Message:
-        if not tracked.closing and tracked.queue.empty():
-            await self._close(tracked)  # all it read is answered; receive() returns the disconnect
-        tracked.receiving = pending = receive()
-        message = await pending
-        if not tracked.closing:
-            # The protocol resumes reading when its queue empties; while draining, nothing new is read.
-            tracked.stop_reading()
-        return message
-
-    async def _close(self, tracked: _Tracked) -> None:
-        tracked.closing = True
-        self.closed.add(tracked.protocol)
-        # Already closed or gone (the app closed it, the peer left): nothing to do.
-        with contextlib.suppress(Exception):
-            await tracked.send({"type": "websocket.close", "code": 1012})
-        # Read again so that the protocol sees the client's close frame (it discards data frames).
-        if not tracked.transport.is_closing():
-            tracked.transport.resume_reading()
-
-    @property
-    def busy(self) -> int:
-        """Connections not closed yet (they still owe answers)."""
-        return sum(not tracked.closing for tracked in self._open)
-
-    async def drain(self, timeout: float, give_up: Callable[[], bool] = lambda: False) -> bool:
-        """Stop reading on every connection and close each with 1012 once it has answered
-        what it read; wait at most ``timeout`` seconds (or until ``give_up()``, checked every
-        50 ms) until all are closed. True when all were. (The closing handshakes may still
-        be running: see :attr:`closed`.)"""
-        self._draining = True
-        for tracked in self._open:
-            tracked.stop_reading()
-        deadline = time.monotonic() + timeout
-        while True:
-            for tracked in self._open:
-                if tracked.idle and not tracked.closing:
-                    # The app waits in receive(): close on its behalf, off this loop (send may wait to write).
-                    closer = asyncio.create_task(self._close(tracked))
-                    self._closers.add(closer)
-                    closer.add_done_callback(self._closers.discard)
-            if not self.busy:
-                return True
-            if time.monotonic() >= deadline or give_up():
-                return False
-            await asyncio.sleep(0.05)
-
-
 class GracefulServer(uvicorn.Server):
     """uvicorn's server with :class:`ConnectionDrain` before its shutdown, the connections'
     wait bounded by the :class:`ShutdownPlan` and the :class:`ShutdownWatchdog` armed by
@@ -348,44 +221,6 @@ class GracefulServer(uvicorn.Server):
         # the connections' share; uvicorn awaits it with asyncio.wait_for, which takes float seconds).
         self.config.timeout_graceful_shutdown = max(started + plan.connections - time.monotonic(), 0.0)  # type: ignore[assignment]
         await super().shutdown(sockets)
-
-
-def check_shutdown_timeout(seconds: float) -> None:
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise ValueError(f"the shutdown timeout must be a positive number of seconds, not {seconds!r}")
-
-
-def max_connections_for(settings: Settings) -> int:
-    """``CANARYWS_MAX_CONNECTIONS``, lowered (with a warning) to what the process may open
-    after lifting its soft limit on open files to the hard one."""
-    open_files = raise_open_files_limit()
-    max_connections = effective_max_connections(settings.max_connections, open_files)
-    if max_connections < settings.max_connections:
-        log.warning("CANARYWS_MAX_CONNECTIONS=%d is above what the process may open (%d files): %d connections",
-                    settings.max_connections, open_files, max_connections)
-    return max_connections
-
-
-def uvicorn_config(app: ConnectionDrain, settings: Settings,
-                   on_refused: Callable[[str], None] | None = None) -> uvicorn.Config:
-    """The uvicorn configuration ``canaryws serve`` runs ``app`` with (every worker alike):
-    the door's HTTP protocol (:mod:`canaryws.adapters.door`) with its refusals counted by
-    ``on_refused``."""
-    max_connections = max_connections_for(settings)
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        http=guarded_http_protocol(header_timeout=settings.header_timeout,
-                                   max_sockets=max_connections + PROBE_HEADROOM, on_refused=on_refused),
-        ws="websockets-sansio",
-        ws_max_size=settings.max_frame_bytes,
-        ws_per_message_deflate=settings.per_message_deflate,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-    )
 
 
 def run(

@@ -1,0 +1,226 @@
+"""The batch loop: one connection's frames, one at a time, each answered.
+
+One batch reads as a straight line: frame → (rate and work budgets) → (pinned cohort) →
+decode → strategy → encode → answer → the round's after-work (count, compare, end the
+span: :mod:`canaryws.adapters.records.after_round`). The cohort is decided at connect time
+and re-decided only when the flags revision changes (an identity test of the flag source's
+snapshot per batch, no call). The rare paths are named methods: :meth:`BatchLoop._reload`
+(a new flags revision), :meth:`BatchLoop._answer_error` (an error frame) and
+:meth:`BatchLoop._guarded_send` (a send the sweep watches for a client that stopped
+reading); the hot path keeps its work inline (docs/benchmarks.md: a call per frame costs
+more than most of what it would wrap).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from opentelemetry.trace import INVALID_SPAN, Span
+from starlette.types import Receive, Send
+from starlette.websockets import WebSocket
+
+from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY
+from canaryws.adapters.records.after_round import AfterRound
+from canaryws.adapters.records.connection import CLOSE_UNSUPPORTED_DATA, Connection
+from canaryws.adapters.records.flags_view import FlagsInForce, now_iso
+from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.core import contract
+from canaryws.core.cohorts import Cohort, FlagSnapshotView, decide_cohort
+from canaryws.core.limits import RecentIds, TokenBucket
+from canaryws.core.strategies import STRATEGIES, VERSIONS
+from canaryws.core.summary import END_COHORT_CHANGED
+
+log = logging.getLogger("canaryws.records")
+
+
+class BatchLoop:
+    """The loop every connection of one endpoint runs (:meth:`serve`), with what it shares:
+    the flags in force, the telemetry, the limits and the round's after-work.
+    ``end_slice(conn, why, next_cohort, strict_share)`` ends a connection's summary slice
+    (the endpoint's); ``strict_share(snapshot)`` is what a new slice records."""
+
+    def __init__(
+        self,
+        *,
+        flags: FlagsInForce,
+        telemetry: RecordsTelemetry,
+        after_round: AfterRound,
+        default_strategy: str,
+        max_records: int,
+        max_record_length: int,
+        max_messages_per_second: float,
+        message_burst: int,
+        max_bytes_per_second: float,
+        bytes_burst: int,
+        duplicate_id_window: int,
+        end_slice: Callable[[Connection, str, Cohort | None, float | None], None],
+        strict_share: Callable[[FlagSnapshotView], float | None],
+    ) -> None:
+        self._flags = flags
+        self._telemetry = telemetry
+        self._after = after_round
+        self._default_strategy = default_strategy
+        self._max_records = max_records
+        self._max_length = max_record_length
+        self._rate = max_messages_per_second
+        self._burst = float(message_burst)
+        self._byte_rate = max_bytes_per_second
+        self._byte_burst = float(bytes_burst)
+        self._window = duplicate_id_window
+        self._end_slice = end_slice
+        self._strict_share = strict_share
+
+    async def serve(self, websocket: WebSocket, conn: Connection, client_bytes: TokenBucket | None) -> int:
+        """Serve ``conn`` until it ends; the close code. ``client_bytes``: its client id's
+        work budget (shared by the client's connections), None when off.
+
+        Between a batch and its answer it does the work and little else
+        (docs/benchmarks.md): a clock read, the rate and the connection's work budget (the
+        arithmetic of :class:`canaryws.core.limits.TokenBucket` on locals; a call per frame
+        cost more than the arithmetic, and tests/unit/test_endpoint_rate.py checks the waits
+        against the class), an identity test of the flags snapshot, the duplicate-id check
+        and a countdown to the next sampled batch span. No slice ends here on a timer: the
+        sweep ends the interval slices of busy and idle connections alike, so the loop reads
+        ``conn.summary`` afresh after each await. After the answer: a second clock read, and
+        the batch joins the round's after-work. Span attributes are built for sampled
+        batches only.
+        """
+        receive: Receive
+        send: Send
+        receive, send = websocket.scope.get(CHANNEL_SCOPE_KEY) or (websocket.receive, websocket.send)
+        telemetry = self._telemetry
+        after = self._after.add
+        flags = self._flags
+        seen: object = None  # the flags snapshot the loop last compared its cohort's revision with
+        max_records = self._max_records
+        max_length = self._max_length
+        rate = self._rate  # the message rate: TokenBucket's arithmetic on locals
+        limited = rate > 0
+        burst = tokens = self._burst
+        stamp = conn.slice_started
+        byte_rate = self._byte_rate  # the connection's work budget, likewise
+        byte_burst = byte_tokens = self._byte_burst
+        byte_stamp = stamp
+        window = self._window
+        recent: RecentIds | None = None  # created at the first batch: idle connections stay small
+        cohort = conn.cohort
+        strategy = STRATEGIES[cohort.strategy].process
+        shadow = cohort.shadow
+        connection_id = conn.context.connection_id
+        clock = time.perf_counter
+        wall_ns = time.time_ns
+        decode_batch = contract.decode_batch
+        encode_result = contract.encode_result
+        each_batch = telemetry.records_each_batch
+        gap = telemetry.batch_gap()  # batches until the next batch span
+        while True:
+            message = await receive()
+            text = message.get("text")
+            if text is None:
+                if message["type"] == "websocket.disconnect":
+                    return int(message.get("code") or 1005)
+                await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+                return CLOSE_UNSUPPORTED_DATA
+            started = clock()
+            if limited:  # = TokenBucket.take: refill (up to the burst), take one, wait off a debt
+                tokens += (started - stamp) * rate
+                if tokens > burst:
+                    tokens = burst
+                stamp = started
+                tokens -= 1.0
+                if tokens < 0.0:
+                    telemetry.throttled(cohort.strategy, "frames")
+                    await asyncio.sleep(-tokens / rate)
+                    started = clock()
+            if byte_rate > 0.0:  # = TokenBucket.take(now, len(text)), and the client's
+                size = len(text)
+                byte_tokens += (started - byte_stamp) * byte_rate
+                if byte_tokens > byte_burst:
+                    byte_tokens = byte_burst
+                byte_stamp = started
+                byte_tokens -= size
+                wait = -byte_tokens / byte_rate if byte_tokens < 0.0 else 0.0
+                shared = client_bytes.take(started, size) if client_bytes is not None else 0.0
+                if wait > 0.0 or shared > 0.0:
+                    telemetry.throttled(cohort.strategy, "bytes" if wait >= shared else "client_bytes")
+                    await asyncio.sleep(wait if wait >= shared else shared)
+                    started = clock()
+            elif client_bytes is not None and (shared := client_bytes.take(started, len(text))) > 0.0:
+                telemetry.throttled(cohort.strategy, "client_bytes")
+                await asyncio.sleep(shared)
+                started = clock()
+            if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
+                seen = snapshot = flags.current
+                if snapshot.revision != cohort.flags_revision:
+                    cohort = await self._reload(conn, snapshot, send, started)
+                    strategy = STRATEGIES[cohort.strategy].process
+                    shadow = cohort.shadow
+
+            if gap:
+                gap -= 1
+                span: Span = INVALID_SPAN
+            else:
+                span = telemetry.start_batch(conn.connect)
+                gap = telemetry.batch_gap()
+            try:
+                batch = decode_batch(text, max_records)
+                if window:
+                    if recent is None:
+                        recent = RecentIds(window)
+                    if not recent.remember(batch.id):
+                        raise contract.duplicate_id(batch.id, window)
+            except contract.MessageError as err:
+                await self._answer_error(conn, err, span, send, started)
+                continue
+            try:
+                outcome = strategy(batch.records, max_length)
+                # the result's send, inline (the guarded send of the rare paths, without a call)
+                conn.sending_since = started
+                await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
+                conn.sending_since = 0.0
+            except BaseException:
+                span.end()
+                raise
+            ended = clock()
+            if span is INVALID_SPAN and not each_batch:
+                after(conn.summary, outcome, started, ended, span, batch.records if shadow else None)
+            else:  # a sampled batch (or a histogram per batch): its attributes now, its end after the round
+                telemetry.batch_done(span, batch.id, outcome, ended - started, connection_id, end=False)
+                after(conn.summary, outcome, started, ended, span, batch.records if shadow else None,
+                      wall_ns() if span.is_recording() else 0)
+
+    async def _reload(self, conn: Connection, snapshot: FlagSnapshotView, send: Send, started: float) -> Cohort:
+        """A new flags revision: the connection's cohort decided again; the new one."""
+        old = conn.cohort
+        new = decide_cohort(snapshot, conn.context, VERSIONS, self._default_strategy, now_iso()).cohort
+        # The connection's cohort changes before the next await: a slice the sweep ends while
+        # the cohort frame is sent must start the next one under it.
+        conn.cohort = new
+        if not new.same_treatment(old):
+            self._telemetry.cohort_changed(old, new)
+            self._end_slice(conn, END_COHORT_CHANGED, new, self._strict_share(snapshot))
+            log.info(
+                "cohort changed",
+                extra={"from_strategy": old.strategy, "to_strategy": new.strategy,
+                       "flags_revision": new.flags_revision},
+            )
+            await self._guarded_send(conn, send, contract.encode_cohort_change(new), started)
+        return new
+
+    async def _answer_error(self, conn: Connection, err: contract.MessageError, span: Span, send: Send,
+                            started: float) -> None:
+        """A frame that is not a usable batch: counted, its span ended, an error frame sent."""
+        conn.summary.add_error(err.code)
+        self._telemetry.batch_error(span, err.code, err.detail, conn.cohort.strategy, conn.context.connection_id)
+        await self._guarded_send(conn, send, contract.encode_error(err), started)
+
+    @staticmethod
+    async def _guarded_send(conn: Connection, send: Send, text: str, since: float) -> None:
+        """Send ``text``, marked as pending since ``since`` while it waits: the sweep ends a
+        connection whose send waits longer than ``CANARYWS_SEND_TIMEOUT``."""
+        conn.sending_since = since
+        await send({"type": "websocket.send", "text": text})
+        conn.sending_since = 0.0
