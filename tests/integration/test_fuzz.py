@@ -143,17 +143,6 @@ def _has_surrogate(value: Any) -> bool:
     return False
 
 
-def _out_of_range(value: Any) -> bool:
-    """A number no float64 holds (Python's json decodes 1e400 as inf)."""
-    if isinstance(value, float):
-        return value in (float("inf"), float("-inf"))
-    if isinstance(value, list):
-        return any(_out_of_range(v) for v in value)
-    if isinstance(value, dict):
-        return any(_out_of_range(v) for v in value.values())
-    return False
-
-
 def _usable_id(value: Any) -> bool:
     return isinstance(value, str) and 1 <= len(value) <= 256
 
@@ -176,15 +165,13 @@ class Model:
         if _has_surrogate(message):
             return self._error("invalid_json", None)  # lone surrogate escapes
         if not isinstance(message, _Object):
-            return self._error("invalid_json" if _out_of_range(message) else "invalid_message", None)
+            return self._error("invalid_message", None)
         known = [(k, v) for k, v in message.pairs if k in ("type", "id", "records")]
         typed = {k for k, _ in known} == {"type", "id", "records"} and all(
             (k == "type" and v == "batch") or (k == "id" and _usable_id(v)) or (k == "records" and isinstance(v, list))
             for k, v in known)  # every occurrence of a field is checked, not only the last
-        # Out-of-range numbers count in the message's fields; in unknown fields only when the
-        # message is not a valid batch anyway (they are skipped unread otherwise).
-        if _out_of_range([v for _, v in known]) or (not typed and _out_of_range(message)):
-            return self._error("invalid_json", None)
+        # A number no float64 holds (1e400, which Python's json reads as inf) is valid JSON and
+        # only a number to the contract (issue 21): never invalid_json, wherever it stands.
         echo = message["id"] if _usable_id(message.get("id")) else None
         if not typed:
             kind = message.get("type")
