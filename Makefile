@@ -13,7 +13,7 @@ export UV_LINK_MODE := copy
 SERVE_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: serve test lint typecheck install services system-deps
+.PHONY: serve test lint typecheck install services system-deps asyncapi-cli
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -37,6 +37,19 @@ lint: install
 typecheck: install
 	$(UV) run --frozen --no-sync mypy
 
+# The AsyncAPI CLI that validates docs/asyncapi.yaml (tests/unit/test_asyncapi.py): npm @asyncapi/cli,
+# pinned in tools/asyncapi/package-lock.json, installed into tools/asyncapi/node_modules when missing or
+# when the lock changed (a stamp holds the lock's hash); one installer at a time.
+ASYNCAPI_DIR := tools/asyncapi
+asyncapi-cli:
+	@set -e; exec 8<$(ASYNCAPI_DIR)/package-lock.json; flock -w 600 8; \
+	want="$$(sha256sum <$(ASYNCAPI_DIR)/package-lock.json | cut -d' ' -f1)"; \
+	stamp=$(ASYNCAPI_DIR)/node_modules/.canaryws-lock.sha256; \
+	if [[ -x $(ASYNCAPI_DIR)/node_modules/.bin/asyncapi && -f $$stamp && "$$(cat $$stamp)" == "$$want" ]]; then exit 0; fi; \
+	echo "installing @asyncapi/cli into $(ASYNCAPI_DIR)/node_modules (npm ci)..."; \
+	(cd $(ASYNCAPI_DIR) && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); \
+	printf '%s\n' "$$want" >$$stamp
+
 # Later integration tests use the machine's PostgreSQL; start it if it is installed but stopped.
 services:
 	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
@@ -53,7 +66,7 @@ system-deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-test: install services system-deps lint typecheck
+test: install services system-deps asyncapi-cli lint typecheck
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
 # The benchmark (bench/run.py, see its docstring): canaryws against its bounds, a few minutes.

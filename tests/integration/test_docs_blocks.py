@@ -63,6 +63,7 @@ BLOCKS_OF: dict[str, tuple[str, ...]] = {
     "test_revoking_tokens": ("revocation",),
     "test_a_replica_at_a_glance": ("replica-at-a-glance",),
     "test_replaying_the_guard": ("guard-replay",),
+    "test_the_client_guide": ("client-pipeline", "client-run"),
 }
 # Pages whose blocks carry no marker yet, with how many there are and why they are not run; an
 # entry goes once its page is marked (the count then no longer matches).
@@ -221,8 +222,16 @@ def embedded_flags() -> str:
 
 
 def printed_results(out: str) -> list[dict[str, object]]:
-    """The result frames the README's client printed (Python reprs of dicts)."""
-    return [ast.literal_eval(line) for line in out.splitlines() if line.startswith("{'type': 'result'")]
+    """The answers the README's client printed: its ``accepted:``, ``skipped:`` and
+    ``rejected:`` lines (Python reprs of (index, value) pairs), one dict per run."""
+    results: list[dict[str, object]] = []
+    for line in out.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and name in ("accepted", "skipped", "rejected"):
+            if name == "accepted":
+                results.append({})
+            results[-1][name] = ast.literal_eval(value)
+    return results
 
 
 # -- the blocks, against real processes ----------------------------------------------------------
@@ -239,11 +248,10 @@ def test_the_readme_tour(tmp_path: Path, docs: Docs) -> None:
         assert "records.strict" in out and "records.shadow" in out  # flags show's table
         assert re.findall(r"^cohort: (\w+)$", out, re.M) == ["lenient", "strict"], out
         lenient, strict = printed_results(out)
-        assert lenient["skipped"] == [{"index": 1, "reason": "empty"}, {"index": 2, "reason": "missing"},
-                                      {"index": 3, "reason": "not_a_string"}] and lenient["rejected"] == []
-        assert strict["rejected"] == [{"index": 1, "code": "empty"}, {"index": 2, "code": "missing"},
-                                      {"index": 3, "code": "not_a_string"}] and strict["skipped"] == []
-        assert lenient["accepted"] == strict["accepted"] == [{"index": 0, "value": "a"}]
+        assert lenient["skipped"] == [(1, "empty"), (2, "missing"), (3, "not_a_string")], out
+        assert lenient["rejected"] == [] and strict["skipped"] == [], out
+        assert strict["rejected"] == [(1, "empty"), (2, "missing"), (3, "not_a_string")], out
+        assert lenient["accepted"] == strict["accepted"] == [(0, "a")], out
         for strategy in ("lenient", "strict"):
             assert metric_value(out, "canaryws_connections_opened_total", strategy=strategy) == 1, out
         assert "Verdict: hold" in out and "exit 2: 0 promote, 1 rollback, 2 hold" in out, out
@@ -315,3 +323,12 @@ def test_replaying_the_guard(tmp_path: Path, docs: Docs) -> None:
     assert re.search(r"\bhold\b.*strict 30 / lenient 30 connections", text), ran.out
     judgements = [json.loads(line) for line in objects]
     assert judgements and all(j["verdict"] == "hold" and j["action"] is None for j in judgements), ran.out
+
+
+def test_the_client_guide(tmp_path: Path, docs: Docs) -> None:
+    """docs/client.md's pipeline: 1,000 pipelined batches through the SDK, every record counted once."""
+    with Service(tmp_path, embedded_flags()) as service:
+        docs.save("client-pipeline", "pipeline.py", service)
+        out = docs.run_block("client-run", service).out
+    assert "connected as tenant-7 in cohort lenient" in out, out
+    assert out.strip().splitlines()[-1] == "{'accepted': 1000, 'rejected': 0, 'skipped': 2000}", out

@@ -31,7 +31,7 @@ PROMTOOL_HINT = "promtool is missing: install it (Debian/Ubuntu: apt-get install
 _METRIC = re.compile(r"\bcanaryws_[a-z0-9_]+\b")
 _SELECTOR = re.compile(r"\b(canaryws_[a-z0-9_]+)\s*\{([^}]*)\}")
 _MATCHER = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"')
-_CHECKED_VALUES = ("strategy", "outcome", "verdict")  # label values a typo would silently break
+_CHECKED_VALUES = ("strategy", "outcome", "verdict", "result", "kind")  # label values a typo would silently break
 
 
 def promtool() -> str:
@@ -139,11 +139,39 @@ def assert_exposed(names: set[str], labels: dict[str, dict[str, set[str]]],
                 assert not unknown, f"{metric}{{{label}}} never takes {sorted(unknown)} on {where}"
 
 
+def probe_metrics(service: Service) -> str:
+    """What `canaryws probe --once --metrics-port` serves after a round against ``service``."""
+    port = free_port()
+    probe = subprocess.Popen(
+        [sys.executable, "-m", "canaryws", "probe", "--url", service.ws_url, "--data-dir", str(service.data_dir),
+         "--once", "--metrics-port", str(port), "--metrics-linger", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and probe.poll() is None:
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                text = ""
+            if re.search(r'^canaryws_probe_rounds_total\{result="success"\} 1', text, re.M):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"the probe served no successful round: {probe.poll()}")
+    finally:
+        probe.send_signal(signal.SIGTERM)
+        try:
+            probe.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            probe.kill()
+            probe.communicate()
+
+
 def test_every_metric_the_alerts_use_exists_on_the_service_and_the_guard(tmp_path: Path) -> None:
     names, labels = used_names()
-    service_names = {n for n in names if not n.startswith("canaryws_guard_")}
-    guard_names = names - service_names
-    assert service_names and guard_names
+    probe_names = {n for n in names if n.startswith("canaryws_probe_")}
+    service_names = {n for n in names if not n.startswith(("canaryws_guard_", "canaryws_probe_"))}
+    guard_names = names - service_names - probe_names
+    assert service_names and guard_names and probe_names
 
     with Service(tmp_path / "svc", flags_doc(strict_rollout=50)) as service:
         async def traffic() -> None:
@@ -158,7 +186,9 @@ def test_every_metric_the_alerts_use_exists_on_the_service_and_the_guard(tmp_pat
 
         asyncio.run(traffic())
         scrape = exposed(service.get("/metrics").text)
+        probe_scrape = exposed(probe_metrics(service))
     assert_exposed(service_names, labels, scrape, "the service's /metrics")
+    assert_exposed(probe_names, labels, probe_scrape, "the probe's /metrics")
 
     traces = service.data_dir / "traces.jsonl"
     assert traces.exists()

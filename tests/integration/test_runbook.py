@@ -776,6 +776,35 @@ def test_flag_clean_up_on_the_flags_file(tmp_path: Path, runbook: Runbook) -> No
             verify_everyone_stays_strict(runbook, env, service, open_clients)
 
 
+@covers("probe-metrics", "probe-once")
+def test_the_synthetic_probe_is_failing(tmp_path: Path, runbook: Runbook) -> None:
+    """A running probe sees its strict identity moved by a ramp to 0 % (unexpected_cohort); a round by
+    hand then passes and reports strict empty; against a server that answers a wrong outcome it fails."""
+    from test_probe import ProbeProcess, failures, rounds, stub_server, wrong_outcome
+
+    with Service(tmp_path, flags_doc(strict_rollout=50)) as service:
+        env = file_env(service)
+        probe = ProbeProcess(tmp_path, "--url", service.ws_url, "--data-dir", str(service.data_dir),
+                             "--interval", "0.5")
+        try:
+            probe.scrape_until(lambda t: rounds(t, "success") >= 1)
+            service.write_flags(flags_doc(strict_rollout=0))
+            probe.scrape_until(lambda t: failures(t, "unexpected_cohort") >= 1)
+            ran = runbook.run("probe-metrics", {**env, "PROBE_URL": f"http://127.0.0.1:{probe.port}"})
+        finally:
+            probe.stop()
+        assert metric_value(ran.out, "canaryws_probe_failures_total", kind="unexpected_cohort") >= 1, ran.out
+        assert metric_value(ran.out, "canaryws_probe_failures_total", kind="wrong_outcome") == 0, ran.out
+        assert metric_value(ran.out, "canaryws_probe_rounds_total", result="success") >= 1, ran.out
+        ran = runbook.run("probe-once", env)
+        assert "PASSED" in ran.out and "cohort strict: empty" in ran.out and "lenient@1" in ran.out, ran.out
+        with stub_server(wrong_outcome) as url:
+            stub = url.removeprefix("ws").removesuffix("/records")
+            ran = runbook.run("probe-once", {**env, "CANARYWS_URL": f"http{stub}"}, expect=1)
+        assert "FAILED" in ran.out and "wrong_outcome" in ran.out, ran.out
+        assert "index 6: expected rejected empty, got rejected blank" in ran.out, ran.out
+
+
 @covers("cleanup-check", "cleanup-unleash", "cleanup-verify")
 def test_flag_clean_up_on_the_unleash_server(tmp_path: Path, runbook: Runbook, unleash: UnleashServer) -> None:
     """Last in the module: it archives the seeded flags."""

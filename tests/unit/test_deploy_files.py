@@ -51,7 +51,7 @@ DASHBOARD = GRAFANA / "dashboards" / "canaryws.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yaml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "canaryws.yaml"
 FLAGS = REPO / "flags" / "features.json"
-K8S_MANIFESTS = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml"]
+K8S_MANIFESTS = ["configmap.yaml", "deployment.yaml", "service.yaml", "hpa.yaml", "pdb.yaml", "probe.yaml"]
 CANARYWS_SERVICES = ["canaryws-1", "canaryws-2"]
 
 # Grafana's built-in interval variables are not PromQL; give them a duration to parse.
@@ -221,6 +221,42 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
     assert "/etc/otelcol-contrib/config.yaml" in collector_mounts
     file_exporter = next(v for k, v in otel["exporters"].items() if k.split("/")[0] == "file")
     assert str(PurePosixPath(file_exporter["path"]).parent) in collector_mounts  # the file exporter's volume
+
+
+def probe_options(args: list[str]) -> dict[str, str]:
+    """``canaryws probe`` ARGS (after the command name) as option -> value; click parses them first
+    (an unknown option or a bad value would exit 2)."""
+    from canaryws.cli.probe import probe as probe_command
+
+    probe_command.make_context("probe", list(args))
+    return dict(zip(args[::2], args[1::2], strict=True))
+
+
+def test_compose_runs_the_probe_against_a_replica_with_the_data_dir_read_only() -> None:
+    services = compose()["services"]
+    probe = services["probe"]
+    assert probe["image"] == services["canaryws-1"]["image"] and probe["command"][0] == "probe"
+    option = probe_options(probe["command"][1:])
+    # the URL names a replica's service name and the port it listens on
+    m = re.fullmatch(r"ws://(?P<host>[a-z0-9-]+):(?P<port>\d+)/records", option["--url"])
+    assert m and m["host"] in CANARYWS_SERVICES, option["--url"]
+    assert m["port"] == env_of(services[m["host"]])["CANARYWS_PORT"]
+    assert m["host"] in probe["depends_on"]
+    # the replicas' data volume (secret.key), read-only: the probe only signs tokens with it
+    mounts = {v["target"]: v for v in probe["volumes"]}
+    data = mounts[option["--data-dir"]]
+    replica_data = {v["target"]: v for v in services["canaryws-1"]["volumes"]}[env_of(services["canaryws-1"])[
+        "CANARYWS_DATA_DIR"]]
+    assert (data["type"], data["source"], data["read_only"]) == ("volume", replica_data["source"], True)
+    assert "--token-file" not in option and "--once" not in probe["command"]
+    # metrics on every interface of the container, published on loopback, scraped under the alert's job name
+    assert option["--metrics-host"] == "0.0.0.0"
+    assert [published_host_ip(p) for p in probe["ports"]] == [LOOPBACK]
+    assert any(str(p).endswith(f":{option['--metrics-port']}") for p in probe["ports"])
+    prom = load_yaml(PROMETHEUS_CONFIG)
+    (job,) = [j for j in prom["scrape_configs"] if j["job_name"] == "canaryws-probe"]
+    assert [t for sc in job["static_configs"] for t in sc["targets"]] == [f"probe:{option['--metrics-port']}"]
+    assert 'up{job="canaryws-probe"}' in ALERTS.read_text()
 
 
 # -- compose: exposure and secrets -------------------------------------------------------------------
@@ -603,6 +639,41 @@ def test_deployment_probes_ports_and_selectors_match() -> None:
     assert (ref["apiVersion"], ref["kind"], ref["name"]) == ("apps/v1", "Deployment", deployment["metadata"]["name"])
     assert hpa["spec"]["minReplicas"] >= 2
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_the_probe_deployment_probes_the_service_and_is_not_behind_it() -> None:
+    m = manifests()
+    probe, service, deployment, pdb = m["probe.yaml"], m["service.yaml"], m["deployment.yaml"], m["pdb.yaml"]
+    pod = probe["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    assert probe["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    # neither the canaryws Service nor its PDB selects the probe's pod
+    assert not service["spec"]["selector"].items() <= labels.items()
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert container["args"][0] == "probe"
+    option = probe_options(container["args"][1:])
+    (svc_port,) = service["spec"]["ports"]
+    assert option["--url"] == f"ws://{service['metadata']['name']}:{svc_port['port']}/records"
+    # metrics: the named port, the scrape annotations and the HTTP checks agree
+    port_by_name = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert port_by_name["metrics"] == int(option["--metrics-port"])
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == option["--metrics-port"]
+    assert option["--metrics-host"] == "0.0.0.0"
+    for check in ("readinessProbe", "livenessProbe"):
+        assert container[check]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+    # only secret.key, owner-only in the data dir, which the probe mounts read-only
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert [i["key"] for i in volumes["secrets"]["secret"]["items"]] == ["secret.key"]
+    assert volumes["secrets"]["secret"]["secretName"] == next(
+        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v)
+    (init,) = pod["spec"]["initContainers"]
+    assert "install -m 0600 /secrets/secret.key /data/secret.key" in init["command"][-1]
+    mount = next(vm for vm in container["volumeMounts"] if vm["mountPath"] == option["--data-dir"])
+    assert mount["readOnly"] is True
+    assert pod["spec"]["securityContext"]["runAsUser"] == deployment["spec"]["template"]["spec"][
+        "securityContext"]["runAsUser"]
 
 
 def test_termination_grace_exceeds_prestop_plus_shutdown_bound() -> None:

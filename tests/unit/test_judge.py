@@ -376,7 +376,7 @@ def test_schema_and_json_without_nan() -> None:
     report = judge(units)
     text = dumps(report)  # raises on NaN / inf / numpy types
     assert json.loads(text) == report
-    assert set(report) == {"verdict", "reasons", "rules", "cohorts", "metrics", "srm", "shadow"}
+    assert set(report) == {"verdict", "reasons", "rules", "cohorts", "metrics", "srm", "shadow", "synthetic"}
     assert set(report["cohorts"]) == {"strict", "lenient"}
     assert set(report["cohorts"]["strict"]) == {
         "clients", "connections", "batches", "records", "accepted", "accepted_rate", "skipped", "rejected",

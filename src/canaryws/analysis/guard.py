@@ -20,6 +20,9 @@ Pure (no I/O, no clock): slices (:data:`~canaryws.analysis.traces.Slice`) go in 
   same rule ``canaryws report`` applies. Holding for thin cohorts, no data and marginal
   evidence is the report's too; the guard does not judge what only holds (latency, accepted
   rate, SRM, shadow): that needs every connection kept, and it never rolls back.
+- **Synthetic connections** (a probe's) are left out, as the report leaves them out
+  (:func:`~canaryws.analysis.units.left_out`): they start no stage and feed no metric, and
+  the judgement counts them under ``synthetic`` since the guard started.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from canaryws.analysis.judge import BASELINE, CANARY, COHORTS, RateWatch, Rules, rate_watches, tick_counts
 from canaryws.analysis.sequential import Counts
 from canaryws.analysis.traces import Slice
-from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, ConnectionUnit
+from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, ConnectionUnit, SyntheticCount
 from canaryws.core.summary import END_CLOSED
 
 _CLOCK_SLACK_NS = 1_000_000_000  # as in units.mark_retries: a reconnect may start a moment before the old span ends
@@ -115,6 +118,7 @@ class Guard:
         self.stages = 0
         self.start_ns: int | None = None
         self._tick_ns = int(rules.tick_s * 1e9)
+        self.synthetic = SyntheticCount(COHORTS)  # left out since the guard started (one unit per connection)
         self._reset(since_ns)
 
     def _reset(self, start_ns: int | None) -> None:
@@ -134,6 +138,9 @@ class Guard:
     def add_unit(self, unit: ConnectionUnit) -> None:
         """A connection that closed (with its retry flag)."""
         if unit.strategy not in COHORTS or (self._since_ns is not None and unit.end_ns < self._since_ns):
+            return
+        if unit.synthetic:  # a probe's: counted, not compared (as units.left_out, one unit at a time)
+            self.synthetic.add(unit, distinct=False)
             return
         if self._share is _UNSET:
             self._share = unit.strict_share
@@ -221,5 +228,6 @@ class Guard:
             "stage": {"start_ns": self.start_ns, "strict_share": None if self._share is _UNSET else self._share,
                       "number": self.stages},
             "connections": {name: c.connections for name, c in self._cohorts.items()},
+            "synthetic": self.synthetic.to_dict(),
             "metrics": [{k: v for k, v in m.items() if k != "values"} for m in metrics],
         }

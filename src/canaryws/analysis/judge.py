@@ -4,7 +4,9 @@ A comparison of two cohorts of connections: the **canary** is the strict cohort,
 **baseline** the lenient cohort. Pure: the input is the
 :class:`~canaryws.analysis.units.ConnectionUnit` list of
 :func:`~canaryws.analysis.units.build_units`, the output a JSON-serialisable dict; no I/O.
-Units of any other strategy are ignored. ``canaryws report`` judges once; ``canaryws guard``
+Units of any other strategy are ignored, and so are synthetic ones (a probe's connections:
+:func:`~canaryws.analysis.units.left_out`), which the result counts apart under ``synthetic``.
+``canaryws report`` judges once; ``canaryws guard``
 (:mod:`canaryws.analysis.guard`) feeds the same monitors as the connections end and rolls
 back on the same rule. docs/report.md explains the rules and their defaults.
 
@@ -65,7 +67,7 @@ from typing import Any, Literal
 import numpy as np
 
 from canaryws.analysis.sequential import Counts, RateRatioMonitor, exposure_to_detect
-from canaryws.analysis.units import ConnectionUnit
+from canaryws.analysis.units import ConnectionUnit, left_out
 from canaryws.core import histogram
 from canaryws.core.compare import VALUE_MISMATCH, accepted_only_kind
 from canaryws.core.strategies import LENIENT, STRICT
@@ -698,13 +700,16 @@ def judge(units: Sequence[ConnectionUnit], rules: Rules = Rules(), *,
 
     ``expected_strict_share`` overrides the per-connection configured share for the
     sample-ratio check; ``start_ns`` is when the comparison starts (the rate-ratio monitors'
-    clock; default the first connection's end). The result is JSON-serialisable (no NaN or
-    infinity); see the module docstring for the rules.
+    clock; default the first connection's end). Synthetic units are left out of everything
+    judged and counted in ``synthetic`` (``{"connections": n, "strict": units, "lenient":
+    units}``). The result is JSON-serialisable (no NaN or infinity); see the module docstring
+    for the rules.
     """
     if expected_strict_share is not None and not 0.0 <= expected_strict_share <= 1.0:
         raise ValueError(f"expected_strict_share must be in [0, 1], not {expected_strict_share}")
+    judged, synthetic = left_out(units, COHORTS)  # a probe's connections: counted, not compared
     by_cohort: dict[str, list[ConnectionUnit]] = {name: [] for name in COHORTS}
-    for u in units:
+    for u in judged:
         if u.strategy in by_cohort:
             by_cohort[u.strategy].append(u)
     cohorts = {name: _cohort(by_cohort[name]) for name in COHORTS}
@@ -756,6 +761,7 @@ def judge(units: Sequence[ConnectionUnit], rules: Rules = Rules(), *,
         "metrics": metrics,
         "srm": srm,
         "shadow": shadow,
+        "synthetic": synthetic.to_dict(),
     }
 
 

@@ -1,5 +1,9 @@
 """Units of analysis: one per connection and cohort, added up from its summary slices.
 
+A synthetic connection (a probe's: its summaries carry ``canaryws.synthetic`` = true) is a
+unit too, marked :attr:`ConnectionUnit.synthetic`; :func:`left_out` is the rule both the
+report's judge and the guard apply to leave it out of the cohort comparison and count it.
+
 Pure: the input is the flat span dicts of
 :func:`canaryws.adapters.telemetry.otlp_json_reader.read_otlp_json_lines` (or anything of
 that shape); only ``records.connection`` summary spans are used.
@@ -50,6 +54,7 @@ class ConnectionUnit:
     shadow_divergent: int = 0
     divergence: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, reason) -> records
     retry: bool = False  # opened soon after the same client's abnormally closed connection
+    synthetic: bool = False  # a probe's connection: left out of the comparison, counted apart (left_out)
 
     @property
     def abnormal_close(self) -> bool:
@@ -61,6 +66,8 @@ class ConnectionUnit:
         if summary.end == END_CLOSED:
             self.closed = True
             self.close_code = summary.close_code
+        if summary.synthetic:
+            self.synthetic = True
         if summary.seq == 0 or self.strict_share is None:
             self.strict_share = summary.strict_share if summary.strict_share is not None else self.strict_share
         self.batches += summary.batches
@@ -122,6 +129,51 @@ def build_units(
     return result
 
 
+class SyntheticCount:
+    """The synthetic connections left out of a comparison: in all, and per strategy."""
+
+    def __init__(self, strategies: Iterable[str] = ()) -> None:
+        self.by_strategy: dict[str, int] = dict.fromkeys(strategies, 0)
+        self._connections: set[str] = set()
+        self._count = 0
+
+    def add(self, unit: ConnectionUnit, *, distinct: bool = True) -> None:
+        """Count ``unit``. With ``distinct``, a connection counts once in all even when it gave a
+        unit to each cohort (it remembers the ids: for one report, not for a guard that runs for
+        weeks, which hands on one unit per connection anyway)."""
+        self.by_strategy[unit.strategy] = self.by_strategy.get(unit.strategy, 0) + 1
+        if not distinct:
+            self._count += 1
+        elif unit.connection_id not in self._connections:
+            self._connections.add(unit.connection_id)
+            self._count += 1
+
+    @property
+    def connections(self) -> int:
+        return self._count
+
+    def to_dict(self) -> dict[str, int]:
+        """``{"connections": n, "<strategy>": units, ...}``: the report's and the guard's ``synthetic``."""
+        return {"connections": self._count, **self.by_strategy}
+
+
+def left_out(units: Iterable[ConnectionUnit], strategies: Iterable[str] = ()) -> tuple[
+        list[ConnectionUnit], SyntheticCount]:
+    """The units a cohort comparison judges, and the synthetic ones it leaves out, counted
+    (``strategies`` start at 0). A probe's connections are served like any other, but they are
+    not the clients whose experience the comparison is about, and they are few and regular:
+    in the comparison they would dilute (or, failing, fake) the clients' evidence and skew the
+    sample ratio."""
+    count = SyntheticCount(strategies)
+    judged: list[ConnectionUnit] = []
+    for unit in units:
+        if unit.synthetic:
+            count.add(unit)
+        else:
+            judged.append(unit)
+    return judged, count
+
+
 def mark_retries(units: list[ConnectionUnit], window_s: float = DEFAULT_RETRY_WINDOW_S) -> None:
     """Flag each connection opened within ``window_s`` after its client's previous
     connection closed abnormally: the client retried."""
@@ -149,7 +201,9 @@ __all__ = [
     "DEFAULT_RETRY_WINDOW_S",
     "NORMAL_CLOSE_CODES",
     "ConnectionUnit",
+    "SyntheticCount",
     "build_units",
+    "left_out",
     "mark_retries",
     "summaries",
 ]

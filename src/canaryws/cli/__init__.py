@@ -92,7 +92,9 @@ def token() -> None:
 
 
 def _register_commands() -> None:
+    from canaryws.cli.contract import contract_group
     from canaryws.cli.flags import flags_group
+    from canaryws.cli.probe import probe
     from canaryws.cli.report import guard, report
     from canaryws.cli.tokens import register
 
@@ -100,6 +102,8 @@ def _register_commands() -> None:
     main.add_command(flags_group)
     main.add_command(report)
     main.add_command(guard)
+    main.add_command(probe)
+    main.add_command(contract_group)
 
 
 _register_commands()

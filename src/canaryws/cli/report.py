@@ -188,7 +188,8 @@ def report(
     hold) and what reaches downstream (accepted rate: hold); strict rejecting what lenient
     skipped does not. Thin cohorts are inconclusive (hold), and so is too little evidence
     to promote; a cohort split that does not match the configured rollout is a
-    sample-ratio mismatch (hold). The same rule as `canaryws guard`.
+    sample-ratio mismatch (hold). The same rule as `canaryws guard`. Synthetic connections
+    (a probe's: token property synthetic=true) are left out of the comparison and counted apart.
 
     Exit code: 0 promote, 1 rollback, 2 hold, 3 error. See docs/report.md.
     """
@@ -333,6 +334,7 @@ def guard(
                 "verdict": verdict,
                 "reasons": result["reasons"],
                 "connections": result["connections"],
+                "synthetic": result["synthetic"],
                 "stage_start": _iso(result["stage"]["start_ns"]),
                 "strict_share": result["stage"]["strict_share"],
                 "e_values": {m["name"]: m["e_value"] for m in result["metrics"]},
@@ -385,7 +387,9 @@ def _replay(guard_state: Guard, slices: Sequence[Slice], interval: float, as_jso
             continue
         e_values = ", ".join(f"{m['name']} e={m['e_value']:.3g}" for m in result["metrics"])
         connections = " / ".join(f"{c} {result['connections'][c]}" for c in COHORTS)
-        line = f"{result['time']} {result['verdict']:<8} {connections} connections; {e_values}"
+        synthetic = result["synthetic"]["connections"]
+        left_out = f" ({synthetic} synthetic left out)" if synthetic else ""
+        line = f"{result['time']} {result['verdict']:<8} {connections} connections{left_out}; {e_values}"
         click.echo(line + (f"; would {result['action']}" if result["action"] else ""))
     if not judgements:
         click.echo("no connection summaries to replay", err=True)

@@ -17,6 +17,7 @@ level the same way.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -34,6 +35,94 @@ UNKNOWN_TYPE: Final = "unknown_type"
 TOO_MANY_RECORDS: Final = "too_many_records"
 DUPLICATE_ID: Final = "duplicate_id"
 ERROR_CODES: Final = (INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_MANY_RECORDS, DUPLICATE_ID)
+ERROR_MEANINGS: Final[dict[str, str]] = {
+    INVALID_JSON: "the frame is not JSON (includes NaN/Infinity literals, lone surrogate escapes, invalid UTF-8, "
+    "nesting deeper than the decoder allows)",
+    INVALID_MESSAGE: "JSON, but not a valid message: not an object, no `type`, `id` not a 1-256 character string, "
+    "`records` not an array",
+    UNKNOWN_TYPE: "`type` is a string other than `batch`",
+    TOO_MANY_RECORDS: "more records than the limit (default 10,000; CANARYWS_MAX_RECORDS)",
+    DUPLICATE_ID: "the batch `id` repeats the id of one of the last batches answered with a `result` on this "
+    "connection (default 1,024; CANARYWS_DUPLICATE_ID_WINDOW, 0 turns the check off); the batch is not processed, "
+    "and ids of batches that got an `error` may be reused",
+}
+"""What each error code means (docs/contract.md, "Frames"; docs/asyncapi.yaml is generated from it)."""
+
+
+# --- What ends a connection attempt or a connection: the refusals before the upgrade and the close
+# codes after it (docs/contract.md, "Endpoint and handshake", "The door", "Closing", "Bad input").
+# Data, so that docs/asyncapi.yaml and the tests read one table.
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRefusal:
+    """An HTTP answer instead of the upgrade, with a JSON body ``{"error": ..., "detail": ...}``."""
+
+    status: int
+    error: str
+    meaning: str
+    retryable: bool  # may the client try again, unchanged (after Retry-After when sent)?
+    retry_after: bool = False  # does the answer carry Retry-After?
+
+
+@dataclass(frozen=True, slots=True)
+class CloseCode:
+    """A WebSocket close code the service sends, or that a client of the service sees."""
+
+    code: int
+    name: str
+    meaning: str
+    retryable: bool  # should the client reconnect (and resend the batches that got no answer)?
+
+
+HANDSHAKE_REFUSALS: Final = (
+    HandshakeRefusal(400, "unsupported_subprotocol", "the client offered subprotocols, none of them supported "
+                     f"(supported: {PROTOCOL_V1})", retryable=False),
+    HandshakeRefusal(400, "duplicate_header", "more than one Authorization or more than one Origin header",
+                     retryable=False),
+    HandshakeRefusal(401, "missing_token", "no `Authorization: Bearer` header and no `access_token` parameter",
+                     retryable=False),
+    HandshakeRefusal(401, "invalid_token", "bad signature, altered claims, wrong issuer or audience, expired, or "
+                     "revoked (`detail`: expired / not valid / token revoked); get a new token", retryable=False),
+    HandshakeRefusal(403, "origin_not_allowed", "an origin allowlist is configured (CANARYWS_ALLOWED_ORIGINS) and "
+                     "the Origin header is not on it", retryable=False),
+    HandshakeRefusal(408, "header_timeout", "the request line and headers were not complete within "
+                     "CANARYWS_HEADER_TIMEOUT seconds (default 10); the connection is closed", retryable=True),
+    HandshakeRefusal(429, "too_many_connections", "the client id already holds "
+                     "CANARYWS_MAX_CONNECTIONS_PER_CLIENT open connections on this process (default 16)",
+                     retryable=True),
+    HandshakeRefusal(429, "too_many_handshakes_from_source", "this source address opened more than "
+                     "CANARYWS_MAX_SOURCE_HANDSHAKES_PER_SECOND new handshakes per second (default 20, bursts of 40)",
+                     retryable=True, retry_after=True),
+    HandshakeRefusal(429, "too_many_handshakes", "the process took more than CANARYWS_MAX_HANDSHAKES_PER_SECOND new "
+                     "handshakes per second (default 200, bursts of 400)", retryable=True, retry_after=True),
+    HandshakeRefusal(431, "header_too_large", "the request line and headers took more than 64 KiB; the connection "
+                     "is closed", retryable=False),
+    HandshakeRefusal(503, "over_capacity", "the process holds CANARYWS_MAX_CONNECTIONS open WebSocket connections "
+                     "(default 4,096), or its socket cap", retryable=True, retry_after=True),
+)
+"""Every refusal of a handshake, by status and ``error`` (a 401 also carries
+``WWW-Authenticate: Bearer realm="canaryws", error="..."``)."""
+
+CLOSE_CODES: Final = (
+    CloseCode(1000, "normal_closure", "a normal close (either side)", retryable=False),
+    CloseCode(1001, "going_away", "a normal close (either side): an endpoint is going away", retryable=True),
+    CloseCode(1002, "protocol_error", "the client broke the WebSocket protocol (RFC 6455 section 7.4.1): frames "
+              "read with the violation are dropped unanswered", retryable=False),
+    CloseCode(1003, "unsupported_data", "the client sent a binary frame", retryable=False),
+    CloseCode(1006, "abnormal_closure", "never sent: what a client sees when the TCP connection ends without a close "
+              "frame (a network failure, or the service dropped a client that stopped reading, recording 1008)",
+              retryable=True),
+    CloseCode(1007, "invalid_payload", "a text frame (or a close reason) that is not valid UTF-8", retryable=False),
+    CloseCode(1008, "policy_violation", "the service ended the connection: its token expired or was revoked (reason "
+              "`token expired` / `token revoked`), or the client stopped reading", retryable=False),
+    CloseCode(1009, "message_too_big", "a message larger than the limit (default 1 MiB; CANARYWS_MAX_FRAME_BYTES)",
+              retryable=False),
+    CloseCode(1011, "internal_error", "an unexpected server error on this connection (logged)", retryable=True),
+    CloseCode(1012, "service_restart", "the service is shutting down: it answered every batch it had read, then "
+              "closed; resend every batch without an answer on a new connection", retryable=True),
+)
+"""Every close code of contract v1, and whether the client should reconnect."""
 
 CLIENT_MESSAGE_TYPES: Final = ("batch",)
 MAX_BATCH_ID_LENGTH: Final = 256
@@ -65,6 +154,82 @@ class Batch(msgspec.Struct, frozen=True):
     type: Literal["batch"]
     id: BatchId
     records: list[str | None]
+
+
+# --- What the service sends (server -> client). These types are the contract's one source:
+# the encoders below build them, the client SDK (canaryws.client) decodes them, and
+# docs/asyncapi.yaml is generated from them (canaryws.core.asyncapi).
+
+StrategyName = Literal["lenient", "strict"]
+ReasonCode = Literal["missing", "not_a_string", "empty", "blank", "control_character", "too_long"]
+ErrorCode = Literal["invalid_json", "invalid_message", "unknown_type", "too_many_records", "duplicate_id"]
+CohortChangeReason = Literal["flags_changed"]
+
+
+class CohortInfo(msgspec.Struct, frozen=True):
+    """A connection's cohort: the strategy that answers its batches, whether a shadow
+    of the other strategy runs beside it, and the flags revision it was decided on."""
+
+    strategy: StrategyName
+    strategy_version: Annotated[int, msgspec.Meta(ge=1)]
+    shadow: bool
+    flags_revision: str
+
+
+class Welcome(msgspec.Struct, frozen=True, tag_field="type", tag="welcome"):
+    """The first frame after the upgrade."""
+
+    protocol: Literal["canaryws.records.v1"]
+    connection_id: str
+    client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    cohort: CohortInfo
+
+
+class Accepted(msgspec.Struct, frozen=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    value: str
+
+
+class Skipped(msgspec.Struct, frozen=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    reason: ReasonCode
+
+
+class Rejected(msgspec.Struct, frozen=True):
+    index: Annotated[int, msgspec.Meta(ge=0)]
+    code: ReasonCode
+
+
+class Result(msgspec.Struct, frozen=True, tag_field="type", tag="result"):
+    """Exactly one per well-formed batch, in the order the batches arrived; every index of
+    the batch appears exactly once across the three lists, each in ascending index order."""
+
+    id: BatchId
+    strategy: StrategyName
+    strategy_version: Annotated[int, msgspec.Meta(ge=1)]
+    accepted: list[Accepted]
+    skipped: list[Skipped]
+    rejected: list[Rejected]
+
+
+class CohortChange(msgspec.Struct, frozen=True, tag_field="type", tag="cohort"):
+    """Sent before the first result produced under a new cohort."""
+
+    cohort: CohortInfo
+    reason: CohortChangeReason
+
+
+class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
+    """A message-level error; the connection stays open. ``id``: the batch id when the
+    frame carried a usable one, else null."""
+
+    id: BatchId | None
+    code: ErrorCode
+    detail: str
+
+
+ServerMessage = Welcome | Result | CohortChange | Error
+SERVER_MESSAGES: Final = (Welcome, Result, CohortChange, Error)
 
 
 class _RawBatch(msgspec.Struct, frozen=True):
@@ -224,38 +389,33 @@ def _json_type(value: Any) -> str:
     return "object"
 
 
+def cohort_info(cohort: Cohort) -> CohortInfo:
+    return CohortInfo(cohort.strategy, cohort.strategy_version, cohort.shadow, cohort.flags_revision)  # type: ignore[arg-type]
+
+
 def encode_welcome(*, connection_id: str, client_id: str, cohort: Cohort, protocol: str = PROTOCOL_V1) -> str:
-    return _encoder.encode(
-        {
-            "type": "welcome",
-            "protocol": protocol,
-            "connection_id": connection_id,
-            "client_id": client_id,
-            "cohort": cohort.as_wire(),
-        }
-    ).decode()
+    return _encoder.encode(Welcome(protocol, connection_id, client_id, cohort_info(cohort))).decode()  # type: ignore[arg-type]
 
 
 def encode_result(batch_id: str, outcome: Outcome) -> str:
     return _encoder.encode(
-        {
-            "type": "result",
-            "id": batch_id,
-            "strategy": outcome.strategy,
-            "strategy_version": outcome.strategy_version,
-            "accepted": [{"index": i, "value": v} for i, v in outcome.accepted],
-            "skipped": [{"index": i, "reason": r} for i, r in outcome.skipped],
-            "rejected": [{"index": i, "code": c} for i, c in outcome.rejected],
-        }
+        Result(
+            batch_id,
+            outcome.strategy,  # type: ignore[arg-type]
+            outcome.strategy_version,
+            [Accepted(i, v) for i, v in outcome.accepted],
+            [Skipped(i, r) for i, r in outcome.skipped],  # type: ignore[arg-type]
+            [Rejected(i, c) for i, c in outcome.rejected],  # type: ignore[arg-type]
+        )
     ).decode()
 
 
-def encode_cohort_change(cohort: Cohort, reason: str = "flags_changed") -> str:
-    return _encoder.encode({"type": "cohort", "cohort": cohort.as_wire(), "reason": reason}).decode()
+def encode_cohort_change(cohort: Cohort, reason: CohortChangeReason = "flags_changed") -> str:
+    return _encoder.encode(CohortChange(cohort_info(cohort), reason)).decode()
 
 
 def encode_error(error: MessageError) -> str:
-    return _encoder.encode({"type": "error", "id": error.batch_id, "code": error.code, "detail": error.detail}).decode()
+    return _encoder.encode(Error(error.batch_id, error.code, error.detail)).decode()  # type: ignore[arg-type]
 
 
 def negotiate_subprotocol(offered: list[str]) -> tuple[bool, str | None]:

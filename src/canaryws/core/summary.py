@@ -25,6 +25,12 @@ from canaryws.core.strategies.outcome import Outcome
 A_ROLE = "canaryws.span.role"  # what a span is: connect, batch, connection (samplers and readers key on it)
 ROLE = "connection"  # the role of a summary span
 
+# A connection is synthetic (a probe's, not a client's) when its token carries the signed
+# property ``synthetic`` = ``true``: it is served like any other, and left out of the cohort
+# comparison (counted apart) by ``canaryws report`` and ``canaryws guard``.
+SYNTHETIC_PROPERTY = "synthetic"
+SYNTHETIC_VALUE = "true"
+
 # Closes that say nothing about the strategy: normal closure, going away, service restart.
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1012})
 
@@ -42,6 +48,7 @@ A_EXPECTED_SHARE = "canaryws.flags.strict_share"
 A_SEQ = "canaryws.summary.seq"
 A_END = "canaryws.summary.end"
 A_CLOSE_CODE = "canaryws.connection.close_code"
+A_SYNTHETIC = "canaryws.synthetic"  # true on a synthetic connection's spans; absent means not synthetic
 _C = "canaryws.connection."
 A_LATENCY_BUCKETS = "canaryws.connection.latency.buckets"
 A_LATENCY_SUM = "canaryws.connection.latency.sum_s"
@@ -65,6 +72,7 @@ class ConnectionSummary:
     seq: int = 0  # the slice's number within the connection, from 0
     end: str | None = None  # why the slice ended: interval, cohort_changed, closed
     close_code: int | None = None  # set on the closed slice only
+    synthetic: bool = False  # a probe's connection (:func:`is_synthetic`), not a client's
     batches: int = 0
     records: int = 0
     accepted: int = 0
@@ -131,14 +139,15 @@ class ConnectionSummary:
 
     @classmethod
     def opening(cls, connection_id: str, client_id: str, cohort: Cohort, strict_share: float | None,
-                seq: int = 0) -> ConnectionSummary:
+                seq: int = 0, *, synthetic: bool = False) -> ConnectionSummary:
         """An empty summary for a connection's slice under ``cohort``."""
         return cls(connection_id, client_id, cohort.strategy, cohort.strategy_version, cohort.shadow,
-                   cohort.flags_revision, strict_share, seq=seq)
+                   cohort.flags_revision, strict_share, seq=seq, synthetic=synthetic)
 
     def next_slice(self, cohort: Cohort, strict_share: float | None) -> ConnectionSummary:
         """A fresh, empty summary for the same connection's next slice."""
-        return self.opening(self.connection_id, self.client_id, cohort, strict_share, self.seq + 1)
+        return self.opening(self.connection_id, self.client_id, cohort, strict_share, self.seq + 1,
+                            synthetic=self.synthetic)
 
     # -- the span's attributes -------------------------------------------------
 
@@ -158,6 +167,8 @@ class ConnectionSummary:
             attrs[A_EXPECTED_SHARE] = self.strict_share
         if self.close_code is not None:
             attrs[A_CLOSE_CODE] = self.close_code
+        if self.synthetic:
+            attrs[A_SYNTHETIC] = True
         for name in _TOTALS:
             attrs[_C + name] = getattr(self, name)
         for (kind, reason), n in self.reasons.items():
@@ -179,6 +190,7 @@ class ConnectionSummary:
         """Read a summary back from a span's attributes (``KeyError``/``ValueError`` if not one)."""
         share = attrs.get(A_EXPECTED_SHARE)
         close = attrs.get(A_CLOSE_CODE)
+        synthetic = attrs.get(A_SYNTHETIC)  # a bool from the SDK and from JSON; absent: not synthetic
         summary = cls(
             connection_id=str(attrs[A_CONNECTION_ID]),
             client_id=str(attrs[A_CLIENT_ID]),
@@ -190,6 +202,7 @@ class ConnectionSummary:
             seq=int(attrs.get(A_SEQ, 0)),
             end=str(attrs.get(A_END) or (END_INTERVAL if close is None else END_CLOSED)),
             close_code=None if close is None else int(close),
+            synthetic=synthetic is True or synthetic == SYNTHETIC_VALUE,
         )
         for name in _TOTALS:
             setattr(summary, name, int(attrs.get(_C + name, 0)))
@@ -214,11 +227,20 @@ class ConnectionSummary:
         return summary
 
 
+def is_synthetic(properties: Mapping[str, str]) -> bool:
+    """Whether a connection with these verified client properties is synthetic: the property
+    ``synthetic`` is exactly ``true``."""
+    return properties.get(SYNTHETIC_PROPERTY) == SYNTHETIC_VALUE
+
+
 __all__ = [
     "A_ROLE",
+    "A_SYNTHETIC",
     "END_CLOSED",
     "END_COHORT_CHANGED",
     "END_INTERVAL",
     "ROLE",
+    "SYNTHETIC_PROPERTY",
     "ConnectionSummary",
+    "is_synthetic",
 ]

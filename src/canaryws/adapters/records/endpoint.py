@@ -53,7 +53,7 @@ from canaryws.core.cohorts import (
 )
 from canaryws.core.limits import TokenBucket
 from canaryws.core.strategies import STRATEGIES, VERSIONS
-from canaryws.core.summary import END_CLOSED, END_INTERVAL, ConnectionSummary
+from canaryws.core.summary import END_CLOSED, END_INTERVAL, ConnectionSummary, is_synthetic
 
 log = logging.getLogger("canaryws.records")
 
@@ -210,8 +210,9 @@ class RecordsEndpoint:
         client_id_var.set(client_id)
         context = EvaluationContext(client_id, connection_id, dict(identity.properties), self._app_name,
                                     self._environment)
+        synthetic = is_synthetic(identity.properties)  # a probe's: served alike, left out of the comparison
         connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"],
-                                                     admitted.claimed_version)
+                                                     admitted.claimed_version, synthetic=synthetic)
         with trace.use_span(connect_span, end_on_exit=True):
             snapshot = self._flags.current
             decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
@@ -231,14 +232,15 @@ class RecordsEndpoint:
             identity=identity,
             cohort=cohort,
             connect=span_context(connect_span),
-            summary=ConnectionSummary.opening(connection_id, client_id, cohort, self._strict_share(snapshot)),
+            summary=ConnectionSummary.opening(connection_id, client_id, cohort, self._strict_share(snapshot),
+                                              synthetic=synthetic),
             slice_start_ns=time.time_ns(),
             slice_started=now,
             task=asyncio.current_task(),
             abort=websocket.scope.get(ABORT_SCOPE_KEY),
         )
         self._open[connection_id] = conn
-        self._telemetry.opened(cohort)
+        self._telemetry.opened(cohort, synthetic=synthetic)
         close_code = 1006
         try:
             await websocket.send_text(

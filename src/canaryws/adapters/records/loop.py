@@ -110,6 +110,7 @@ class BatchLoop:
         strategy = STRATEGIES[cohort.strategy].process
         shadow = cohort.shadow
         connection_id = conn.context.connection_id
+        synthetic = conn.summary.synthetic  # a probe's connection: its batch spans say so
         clock = time.perf_counter
         wall_ns = time.time_ns
         decode_batch = contract.decode_batch
@@ -163,7 +164,7 @@ class BatchLoop:
                 gap -= 1
                 span: Span = INVALID_SPAN
             else:
-                span = telemetry.start_batch(conn.connect)
+                span = telemetry.start_batch(conn.connect, synthetic)
                 gap = telemetry.batch_gap()
             try:
                 batch = decode_batch(text, max_records)

@@ -40,7 +40,7 @@ from canaryws.adapters.telemetry.totals import (
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
-from canaryws.core.summary import A_ROLE, NORMAL_CLOSE_CODES, ConnectionSummary
+from canaryws.core.summary import A_ROLE, A_SYNTHETIC, NORMAL_CLOSE_CODES, ConnectionSummary
 
 __all__ = [
     "LABELLED_CLOSE_CODES",
@@ -92,6 +92,12 @@ class RecordsTelemetry:
             "canaryws.connections.terminated",
             unit="{connection}",
             description="Connections the service ended itself, by reason (slow_consumer, token_expired, token_revoked)",
+        )
+        self._synthetic = meter.create_counter(
+            "canaryws.synthetic.connections",
+            unit="{connection}",
+            description="Accepted synthetic connections (token property synthetic=true: probes), by strategy; "
+            "also counted in canaryws.connections.opened",
         )
         self._throttled = meter.create_counter(
             "canaryws.frames.throttled",
@@ -221,16 +227,21 @@ class RecordsTelemetry:
         self._throttled.add(1, self._attrs("strategy", strategy, "limit", limit))
 
     def start_connect(self, connection_id: str, client_id: str,
-                      headers: Iterable[tuple[bytes, bytes]] = (), claimed_version: str | None = None) -> Span:
+                      headers: Iterable[tuple[bytes, bytes]] = (), claimed_version: str | None = None,
+                      *, synthetic: bool = False) -> Span:
         """The connect span: the handshake, auth and cohort. It continues the W3C trace
         context (``traceparent``) the client sent with its handshake, if any (the ASGI
         instrumentation leaves ``/records`` alone). ``claimed_version`` is the client's own
-        ``X-Canaryws-Client-Version`` (advisory: never a flag property, never a metric label)."""
+        ``X-Canaryws-Client-Version`` (advisory: never a flag property, never a metric label);
+        ``synthetic``: a probe's connection (``canaryws.synthetic`` = true)."""
         carrier = {name.decode("latin-1"): value.decode("latin-1") for name, value in headers
                    if name in _TRACE_HEADERS}
-        attributes = {A_ROLE: "connect", "canaryws.connection.id": connection_id, "canaryws.client.id": client_id}
+        attributes: dict[str, Any] = {A_ROLE: "connect", "canaryws.connection.id": connection_id,
+                                      "canaryws.client.id": client_id}
         if claimed_version is not None:
             attributes[A_CLAIMED_VERSION] = claimed_version
+        if synthetic:
+            attributes[A_SYNTHETIC] = True
         return self.tracer.start_span(
             "records.connect",
             context=propagate.extract(carrier) if carrier else _EMPTY_CONTEXT,
@@ -268,10 +279,12 @@ class RecordsTelemetry:
                 }
             )
 
-    def opened(self, cohort: Cohort) -> None:
+    def opened(self, cohort: Cohort, *, synthetic: bool = False) -> None:
         attrs = self._attrs("strategy", cohort.strategy)
         self._connections.add(1, attrs)
         self._connections_active.add(1, attrs)
+        if synthetic:
+            self._synthetic.add(1, attrs)
 
     def cohort_changed(self, old: Cohort, new: Cohort) -> None:
         if old.strategy != new.strategy:
@@ -319,9 +332,10 @@ class RecordsTelemetry:
             return NEVER
         return min(int(math.log(1.0 - self._random()) / math.log1p(-ratio)), NEVER)
 
-    def start_batch(self, connect: SpanContext | None) -> Span:
+    def start_batch(self, connect: SpanContext | None, synthetic: bool = False) -> Span:
         """A root span (new trace) linked to the connection's connect span, for a batch
-        :meth:`batch_gap` selected (or, when the share is unknown, for the sampler to decide)."""
+        :meth:`batch_gap` selected (or, when the share is unknown, for the sampler to decide);
+        ``synthetic``: a probe connection's batch (``canaryws.synthetic`` = true)."""
         role = "batch" if self._batch_ratio is None else PRESAMPLED_BATCH_ROLE
         links = (Link(connect),) if connect is not None and connect.is_valid else None
         return self.tracer.start_span(
@@ -329,7 +343,7 @@ class RecordsTelemetry:
             context=_EMPTY_CONTEXT,
             kind=SpanKind.SERVER,
             links=links,
-            attributes={A_ROLE: role},
+            attributes={A_ROLE: role, A_SYNTHETIC: True} if synthetic else {A_ROLE: role},
         )
 
     @property

@@ -21,6 +21,7 @@ from canaryws.analysis.render.rows import (
     rules_line,
     shadow_rows,
     srm_line,
+    synthetic_line,
     window_files,
     window_line,
 )
@@ -96,6 +97,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         if files:
             items = "".join(f"<li>{_e(f)}</li>" for f in files)
             parts.append(f'<details class="meta"><summary>files</summary><ul>{items}</ul></details>')
+    synthetic = synthetic_line(report)
+    if synthetic is not None:
+        parts.append(f'<p class="meta" id="synthetic">{_e(synthetic)}</p>')
 
     parts.append('<section id="cohorts"><h2>Cohorts</h2>')
     parts.append(_html_table(("", *COHORTS), cohort_rows(report)))

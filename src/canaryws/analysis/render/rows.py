@@ -278,6 +278,16 @@ def window_line(report: Mapping[str, Any]) -> str | None:
     return " · ".join(parts)
 
 
+def synthetic_line(report: Mapping[str, Any]) -> str | None:
+    """``Synthetic connections left out: 3 (strict 1, lenient 2)``: the probe connections the
+    comparison did not judge; None for a report without the count."""
+    synthetic = report.get("synthetic")
+    if not isinstance(synthetic, Mapping):
+        return None
+    parts = ", ".join(f"{name} {fmt_count(synthetic.get(name) or 0)}" for name in (STRICT.name, LENIENT.name))
+    return f"Synthetic connections left out: {fmt_count(synthetic.get('connections') or 0)} ({parts})"
+
+
 def rules_line(report: Mapping[str, Any]) -> str | None:
     rules = as_map(report.get("rules"))
     parts = [f"{k.replace('_', ' ')} {v}" for k, v in rules.items()

@@ -1,5 +1,6 @@
-"""The report in a terminal, with rich: the verdict and its reasons, the cohort table, the
-judgement table, the sample-ratio check and the shadow comparison (rows of :mod:`.rows`).
+"""The report in a terminal, with rich: the verdict and its reasons, the window and the
+synthetic connections left out, the cohort table, the judgement table, the sample-ratio
+check and the shadow comparison (rows of :mod:`.rows`).
 
 Laid out for 80 columns: every metric name and column header is shown whole, and a cell
 too wide for its column wraps instead of being cut short. The judgement gives each metric
@@ -32,6 +33,7 @@ from canaryws.analysis.render.rows import (
     rules_line,
     shadow_rows,
     srm_line,
+    synthetic_line,
     window_files,
     window_line,
 )
@@ -65,6 +67,9 @@ def render_terminal(report: Mapping[str, Any], console: Console) -> None:
         files = window_files(report)
         if files:
             console.print(Text("  files: " + ", ".join(files), style="dim"), overflow="fold")
+    synthetic = synthetic_line(report)
+    if synthetic is not None:
+        console.print(Text(synthetic))
 
     cohorts = Table(title="Cohorts", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False)
     cohorts.add_column("")
