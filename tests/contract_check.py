@@ -37,11 +37,52 @@ class ContractViolation(AssertionError):
 @dataclass
 class ContractRecord:
     """What a checker saw (tests/integration/conftest.py keeps one per test): the frames it
-    validated, parsed, and the violations, as messages."""
+    validated, parsed, and the violations, as messages.
 
-    frames: list[dict[str, Any]] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
+    Frames are validated when :attr:`frames` or :attr:`violations` is read (at the latest at the
+    test's teardown), not as they arrive: jsonschema takes milliseconds on a large result, and a
+    client slowed down that much changes what timing-sensitive tests (a drain, a slow consumer)
+    observe. Each distinct frame is validated once."""
+
     checking: bool = True
+    _pending: list[Any] = field(default_factory=list)
+    _frames: list[dict[str, Any]] = field(default_factory=list)
+    _violations: list[str] = field(default_factory=list)
+    _seen: dict[Any, dict[str, Any] | str] = field(default_factory=dict)
+
+    def received(self, message: Any) -> None:
+        if self.checking:
+            self._pending.append(message)
+
+    def check(self) -> None:
+        pending, self._pending = self._pending, []
+        for message in pending:
+            outcome = self._seen.get(message)
+            if outcome is None:
+                try:
+                    outcome = validate_server_frame(message)
+                except ContractViolation as exc:
+                    outcome = str(exc)
+                self._seen[message] = outcome
+            if isinstance(outcome, str):
+                self._violations.append(outcome)
+            else:
+                self._frames.append(outcome)
+
+    @property
+    def frames(self) -> list[dict[str, Any]]:
+        self.check()
+        return self._frames
+
+    @property
+    def violations(self) -> list[str]:
+        self.check()
+        return self._violations
+
+    @violations.setter
+    def violations(self, value: list[str]) -> None:
+        self.check()
+        self._violations = value
 
 
 @functools.cache
