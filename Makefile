@@ -55,12 +55,14 @@ services:
 	@if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ] && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
 		pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start; fi
 
-# Tests also run nginx (the replicas' load balancer) and promtool (the alert rules): Debian's
-# packages nginx-light and prometheus, installed here when missing (needs root and apt-get).
+# Tests also run nginx (the replicas' load balancer), promtool (the alert rules) and a headless
+# Chromium (the report page): Debian's packages nginx-light, prometheus and chromium, installed
+# here when missing (needs root and apt-get).
 system-deps:
 	@missing=""; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -82,6 +84,15 @@ bench: install
 GUARD_ARGS ?=
 bench-guard: install
 	.venv/bin/python bench/guard_simulation.py $(GUARD_ARGS)
+
+# The rollout controller's decisions, by simulation (bench/rollout_simulation.py; method and results in
+# docs/rollout.md): false rollbacks per rollout, time to complete, pauses of thin steps, and where a
+# tripled rate is rolled back, over four fleet sizes; about 5 minutes.
+#   make bench-rollout ROLLOUT_ARGS="--quick"   a smoke run; also --json PATH, --healthy N, --fleets ...
+ROLLOUT_ARGS ?=
+.PHONY: bench-rollout
+bench-rollout: install
+	.venv/bin/python bench/rollout_simulation.py $(ROLLOUT_ARGS)
 
 # Hostile clients (bench/hostile.py; results in docs/benchmarks.md, "Worst-case frames"): the CPU of
 # the most expensive frames, and a victim's round trip while one client id sends them at its limits.

@@ -39,6 +39,8 @@ TICK_S = 30.0
 WEEK_S = 7 * 86_400.0
 RETRY_SHARE = 0.9
 ERROR_RATE = 0.02
+METRICS = ("abnormal_close_rate", "error_frame_rate", "retry_rate")  # the critical ones, fed as counts
+BATCHES_PER_CONNECTION = 20
 
 
 @dataclass(frozen=True)
@@ -99,16 +101,22 @@ def _counts(traffic: Traffic, tick: int, metric: str) -> Counts:
     return Counts(int(e[0]), int(e[1]), int(x[0]), int(x[1]))
 
 
+def feed(guard: Guard, traffic: Traffic, tick: int, t_s: float) -> None:
+    """Tick ``tick`` of ``traffic`` into ``guard``, ending ``t_s`` seconds after its stage start
+    (20 batches per connection). bench/rollout_simulation.py feeds its guards the same way."""
+    counts = {m: _counts(traffic, tick, m) for m in METRICS}
+    batches = {CANARY: int(traffic.exposure[tick, 0]) * BATCHES_PER_CONNECTION,
+               BASELINE: int(traffic.exposure[tick, 1]) * BATCHES_PER_CONNECTION}
+    guard.add_counts(t_s, counts, batches)
+
+
 def run_guard(traffic: Traffic, rules: Rules) -> float | None:
     """Seconds since the stage start at which the guard rolls back, or None."""
     guard = Guard(rules, since_ns=0)
-    metrics = ("abnormal_close_rate", "error_frame_rate", "retry_rate")
     ticks = traffic.exposure.shape[0]
     for tick in range(ticks):
         t_s = (tick + 1) * TICK_S
-        counts = {m: _counts(traffic, tick, m) for m in metrics}
-        batches = {CANARY: int(traffic.exposure[tick, 0]) * 20, BASELINE: int(traffic.exposure[tick, 1]) * 20}
-        guard.add_counts(t_s, counts, batches)
+        feed(guard, traffic, tick, t_s)
         if guard.failed():
             return t_s
     return None

@@ -20,7 +20,16 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from harness import REPO, Service, flags_doc, free_port, records_with_blanks, run_client, send_batch
+from harness import (
+    REPO,
+    Service,
+    flags_doc,
+    free_port,
+    records_with_blanks,
+    run_client,
+    send_batch,
+    write_guard_summaries,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -166,12 +175,52 @@ def probe_metrics(service: Service) -> str:
             probe.communicate()
 
 
+def rollout_metrics(root: Path) -> str:
+    """What `canaryws rollout start --metrics-port` serves once it rolled back (strict's connections
+    all end abnormally), while it lingers."""
+    root.mkdir()
+    traces, flags = root / "traces.jsonl", root / "features.json"
+    flags.write_text(json.dumps(flags_doc(strict_rollout=0, strict_enabled=False)))
+    port = free_port()
+    rollout = subprocess.Popen(
+        [sys.executable, "-m", "canaryws", "rollout", "start", "--traces", str(traces), "--flags", str(flags),
+         "--state", str(root / "rollout.json"), "--interval", "0.1", "--hold", "10s", "--metrics-port", str(port),
+         "--metrics-linger", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 30
+        written = False
+        while time.monotonic() < deadline and rollout.poll() is None:
+            state = json.loads((root / "rollout.json").read_text()) if (root / "rollout.json").exists() else {}
+            if not written and state.get("since_ns"):
+                time.sleep(1.2)  # the summaries end after the step took effect
+                write_guard_summaries(traces, strict_close=1011)
+                written = True
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                text = ""
+            if re.search(r'^canaryws_rollout_state\{state="rolled_back"\} 1', text, re.M):
+                return text
+            time.sleep(0.1)
+        raise AssertionError(f"the controller served no rollback: {rollout.poll()}")
+    finally:
+        rollout.send_signal(signal.SIGTERM)
+        try:
+            rollout.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            rollout.kill()
+            rollout.communicate()
+
+
 def test_every_metric_the_alerts_use_exists_on_the_service_and_the_guard(tmp_path: Path) -> None:
     names, labels = used_names()
     probe_names = {n for n in names if n.startswith("canaryws_probe_")}
-    service_names = {n for n in names if not n.startswith(("canaryws_guard_", "canaryws_probe_"))}
-    guard_names = names - service_names - probe_names
-    assert service_names and guard_names and probe_names
+    rollout_names = {n for n in names if n.startswith("canaryws_rollout_")}
+    service_names = {n for n in names if not n.startswith(("canaryws_guard_", "canaryws_probe_", "canaryws_rollout_"))}
+    guard_names = names - service_names - probe_names - rollout_names
+    assert service_names and guard_names and probe_names and rollout_names
+    assert_exposed(rollout_names, labels, exposed(rollout_metrics(tmp_path / "rollout")), "the rollout's /metrics")
 
     with Service(tmp_path / "svc", flags_doc(strict_rollout=50)) as service:
         async def traffic() -> None:

@@ -805,6 +805,76 @@ def test_the_synthetic_probe_is_failing(tmp_path: Path, runbook: Runbook) -> Non
         assert "index 6: expected rejected empty, got rejected blank" in ran.out, ran.out
 
 
+def rollout_state(service: Service) -> dict[str, Any]:
+    path = service.data_dir / "rollout.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+@covers("rollout-start", "rollout-status", "rollout-pause", "rollout-promote", "rollback-file", "rollout-resume",
+        "rollout-abort")
+def test_a_rollout_by_the_controller_paused_promoted_killed_resumed_aborted(tmp_path: Path, runbook: Runbook) -> None:
+    """The controller started as the runbook says (a day's hold: nothing is promoted by itself here), watched,
+    paused, promoted by hand, paused by the kill switch, resumed, and aborted: the flags follow each step."""
+    with Service(tmp_path, flags_doc(strict_rollout=0, strict_enabled=False)) as service:
+        env = file_env(service, ROLLOUT_URL="http://127.0.0.1:9466")
+        strict = lambda: (file_flags(service.flags_path)["records.strict"]["enabled"],  # noqa: E731
+                          file_flags(service.flags_path)["records.strict"]["strategies"][0]["parameters"]["rollout"])
+        runbook.run("rollout-start", env)
+        pid = None
+        try:
+            wait_until(lambda: rollout_state(service).get("since_ns") is not None, 30, "the first step")
+            assert strict() == (True, "1")
+            ran = runbook.run("rollout-status", env)
+            assert "rollout of records.strict: ramping, step 1 of 5 (1 %)" in ran.out, ran.out
+            assert "controller: running, pid" in ran.out
+            pid = int(ran.out.split("controller: running, pid ")[1].split()[0])
+            assert metric_value(ran.out, "canaryws_rollout_percent") == 1
+            assert metric_value(ran.out, "canaryws_rollout_state", state="ramping") == 1
+            assert metric_value(ran.out, "canaryws_rollout_paused") == 0
+
+            ran = runbook.run("rollout-pause", env)
+            assert "the running controller" in ran.out
+            wait_until(lambda: rollout_state(service).get("state") == "paused", 10, "the pause")
+            assert rollout_state(service)["reason"] == "looking at a latency change"
+            ran = runbook.run("rollout-status", env)
+            assert metric_value(ran.out, "canaryws_rollout_paused") == 1 and "reason: looking at" in ran.out
+
+            runbook.run("rollout-promote", env)
+            wait_until(lambda: strict() == (True, "5"), 10, "the promote by hand")
+            assert rollout_state(service)["decisions"][-1]["reasons"] == ["promoted by an operator"]
+
+            runbook.run("rollback-file", env)  # the kill switch, during the hold
+            wait_until(lambda: rollout_state(service).get("state") == "paused", 10, "the pause on a manual change")
+            assert "kill switch" in rollout_state(service)["reason"]
+            time.sleep(1)
+            assert strict() == (False, "5")  # not overwritten
+
+            runbook.run("rollout-resume", env)
+            wait_until(lambda: strict() == (True, "5") and rollout_state(service).get("state") == "ramping", 30,
+                       "the step set again")
+
+            ran = runbook.run("rollout-abort", env)
+            wait_until(lambda: rollout_state(service).get("state") == "aborted", 30, "the abort")
+            wait_until(lambda: strict() == (False, "5"), 10, "records.strict disabled")
+            os.kill(pid, 15)  # it serves its metrics 60 s after the end (for the alert); SIGTERM ends that wait
+            wait_until(lambda: not _alive(pid), 15, "the controller to exit")
+        finally:
+            if pid is not None and _alive(pid):
+                os.kill(pid, 15)
+    log = [json.loads(line) for line in (runbook.cwd / "rollout.log").read_text().splitlines() if line.startswith("{")]
+    kinds = [r["decision"]["kind"] for r in log if r["message"].startswith("rollout decision: ")]
+    assert kinds == ["start", "pause", "resume", "promote", "manual_change", "resume", "abort"], kinds
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (an exited process left unreaped by its new parent counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 @covers("cleanup-check", "cleanup-unleash", "cleanup-verify")
 def test_flag_clean_up_on_the_unleash_server(tmp_path: Path, runbook: Runbook, unleash: UnleashServer) -> None:
     """Last in the module: it archives the seeded flags."""

@@ -223,6 +223,38 @@ def test_compose_runs_two_canaryws_replicas_wired_to_the_stack() -> None:
     assert str(PurePosixPath(file_exporter["path"]).parent) in collector_mounts  # the file exporter's volume
 
 
+def test_compose_runs_the_rollout_controller_only_when_asked() -> None:
+    """The controller is opt-in (a compose profile: a rollout is started deliberately), changes the
+    Unleash server with the admin token, reads the collector's trace files, keeps its state in a
+    volume of its own at the image's data dir, is scraped by Prometheus, and is never restarted."""
+    from canaryws.cli.rollout import rollout_group
+
+    services = compose()["services"]
+    rollout = services["rollout"]
+    assert rollout["profiles"] == ["rollout"]
+    assert all("profiles" not in s for name, s in services.items() if name != "rollout")
+    assert rollout["image"] == services["canaryws-1"]["image"] and rollout["command"][:2] == ["rollout", "start"]
+    env = env_of(rollout)
+    assert env["UNLEASH_ADMIN_TOKEN"] == env_of(services["unleash"])["INIT_ADMIN_API_TOKENS"]
+    assert env["UNLEASH_URL"] == "http://unleash:4242/api"
+    args = list(rollout["command"][2:])
+    rollout_group.commands["start"].make_context("start", list(args))  # the options exist (click would exit 3)
+    option = dict(zip(args[::2], args[1::2], strict=True))
+    mounts = {v["target"]: v for v in rollout["volumes"]}
+    assert mounts[option["--traces"]]["read_only"] is True
+    assert mounts[option["--traces"]]["source"] == next(v["source"] for v in services["guard"]["volumes"])
+    data = mounts["/data"]  # the image's CANARYWS_DATA_DIR, owned by its user: the default --state is there
+    assert "--state" not in option and data["type"] == "volume" and not data.get("read_only")
+    assert data["source"] not in {v["source"] for v in services["canaryws-1"]["volumes"]}
+    assert data["source"] in compose()["volumes"]
+    assert rollout["restart"] == "no"  # a start after the end would begin a new rollout
+    prom = load_yaml(PROMETHEUS_CONFIG)
+    targets = {t for job in prom["scrape_configs"] for sc in job.get("static_configs", []) for t in sc["targets"]}
+    assert f"rollout:{option['--metrics-port']}" in targets and option["--metrics-host"] == "0.0.0.0"
+    scrape_interval = float(prom["global"]["scrape_interval"].removesuffix("s"))
+    assert float(option["--metrics-linger"]) > 2 * scrape_interval  # the end is scraped before it exits
+
+
 def probe_options(args: list[str]) -> dict[str, str]:
     """``canaryws probe`` ARGS (after the command name) as option -> value; click parses them first
     (an unknown option or a bad value would exit 2)."""
@@ -269,6 +301,7 @@ CREDENTIALS = {
                 "UNLEASH_DEFAULT_ADMIN_PASSWORD", "UNLEASH_SECRET"],
     "unleash-seed": ["UNLEASH_ADMIN_TOKEN", "UNLEASH_CLIENT_TOKEN"],
     "guard": ["UNLEASH_ADMIN_TOKEN"],
+    "rollout": ["UNLEASH_ADMIN_TOKEN"],
     "canaryws-1": ["UNLEASH_API_TOKEN"],
     "canaryws-2": ["UNLEASH_API_TOKEN"],
     "grafana": ["GF_SECURITY_ADMIN_PASSWORD"],

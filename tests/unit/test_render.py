@@ -12,7 +12,9 @@ from rich.console import Console
 
 from canaryws.analysis.judge import DEFAULT_METRICS, Rules, judge
 from canaryws.analysis.render.html import render_html
+from canaryws.analysis.render.plots import ANYTIME_COLOUR, BAND_COLOUR, ROLLOUT_COLOUR
 from canaryws.analysis.render.terminal import METRIC_COLUMNS, render_terminal
+from canaryws.analysis.timeline import parse_decisions, parse_iso, timeline, wilson
 from canaryws.analysis.units import ConnectionUnit
 from canaryws.core import histogram
 from canaryws.core.histogram import SIZE, bucket_of
@@ -160,6 +162,39 @@ def judged_report() -> dict[str, Any]:
             latency=latency, latency_sum_s=batches * (5.0 + i % 17) / 1000, strict_share=0.5, retry=i % 45 == 5,
         ))
     return judge(units, Rules())
+
+
+def timed_report() -> dict[str, Any]:
+    """What ``canaryws report --decisions`` makes of an hour: 900 connections, the strict share
+    stepping 1 → 5 → 25 %, strict closing 8 % abnormally and lenient 3 %, and a rollout
+    controller's decisions (start, holds, promotes, a pause and a resume)."""
+    start = parse_iso("2026-12-06T20:00:00+00:00")
+    units = []
+    for i in range(900):
+        began = i * 3.9
+        share = 0.01 if began < 900 else 0.05 if began < 2100 else 0.25
+        strategy = "strict" if (i * 0.618) % 1 < share else "lenient"
+        abnormal = (i * 0.377) % 1 < (0.08 if strategy == "strict" else 0.03)
+        latency = histogram.empty()
+        latency[bucket_of(3.0 + i % 5)] += 10
+        units.append(ConnectionUnit(
+            connection_id=f"k{i}", client_id=f"c{i}", strategy=strategy, start_ns=start + int(began * 1e9),
+            end_ns=start + int((began + 60) * 1e9), closed=True, close_code=1006 if abnormal else 1000,
+            batches=10, records=50, accepted=50, errors=1 if i % 37 == 0 else 0, latency=latency,
+            latency_sum_s=0.04, strict_share=share, retry=i % 41 == 0,
+        ))
+    decisions = parse_decisions({"decisions": [
+        {"time": "2026-12-06T20:00:00Z", "kind": "start", "step": 0, "percent": 1},
+        {"time": "2026-12-06T20:10:00Z", "kind": "hold", "step": 0, "percent": 1, "reasons": ["too little"]},
+        {"time": "2026-12-06T20:15:00Z", "kind": "promote", "step": 1, "percent": 5},
+        {"time": "2026-12-06T20:28:00Z", "kind": "pause", "step": 1, "percent": 5},
+        {"time": "2026-12-06T20:31:00Z", "kind": "resume", "step": 1, "percent": 5},
+        {"time": "2026-12-06T20:35:00Z", "kind": "promote", "step": 2, "percent": 25},
+        {"time": "2026-12-06T20:50:00Z", "kind": "shadow_fail", "step": 2, "percent": 25},
+    ]})
+    report = judge(units, Rules())
+    report["timeline"] = timeline(units, Rules(), decisions=decisions)
+    return report
 
 
 def terminal(report: dict[str, Any], width: int = 120) -> str:
@@ -359,7 +394,7 @@ def test_html_is_balanced_and_complete(realistic_page: str) -> None:
         assert checker.counts.get(tag) == 1, tag
     assert page.count("<title>") == 1 and page.count("<style>") == 1  # the SVGs' own are <style type=...>
     assert checker.counts["table"] == 3  # cohorts, judgement, shadow
-    assert checker.counts["section"] == 4
+    assert checker.counts["section"] == 5  # + over time, plots
     text = "".join(checker.text)
     assert "Verdict: rollback" in text
     assert 'class="verdict rollback"' in page
@@ -412,7 +447,7 @@ def test_html_empty_report() -> None:
     checker = parse(page)
     text = "".join(checker.text)
     assert "Verdict: hold" in text and "strict cohort too thin" in text
-    assert "Nothing to plot." in text
+    assert "Nothing to plot." in text and "No time series in this report." in text
     assert "<svg" not in page
     assert "—" in text
 
@@ -435,9 +470,86 @@ def test_html_many_values_and_odd_names() -> None:
     parse(page)
 
 
-def test_html_closes_its_figures() -> None:
+def test_html_closes_its_figures(timed_page: str) -> None:
     import matplotlib.pyplot as plt
 
     before = len(plt.get_fignums())
     render_html({"metrics": [_metric("m", False, "increase", "pass", [1.0, 1.0], [1.0])]})
+    render_html(timed_report())
     assert len(plt.get_fignums()) == before
+
+
+# -- over time, and rates as rates ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def timed_page() -> str:
+    return render_html(timed_report())
+
+
+def _section(page: str, section: str) -> str:
+    match = re.search(rf'<section id="{section}">(.*?)</section>', page, flags=re.S)
+    assert match, section
+    return match[1]
+
+
+def test_html_draws_each_critical_rate_over_time(timed_page: str) -> None:
+    """Per critical metric, one figure: the difference with both bands and a zero line above, the
+    rollout step line and the decisions below, sharing the time axis; the caption says what the
+    bands are."""
+    parse(timed_page)
+    over_time = _section(timed_page, "timeline")
+    figures = re.findall(r"<figure>(.*?)</figure>", over_time, flags=re.S)
+    assert len(figures) == 3
+    for figure, name in zip(figures, ("abnormal_close_rate", "error_frame_rate", "retry_rate"), strict=True):
+        svg, caption = figure.split("<figcaption>")
+        assert f"{name} over time" in svg
+        assert len(re.findall(r'id="t\d+-axes_', svg)) == 2  # the difference, the rollout below
+        for colour in (BAND_COLOUR, ANYTIME_COLOUR, ROLLOUT_COLOUR):
+            assert f"fill: {colour}" in svg or f"stroke: {colour}" in svg, (name, colour)
+        for label in ("95% pointwise", "95% anytime-valid", "strict − lenient", "rollout %", "promote", "hold",
+                      "pause", "resume", "shadow_fail", "1%", "5%", "25%", "time (UTC)"):
+            assert f">{label}<" in svg, (name, label)
+        assert "rollback" not in svg  # only the kinds that happened are in the legend
+        assert "pointwise 95% Newcombe hybrid-score interval" in caption
+        assert "anytime-valid 95% confidence sequence" in caption and "valid at all times at once" in caption
+        assert "the rollout controller&#x27;s percent" in caption
+    ids = re.findall(r'\bid="([^"]+)"', timed_page)
+    assert len(ids) == len(set(ids))
+
+
+def test_html_shows_rate_metrics_as_rates_with_wilson_intervals(timed_page: str) -> None:
+    report = timed_report()
+    side_by_side = _section(timed_page, "plots")
+    svgs = re.findall(r"<svg\b.*?</svg>", side_by_side, flags=re.S)
+    assert len(svgs) == 6  # 3 rates, latency_p95_ms, accepted_rate, batch latency
+    for svg, metric in zip(svgs[:3], report["metrics"][:3], strict=True):
+        assert metric["test"] == "rate-ratio" and f"{metric['name']} — " in svg
+        assert len(re.findall(r'id="f\d+-axes_', svg)) == 1  # one panel: both cohorts' rates
+        assert "share of connections" not in svg  # not a histogram of zeros and ones
+        for cohort in ("lenient", "strict"):
+            events, n = metric[cohort]["events"], metric[cohort]["n"]
+            low, high = wilson(events, n) or (0.0, 0.0)
+            assert f"{100 * events / n:.2f}% [{100 * low:.2f}, {100 * high:.2f}]   {events:,} / {n:,}" in svg
+    for svg in svgs[3:5]:  # the Mann-Whitney metrics keep their two panels of per-connection values
+        assert len(re.findall(r'id="f\d+-axes_', svg)) == 2 and "share of connections" in svg
+
+
+def test_html_time_plots_tolerate_odd_timelines() -> None:
+    """Missing or malformed timeline parts draw what they can, or nothing: never a crash."""
+    base = timed_report()
+    points = base["timeline"]["metrics"]["abnormal_close_rate"]
+    odd = [
+        {"metrics": {"abnormal_close_rate": "x"}},
+        {"metrics": {"abnormal_close_rate": [None, {"time": "not a time", "difference": 0.1}]}},
+        {"metrics": {"abnormal_close_rate": points}, "rollout": None, "decisions": [{"kind": "hold"}]},
+        {"metrics": {"abnormal_close_rate": points[-1:]}, "start": points[-1]["time"], "end": points[-1]["time"],
+         "decisions": [{"time": points[-1]["time"], "kind": "<b>new kind$</b>", "percent": None}]},
+    ]
+    drawn = []
+    for line in odd:
+        page = render_html({"timeline": line})  # the time figures only
+        parse(page)
+        drawn.append(len(re.findall(r"<figure>", _section(page, "timeline"))))
+        assert "<b>" not in page
+    assert drawn == [0, 0, 1, 1]

@@ -221,6 +221,13 @@ _OUTCOMES: dict[str, Callable[[ConnectionUnit], bool]] = {
 }
 """The 0/1 outcome of each rate-ratio metric, per connection that ended."""
 
+
+def outcome(name: str) -> Callable[[ConnectionUnit], bool]:
+    """The 0/1 outcome of the rate-ratio metric ``name`` (for the report's time series,
+    :mod:`canaryws.analysis.timeline`); ``KeyError`` for a metric that is not one."""
+    return _OUTCOMES[name]
+
+
 _EXTRACTORS: dict[str, Callable[[Sequence[ConnectionUnit], Rules], list[float]]] = {
     "abnormal_close_rate": _abnormal_close_values,
     "error_frame_rate": _error_frame_values,
@@ -774,4 +781,5 @@ __all__ = [
     "hodges_lehmann",
     "judge",
     "mann_whitney_p",
+    "outcome",
 ]

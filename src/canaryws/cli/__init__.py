@@ -96,6 +96,7 @@ def _register_commands() -> None:
     from canaryws.cli.flags import flags_group
     from canaryws.cli.probe import probe
     from canaryws.cli.report import guard, report
+    from canaryws.cli.rollout import rollout_group
     from canaryws.cli.tokens import register
 
     register(token)
@@ -104,6 +105,7 @@ def _register_commands() -> None:
     main.add_command(guard)
     main.add_command(probe)
     main.add_command(contract_group)
+    main.add_command(rollout_group)
 
 
 _register_commands()

@@ -27,17 +27,17 @@ import click
 
 from canaryws.adapters.flags.backend import FlagBackend
 from canaryws.adapters.flags.unleash_errors import UnleashError
+from canaryws.adapters.metrics_http import MetricsEndpoint
 from canaryws.adapters.telemetry.logs import iso_utc
 from canaryws.analysis.guard import Guard
 from canaryws.analysis.judge import COHORTS, Rules, judge
+from canaryws.analysis.timeline import parse_decisions, timeline
 from canaryws.analysis.traces import Slice, TraceTail, expand_paths, load_slices
 from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
 from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import FlagsDocumentError
 
 if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
-
     from prometheus_client import CollectorRegistry
 
 EXIT_CODES = {"promote": 0, "rollback": 1, "hold": 2}
@@ -141,9 +141,27 @@ def _rules(alpha: float, min_connections: int, min_batches: int, detect_ratio: f
 
 
 def _evaluate(slices: Sequence[Slice], rules: Rules, rollout: float | None, retry_window_s: float,
-              start_ns: int | None = None) -> dict[str, Any]:
+              start_ns: int | None = None, end_ns: int | None = None,
+              decisions: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The judgement, and its ``timeline`` (the page's time plots; docs/report.md)."""
     units = build_units(slices, retry_window_s=retry_window_s)
-    return judge(units, rules, expected_strict_share=None if rollout is None else rollout / 100, start_ns=start_ns)
+    result = judge(units, rules, expected_strict_share=None if rollout is None else rollout / 100, start_ns=start_ns)
+    result["timeline"] = timeline(units, rules, start_ns=start_ns, end_ns=end_ns, decisions=decisions)
+    return result
+
+
+def _read_decisions(path: Path) -> list[dict[str, Any]]:
+    """A rollout controller's decisions file (``{"decisions": [...], ...}``), parsed."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read {path}: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path} is not JSON: {error}") from None
+    try:
+        return parse_decisions(document)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -165,7 +183,12 @@ def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
 @_rules_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of the tables.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="Also write a self-contained HTML page with the cohorts' plots side by side.")
+              help="Also write a self-contained HTML page: the critical rates' difference over time with its "
+              "confidence bands, the rollout percentage and the decisions, and the cohorts' plots side by side.")
+@click.option("--decisions", "decisions_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="A rollout controller's decisions file (JSON: {\"decisions\": [{\"time\", \"kind\", \"step\", "
+              "\"percent\", \"reasons\"}, ...]}): its decisions are drawn on the time plots, and their percent is "
+              "the rollout step line (default: the share recorded on the connections).")
 def report(
     traces: tuple[Path, ...],
     since: str | None,
@@ -179,6 +202,7 @@ def report(
     retry_window: str,
     as_json: bool,
     html_path: Path | None,
+    decisions_path: Path | None,
 ) -> None:
     """Compare the strict (canary) and lenient (baseline) cohorts and give a verdict.
 
@@ -200,10 +224,11 @@ def report(
         retry_window_s = parse_duration(retry_window)
         files = expand_paths(traces)
         slices = load_slices(files, since_ns, until_ns)
+        decisions = None if decisions_path is None else _read_decisions(decisions_path)
     except (ValueError, OSError) as error:
         raise _Failure(str(error)) from None
     rules = _rules(alpha, min_connections, min_batches, detect_ratio, detect_excess)
-    result = _evaluate(slices, rules, rollout, retry_window_s, since_ns)
+    result = _evaluate(slices, rules, rollout, retry_window_s, since_ns, until_ns, decisions)
     result["window"] = {
         "start": _iso(since_ns if since_ns is not None else min((s[1] for s in slices), default=None)),
         "end": _iso(until_ns if until_ns is not None else max((s[2] for s in slices), default=None)),
@@ -434,21 +459,18 @@ class GuardMetrics:
                                   registry=registry)
         self._last = Gauge("canaryws_guard_last_judgement_timestamp_seconds",
                            "Unix time of the guard's last judgement (0: none yet)", registry=registry)
-        self._server: WSGIServer | None = None
+        self._endpoint: MetricsEndpoint | None = None
 
     @classmethod
     def serve(cls, host: str, port: int) -> GuardMetrics:
-        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client import CollectorRegistry
 
         metrics = cls(CollectorRegistry(auto_describe=True))
         try:
-            server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+            metrics._endpoint = MetricsEndpoint.start(metrics.registry, host, port, log, "guard")
         except OSError as error:
             raise _Failure(f"cannot serve metrics on {host}:{port}: {error}") from None
-        metrics._server = server
-        bound_host, bound_port = server.server_address[:2]
-        metrics.address = f"http://{_url_host(str(bound_host))}:{bound_port}/metrics"
-        log.info("guard metrics served", extra={"metrics_url": metrics.address})
+        metrics.address = metrics._endpoint.address
         return metrics
 
     def judged(self, verdict: str) -> None:
@@ -459,14 +481,9 @@ class GuardMetrics:
         self._rollbacks.inc()
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
 
 
 class _LingerInterrupted(Exception):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Final
 
-if TYPE_CHECKING:
-    from wsgiref.simple_server import WSGIServer
+from canaryws.adapters.metrics_http import MetricsEndpoint
 
+if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
 log = logging.getLogger("canaryws.probe")
@@ -63,7 +63,7 @@ class ProbeMetrics:
         for strategy in STRATEGIES:
             self.batch.labels(strategy)
             self.identities.labels(strategy).set(0)
-        self._server: WSGIServer | None = None
+        self._endpoint: MetricsEndpoint | None = None
         self.address: str | None = None
 
     @classmethod
@@ -74,18 +74,11 @@ class ProbeMetrics:
 
     def serve(self, host: str, port: int) -> str:
         """Serve ``/metrics`` on ``host:port`` (OSError when it cannot); the URL."""
-        from prometheus_client import start_http_server
-
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
-        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-        self.address = f"http://{shown}:{bound_port}/metrics"
-        log.info("probe metrics served", extra={"metrics_url": self.address})
+        self._endpoint = MetricsEndpoint.start(self.registry, host, port, log, "probe")
+        self.address = self._endpoint.address
         return self.address
 
     def close(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
+        endpoint, self._endpoint = self._endpoint, None
+        if endpoint is not None:
+            endpoint.close()

@@ -1,5 +1,6 @@
-"""The report as one self-contained HTML page: the tables of :mod:`.rows`, then the
-cohorts' plots side by side (:mod:`.plots`: inline SVG, no external resources)."""
+"""The report as one self-contained HTML page: the tables of :mod:`.rows`, then the critical
+rates over time and the cohorts' plots side by side (:mod:`.plots`: inline SVG, no script, no
+external resources)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from html import escape
 from typing import Any
 
-from canaryws.analysis.render.plots import figures
+from canaryws.analysis.render.plots import figures, time_figures
 from canaryws.analysis.render.rows import (
     COHORTS,
     JUDGEMENT_COLUMNS,
@@ -48,7 +49,7 @@ td.indent { padding-left: 1.6rem; }
 .pass { color: #2e7d32; } .fail { color: #c62828; font-weight: bold; }
 .inconclusive { color: #b7791f; } .nodata { color: #888; }
 .ok { color: #2e7d32; } .mismatch { color: #c62828; font-weight: bold; } .unchecked { color: #b7791f; }
-figure { margin: 1rem 0; } figure svg { max-width: 100%; height: auto; }
+figure { margin: 1rem 0; } figure svg { width: 100%; max-width: 60rem; height: auto; }
 figcaption { color: #555; font-size: .85rem; }
 """
 
@@ -69,6 +70,12 @@ def _html_table(columns: Sequence[str], rows: Iterable[Sequence[str]],
         out.append("</tr>")
     out.append("</tbody></table>")
     return "".join(out)
+
+
+def _figures(drawn: Sequence[tuple[str, str]], nothing: str) -> list[str]:
+    if not drawn:
+        return [f'<p class="meta">{_e(nothing)}</p>']
+    return [f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>" for svg, caption in drawn]
 
 
 def render_html(report: Mapping[str, Any]) -> str:
@@ -136,13 +143,11 @@ def render_html(report: Mapping[str, Any]) -> str:
         parts.append('<p class="meta">No shadow comparisons in this window.</p>')
     parts.append("</section>")
 
+    parts.append('<section id="timeline"><h2>Over time</h2>')
+    parts += _figures(time_figures(report), "No time series in this report.")
+    parts.append("</section>")
     parts.append('<section id="plots"><h2>Cohorts side by side</h2>')
-    drawn = figures(report)
-    if drawn:
-        for svg, caption in drawn:
-            parts.append(f'<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>')
-    else:
-        parts.append('<p class="meta">Nothing to plot.</p>')
+    parts += _figures(figures(report), "Nothing to plot.")
     parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
