@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from harness import PROTOCOL, Service, flags_doc, metric_value, send_batch
-from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, RawClient, close_payload, frame
+from wsraw import BINARY, CLOSE, CONT, PING, PONG, TEXT, ConnectionEnded, RawClient, close_payload, frame
 
 pytestmark = pytest.mark.integration
 
@@ -500,10 +500,22 @@ PROTOCOL_VIOLATIONS = [
 
 @pytest.mark.parametrize(("frames", "code"), PROTOCOL_VIOLATIONS)
 def test_protocol_violations(service: Service, clients: dict[str, str], frames: list[bytes], code: int) -> None:
+    broke = False
     with raw(service, clients["strict"]) as (client, welcome):
-        client.send_raw(b"".join(frames))
-        closed = client.expect_close()  # the next frame: no answer of any kind before it
-    assert closed.close_code == code, (closed, closed.payload)
+        try:
+            client.send_raw(b"".join(frames))
+        except (BrokenPipeError, ConnectionResetError):
+            # An oversized frame is refused from its header: the server may close before the
+            # client has written the rest of it (seen once in CI under load).
+            assert code == 1009
+            broke = True
+        try:
+            closed = client.expect_close()  # the next frame: no answer of any kind before it
+        except (ConnectionEnded, ConnectionResetError):
+            if not broke:
+                raise
+            closed = None  # the reset took the close frame with it: the service's record says the code
+    assert closed is None or closed.close_code == code, (closed, closed.payload)
     assert recorded_close(service, welcome["connection_id"]) == code
 
 
