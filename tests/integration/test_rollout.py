@@ -381,8 +381,12 @@ def test_a_manual_kill_switch_pauses_and_resume_sets_the_step_again(tmp_path: Pa
             # (g) resume through the running controller: the step is set again, its hold starts afresh
             resumed = run_cli("rollout", "resume", "--state", str(state))
             assert resumed.returncode == 0 and "the running controller" in resumed.stdout, resumed.stdout
-            wait_for(lambda: state_of(state).get("state") == "ramping" and state_of(state).get("since_ns", 0)
-                     > paused["since_ns"], 10, "the resume", rollout.log)
+            def resumed_and_set() -> bool:
+                # one read: the controller writes "ramping" first and the step's since_ns once the flag is set
+                now = state_of(state)
+                return now.get("state") == "ramping" and (now.get("since_ns") or 0) > paused["since_ns"]
+
+            wait_for(resumed_and_set, 10, "the resume", rollout.log)
             assert strict_flag(service.flags_path) == (True, 1)
 
             # pause, then abort: records.strict goes back to lenient and the controller exits 3
