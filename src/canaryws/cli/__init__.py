@@ -97,6 +97,7 @@ def _register_commands() -> None:
     from canaryws.cli.probe import probe
     from canaryws.cli.report import guard, report
     from canaryws.cli.rollout import rollout_group
+    from canaryws.cli.sink import sink_group
     from canaryws.cli.tokens import register
 
     register(token)
@@ -106,6 +107,7 @@ def _register_commands() -> None:
     main.add_command(probe)
     main.add_command(contract_group)
     main.add_command(rollout_group)
+    main.add_command(sink_group)
 
 
 _register_commands()
