@@ -36,6 +36,7 @@ from canaryws.analysis.traces import Slice, TraceTail, expand_paths, load_slices
 from canaryws.analysis.units import DEFAULT_RETRY_WINDOW_S, build_units
 from canaryws.core.cohorts import STRICT_FLAG
 from canaryws.core.flagdoc import FlagsDocumentError
+from canaryws.settings import DEFAULT_DATA_DIR
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -189,6 +190,14 @@ def _without_values(report: Mapping[str, Any]) -> dict[str, Any]:
               help="A rollout controller's decisions file (JSON: {\"decisions\": [{\"time\", \"kind\", \"step\", "
               "\"percent\", \"reasons\"}, ...]}): its decisions are drawn on the time plots, and their percent is "
               "the rollout step line (default: the share recorded on the connections).")
+@click.option("--sink", "sink_url", default=None, metavar="URL",
+              help="Cross-check with the sink the service commits to (its CANARYWS_SINK: sqlite, sqlite:///PATH, "
+              "postgresql://...): what each cohort committed over the same window against what the spans counted. "
+              "A mismatch is reported (terminal, --json's \"sink\", --html); the verdict and exit code stay "
+              "the spans'.")
+@click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), envvar="CANARYWS_DATA_DIR",
+              default=DEFAULT_DATA_DIR, show_default=True,
+              help="With --sink: the service's data dir, where a sqlite sink without a path lives.")
 def report(
     traces: tuple[Path, ...],
     since: str | None,
@@ -203,6 +212,8 @@ def report(
     as_json: bool,
     html_path: Path | None,
     decisions_path: Path | None,
+    sink_url: str | None,
+    data_dir: Path,
 ) -> None:
     """Compare the strict (canary) and lenient (baseline) cohorts and give a verdict.
 
@@ -214,6 +225,10 @@ def report(
     to promote; a cohort split that does not match the configured rollout is a
     sample-ratio mismatch (hold). The same rule as `canaryws guard`. Synthetic connections
     (a probe's: token property synthetic=true) are left out of the comparison and counted apart.
+
+    With --sink, what each cohort committed to the sink over the same window is counted and
+    compared, exactly, with what the spans say it answered: a mismatch is shown, and changes
+    neither the verdict nor the exit code.
 
     Exit code: 0 promote, 1 rollback, 2 hold, 3 error. See docs/report.md.
     """
@@ -236,6 +251,10 @@ def report(
         "spans": len(slices),
         "connections": sum(result["cohorts"][c]["connections"] for c in COHORTS),
     }
+    if sink_url is not None:
+        start_ns = since_ns if since_ns is not None else min((s[1] for s in slices), default=None)
+        end_ns = until_ns if until_ns is not None else max((s[2] for s in slices), default=None)
+        result["sink"] = _sink_check(sink_url, data_dir, slices, start_ns, end_ns)
     if html_path is not None:
         from canaryws.analysis.render.html import render_html
 
@@ -252,6 +271,22 @@ def report(
 
         render_terminal(result, Console())
     sys.exit(EXIT_CODES[result["verdict"]])
+
+
+def _sink_check(value: str, data_dir: Path, slices: Sequence[Slice], start_ns: int | None,
+                end_ns: int | None) -> dict[str, Any]:
+    """The report's ``sink``: the sink's counts over ``[start_ns, end_ns]`` against the spans'
+    (:func:`canaryws.analysis.sink_check.cross_check`), with the sink's redacted URL and the window."""
+    from canaryws.adapters.sink.counts import SinkReadError, committed_counts, sink_label
+    from canaryws.analysis.sink_check import cross_check, span_counts
+
+    try:
+        source = sink_label(value, data_dir)
+        committed = committed_counts(value, data_dir, start_ns, end_ns)
+    except (SinkReadError, ValueError) as error:
+        raise _Failure(f"--sink: {error}") from None
+    return {"source": source, "window": {"start": _iso(start_ns), "end": _iso(end_ns)},
+            **cross_check(span_counts(slices), committed)}
 
 
 # --------------------------------------------------------------------------- guard

@@ -26,6 +26,7 @@ from canaryws.analysis.render.rows import (
     window_files,
     window_line,
 )
+from canaryws.analysis.render.sink import SINK_COLUMNS, sink_headline, sink_mismatches, sink_rows, sink_status
 
 RESULT_CLASSES = frozenset({"pass", "fail", "inconclusive", "nodata"})  # the results _CSS colours
 
@@ -49,6 +50,9 @@ td.indent { padding-left: 1.6rem; }
 .pass { color: #2e7d32; } .fail { color: #c62828; font-weight: bold; }
 .inconclusive { color: #b7791f; } .nodata { color: #888; }
 .ok { color: #2e7d32; } .mismatch { color: #c62828; font-weight: bold; } .unchecked { color: #b7791f; }
+.sink { border-left: .5rem solid #888; padding: .5rem 1rem; margin-top: 1rem; }
+.sink.match { border-color: #2e7d32; } .sink.mismatch { border-color: #c62828; background: #fdecea; }
+tr.differs td { color: #c62828; font-weight: bold; }
 figure { margin: 1rem 0; } figure svg { width: 100%; max-width: 60rem; height: auto; }
 figcaption { color: #555; font-size: .85rem; }
 """
@@ -78,6 +82,27 @@ def _figures(drawn: Sequence[tuple[str, str]], nothing: str) -> list[str]:
     return [f"<figure>{svg}<figcaption>{_e(caption)}</figcaption></figure>" for svg, caption in drawn]
 
 
+def _sink_section(report: Mapping[str, Any]) -> list[str]:
+    """The cross-check with the sink (``--sink``), right under the verdict; a mismatch in red."""
+    headline = sink_headline(report)
+    if headline is None:
+        return []
+    status = sink_status(report)
+    out = [f'<section id="sink" class="sink {_e(status)}"><h2>Sink cross-check</h2>',
+           f'<p><strong class="{_e(status)}">{_e(headline)}</strong></p>']
+    mismatches = sink_mismatches(report)
+    if mismatches:
+        out.append('<ul class="mismatches">' + "".join(f"<li>{_e(m)}</li>" for m in mismatches) + "</ul>")
+    rows = ["<table>", "<thead><tr>", *(f"<th>{_e(c)}</th>" for c in SINK_COLUMNS), "</tr></thead>", "<tbody>"]
+    for cells, differs in sink_rows(report):
+        rows.append('<tr class="differs">' if differs else "<tr>")
+        rows.extend(f"<td>{_e(c)}</td>" for c in cells)
+        rows.append("</tr>")
+    rows.append("</tbody></table>")
+    out += ["".join(rows), "</section>"]
+    return out
+
+
 def render_html(report: Mapping[str, Any]) -> str:
     """One self-contained HTML page: inline CSS and inline SVG plots, no external resources."""
     verdict = str(report.get("verdict") or "unknown")
@@ -96,6 +121,7 @@ def render_html(report: Mapping[str, Any]) -> str:
     else:
         parts.append('<p class="meta">No reasons given.</p>')
     parts.append("</header>")
+    parts += _sink_section(report)
 
     window = window_line(report)
     if window is not None:

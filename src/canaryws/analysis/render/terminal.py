@@ -1,6 +1,7 @@
-"""The report in a terminal, with rich: the verdict and its reasons, the window and the
-synthetic connections left out, the cohort table, the judgement table, the sample-ratio
-check and the shadow comparison (rows of :mod:`.rows`).
+"""The report in a terminal, with rich: the verdict and its reasons, the cross-check with
+the sink (``--sink``: :mod:`.sink`), the window and the synthetic connections left out, the
+cohort table, the judgement table, the sample-ratio check and the shadow comparison (rows of
+:mod:`.rows`).
 
 Laid out for 80 columns: every metric name and column header is shown whole, and a cell
 too wide for its column wraps instead of being cut short. The judgement gives each metric
@@ -37,8 +38,10 @@ from canaryws.analysis.render.rows import (
     window_files,
     window_line,
 )
+from canaryws.analysis.render.sink import SINK_COLUMNS, sink_headline, sink_mismatches, sink_rows, sink_status
 
 VERDICT_STYLES = {"promote": "bold green", "hold": "bold yellow", "rollback": "bold red"}
+SINK_STYLES = {"match": "green", "mismatch": "bold red"}
 RESULT_STYLES = {"pass": "green", "fail": "bold red", "inconclusive": "yellow", "nodata": "dim"}
 
 # The terminal's judgement columns: the metric's cell holds its result and critical flag too,
@@ -60,6 +63,7 @@ def render_terminal(report: Mapping[str, Any], console: Console) -> None:
     if not reasons:
         body.append(Text("  (no reasons given)", style="dim"))
     console.print(Panel(Group(*body), title="canary report", title_align="left", border_style=style, expand=True))
+    _print_sink(report, console)
 
     window = window_line(report)
     if window is not None:
@@ -97,6 +101,24 @@ def render_terminal(report: Mapping[str, Any], console: Console) -> None:
         console.print(shadow)
     else:
         console.print(Text("Shadow comparison: none in this window", style="dim"))
+
+
+def _print_sink(report: Mapping[str, Any], console: Console) -> None:
+    """The cross-check with the sink (``--sink``), right under the verdict: a mismatch in red,
+    with its likely causes, and the counts side by side."""
+    headline = sink_headline(report)
+    if headline is None:
+        return
+    style = SINK_STYLES.get(sink_status(report), "bold yellow")
+    body: list[Text | Table] = [Text(headline, style=style)]
+    body.extend(Text.assemble(("  • ", style), line) for line in sink_mismatches(report))
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    for index, column in enumerate(SINK_COLUMNS):
+        table.add_column(column, justify="left" if index == 0 else "right")
+    for cells, differs in sink_rows(report):
+        table.add_row(*(Text(c) for c in cells), style="bold red" if differs else None)
+    body.append(table)
+    console.print(Panel(Group(*body), title="sink cross-check", title_align="left", border_style=style, expand=True))
 
 
 def _stacked(cell: str) -> Text:
