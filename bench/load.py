@@ -12,7 +12,10 @@ them until a line arrives on stdin. ``connect``: loops of handshake (and, with
 one JSON object. ``--tokens`` is a file of bearer tokens, one per line, used in turn.
 With ``--marks``, ``run`` and ``connect`` also print a line ``mark start`` when the
 measured window opens and ``mark stop`` when it closes (before the JSON), so that a
-caller can sample the server's CPU time over exactly that window.
+caller can sample the server's CPU time over exactly that window. ``--id-prefix P`` starts
+every batch id with ``P`` (``run``): a service that persists batches keeps each
+``(client id, batch id)`` once, so load processes that reuse client ids (the rounds of
+``bench/run.py``) give each its own prefix, and every batch is new, never a replay.
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ def _percentiles(latencies_ns: list[int], **named: float) -> dict[str, float | N
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     tokens = _tokens(args.tokens)
     records = json.dumps(batch_records(args.records), separators=(",", ":")).encode()
-    prefix, suffix = b'{"type":"batch","id":"', b'","records":' + records + b"}"
+    prefix = b'{"type":"batch","id":"' + args.id_prefix.encode()
+    suffix = b'","records":' + records + b"}"
     state = Phase()
     latencies: list[int] = []
     loop = asyncio.get_running_loop()
@@ -283,6 +287,7 @@ def main() -> None:
     parser.add_argument("--welcome", action="store_true", help="the server greets first (canaryws)")
     parser.add_argument("--echo", action="store_true", help="answers are echoes, not results")
     parser.add_argument("--marks", action="store_true", help="print 'mark start'/'mark stop' around the window")
+    parser.add_argument("--id-prefix", default="", help="the start of every batch id (run)")
     args = parser.parse_args()
     mode = {"run": run, "idle": idle, "connect": connect}[args.mode]
     result = uvloop.run(mode(args))

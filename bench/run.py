@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py [--rounds 5] [--duration 5] [--warmup 1] [--connections 50]
         [--records 30] [--idle 5000] [--active 1000] [--connect-duration 5] [--no-scale]
         [--quick] [--check] [--json PATH] [--markdown PATH] [--keep] [--servers lean,canaryws,...]
+        [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 
 What it does, in order:
 
@@ -20,13 +21,30 @@ What it does, in order:
    ``lean``                  the same strict work as canaryws, nothing else (bench/apps.py)
    ``lean-both``             lean + the lenient strategy inline: the second strategy's own work
    ``naive``                 ``is_enabled`` per batch + OTel's default instrumentation
-   ``canaryws``              ``canaryws serve``, production settings (below), strict pinned
-   ``canaryws-telemetry-off`` the same + ``OTEL_SDK_DISABLED=true``
-   ``canaryws-shadow``       the same as canaryws + ``records.shadow`` on
-   ``canaryws-2workers``     the same as canaryws + ``--workers 2`` (skipped, with a note,
-                             when ``canaryws serve --help`` has no ``--workers``)
-   ``canaryws-idle``         a fresh canaryws (production settings) used only by the idle step
+   ``canaryws``              ``canaryws serve``, production settings (below), strict pinned,
+                             ``CANARYWS_SINK=none`` (answers without persisting)
+   ``canaryws-sqlite``       the same with the default sink: ``CANARYWS_SINK=sqlite``, the
+                             file ``sink.sqlite3`` in its own data dir (WAL, synchronous=FULL)
+   ``canaryws-postgres``     the same with ``CANARYWS_SINK=postgresql://.../<db>``: a fresh
+                             database the run creates on ``--postgres``'s server, and drops
+                             at the end (kept with ``--keep``)
+   ``canaryws-telemetry-off`` canaryws + ``OTEL_SDK_DISABLED=true`` (sink none)
+   ``canaryws-shadow``       the same as canaryws + ``records.shadow`` on (sink none)
+   ``canaryws-2workers``     the same as canaryws + ``--workers 2`` (sink none; skipped, with a
+                             note, when ``canaryws serve --help`` has no ``--workers``)
+   ``canaryws-idle``         a fresh canaryws (production settings, the default sink: idle
+                             connections do not touch it) used only by the idle step
    ========================  ==============================================================
+
+   The service persists by default (SQLite); ``canaryws`` and its variants run with
+   ``CANARYWS_SINK=none`` so that their ratios keep their meaning (the processing's overhead
+   over lean), and the persist step is measured on its own, by the two sink servers against
+   ``canaryws``. PostgreSQL must be reachable at ``--postgres`` (default
+   ``postgresql://postgres@127.0.0.1:5432/postgres``, a role that may create databases): when
+   it is not, the run stops with status 2 before any server starts (``--servers`` without
+   ``canaryws-postgres`` leaves it out). Before the rounds, every canaryws server's ``/readyz``
+   must show what it was given: a ``sink`` part in state ``ok`` for the sink servers, none
+   for the others.
 
    Production settings: ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``,
    ``OTEL_TRACES_SAMPLER_ARG=0.01`` (1 % of batch spans, to the trace file in the data dir),
@@ -42,11 +60,23 @@ What it does, in order:
    s measured). The order rotates each round, and every other round is reversed, so that
    drift hits every server alike. Over the measured window (the load client prints marks)
    it samples the CPU time of the server's process tree (user + system, psutil) and of the
-   load client: CPU µs per message, and how busy each was (100 % = one core).
+   load client: CPU µs per message, and how busy each was (100 % = one core). Every load
+   process gets its own batch-id prefix (``load.py --id-prefix``): a sink keeps each
+   ``(client id, batch id)`` once, and a reused id would be a replay, not a new batch.
+
+   Around each run against a sink server the bench counts the rows of ``canaryws_batches``
+   and reads the sink's metrics on ``/metrics``. The run fails (status 2) when the rows did
+   not grow by at least the answers counted (every result is sent only after its batch is
+   committed, so fewer rows means the sink was off or lost batches). From the metrics'
+   differences: group commits, batches per commit, the mean commit time and its p50/p99
+   (bucket bounds), and how busy the commits kept the sink (commit seconds per second: at
+   most 1 for SQLite's single writer, 2 for PostgreSQL's two connections).
 
 3. Ratios, per round (paired within the round), then the median over rounds:
    canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
-   (goal >= 0.9), lean / echo, naive / canaryws, 2workers / canaryws (no goals), and the
+   (goal >= 0.9), postgresql sink / none = canaryws-postgres / canaryws (goal >= 0.7),
+   sqlite sink / none = canaryws-sqlite / canaryws (goal >= 0.5), lean / echo,
+   naive / canaryws, 2workers / canaryws (no goals), and the
    shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
    (goal <= 1.0: the shadow costs no more than the second strategy's own work; a round in
    which lean-both - lean is not positive has no value, rather than a negative one).
@@ -56,7 +86,8 @@ What it does, in order:
    the idle connections (``load.py idle``), wait 2 s, RSS again: (RSS - baseline) / N in
    KiB (goal <= 40 KiB), and all N open, by the client's count and by the server's
    ``canaryws_connections_active`` on ``/metrics`` (goal: both N); then they are released.
-   (b) throughput with ``--active`` connections against canaryws and lean. (c) connect rate
+   (b) throughput with ``--active`` connections against canaryws and lean (sink none, as in
+   the rounds). (c) connect rate
    (``load.py connect --concurrency 50`` for ``--connect-duration`` s) against canaryws
    (handshake + token check + cohort decision + welcome frame) and lean (handshake only).
 
@@ -69,12 +100,13 @@ What it does, in order:
    tests/integration/test_bench.py runs it.
 
 Everything started is stopped at the end, also on failure, Ctrl-C or SIGTERM (each server's
-process group gets SIGTERM, then SIGKILL after 10 s).
+process group gets SIGTERM, then SIGKILL after 10 s), and the PostgreSQL database is dropped.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import importlib.metadata
 import json
@@ -83,16 +115,20 @@ import os
 import platform
 import queue
 import random
+import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -124,9 +160,15 @@ PRODUCTION_ENV = {
     "CANARYWS_MAX_SOURCE_HANDSHAKES_PER_SECOND": "0",
 }
 DROPPED_PREFIXES = ("OTEL_", "CANARYWS_", "UNLEASH_")
+# canaryws and its variants answer without persisting: their ratios measure the processing (the
+# service's default, an SQLite sink, is measured by canaryws-sqlite against canaryws).
+NO_SINK = {"CANARYWS_SINK": "none"}
+SQLITE_FILE = "sink.sqlite3"  # the default sink's file in the data dir
+BATCHES_TABLE = "canaryws_batches"  # one row per batch committed the first time
+POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # The order of a round before rotation: the servers compared with each other sit side by side.
-ROUND_ORDER = ("echo", "lean", "canaryws", "canaryws-telemetry-off", "canaryws-shadow", "lean-both", "naive",
-               "canaryws-2workers")
+ROUND_ORDER = ("echo", "lean", "canaryws", "canaryws-postgres", "canaryws-sqlite", "canaryws-telemetry-off",
+               "canaryws-shadow", "lean-both", "naive", "canaryws-2workers")
 
 
 @dataclass(frozen=True)
@@ -149,6 +191,8 @@ class Ratio:
 RATIOS = (
     Ratio("canaryws / lean", "canaryws", "lean", ">= 0.85"),
     Ratio("telemetry on / off", "canaryws", "canaryws-telemetry-off", ">= 0.9"),
+    Ratio("postgresql sink / none", "canaryws-postgres", "canaryws", ">= 0.7"),
+    Ratio("sqlite sink / none", "canaryws-sqlite", "canaryws", ">= 0.5"),
     Ratio("lean / echo", "lean", "echo"),
     Ratio("naive / canaryws", "naive", "canaryws"),
     Ratio("2workers / canaryws", "canaryws-2workers", "canaryws"),
@@ -245,6 +289,9 @@ class Server:
     tokens: Path | None = None
     echo: bool = False
     health_path: str | None = None  # HTTP readiness probe; None: a TCP connection
+    # canaryws' sink as /readyz must show it: "sqlite", "postgresql", "none" (no sink part); None: not checked
+    sink: str | None = None
+    sink_location: str = ""  # the SQLite file, or the PostgreSQL URL, whose rows are counted
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     starts: int = 0
@@ -298,13 +345,168 @@ class Server:
         flags += ["--echo"] if self.echo else []
         return flags
 
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
     def metric(self, name: str) -> float | None:
         """The sum of a Prometheus metric's samples on ``/metrics``, None when absent."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                  if line.startswith((name + "{", name + " "))]
+        values = [value for sample, _, value in parse_metrics(self.metrics_text()) if sample == name]
         return sum(values) if values else None
+
+    def readyz(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as response:
+            return dict(json.loads(response.read()))
+
+    @property
+    def persists(self) -> bool:
+        return self.sink in ("sqlite", "postgresql")
+
+    def sink_ready(self) -> bool:
+        """Whether ``/readyz`` shows the sink this server was given (False while it is starting);
+        a BenchError when it shows another one, or none where one was given (or the reverse)."""
+        if self.sink is None:
+            return True
+        sink = self.readyz().get("sink")
+        if self.sink == "none":
+            if sink is not None:
+                raise BenchError(f"server {self.name} runs with CANARYWS_SINK=none but /readyz shows a sink: {sink}")
+            return True
+        if sink is None:
+            raise BenchError(f"server {self.name} was given the {self.sink} sink but /readyz shows no sink part: "
+                             "the service ignored CANARYWS_SINK")
+        if sink.get("sink") != self.sink:
+            raise BenchError(f"server {self.name} was given the {self.sink} sink but /readyz shows {sink}")
+        return bool(sink.get("state") == "ok")
+
+    def sink_rows(self) -> int:
+        """The rows of ``canaryws_batches`` in this server's sink."""
+        if self.sink == "sqlite":
+            with contextlib.closing(sqlite3.connect(f"file:{self.sink_location}?mode=ro", uri=True,
+                                                    timeout=10)) as db:
+                return int(db.execute(f"SELECT count(*) FROM {BATCHES_TABLE}").fetchone()[0])
+        if self.sink == "postgresql":
+            return int(postgres(self.sink_location, f"SELECT count(*) FROM {BATCHES_TABLE}"))
+        raise BenchError(f"server {self.name} has no sink to count rows in")
+
+
+# -- the sinks ----------------------------------------------------------------------------------
+
+_SAMPLE = re.compile(r"^([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict[str, str], float]]:
+    """The samples of a Prometheus text exposition: (name, labels, value)."""
+    out = []
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match is None or line.startswith("#"):
+            continue
+        name, labels, value = match.groups()
+        with contextlib.suppress(ValueError):
+            out.append((name, dict(_LABEL.findall(labels or "")), float(value)))
+    return out
+
+
+def sink_counters(text: str) -> dict[str, Any]:
+    """The sink's counters on ``/metrics`` (zero while absent: a counter appears at its first count)."""
+    out: dict[str, Any] = {"commits_ok": 0.0, "commits_failed": 0.0, "commit_seconds": 0.0, "commit_count": 0.0,
+                           "buckets": {}, "batches": {}}
+    for name, labels, value in parse_metrics(text):
+        if name == "canaryws_sink_commits_total":
+            key = "commits_ok" if labels.get("result") == "ok" else "commits_failed"
+            out[key] += value
+        elif name == "canaryws_sink_commit_duration_seconds_sum":
+            out["commit_seconds"] += value
+        elif name == "canaryws_sink_commit_duration_seconds_count":
+            out["commit_count"] += value
+        elif name == "canaryws_sink_commit_duration_seconds_bucket" and labels.get("result", "ok") == "ok":
+            le = float(labels["le"])  # "+Inf" parses
+            out["buckets"][le] = out["buckets"].get(le, 0.0) + value
+        elif name == "canaryws_sink_batches_total":
+            outcome = labels.get("outcome", "?")
+            out["batches"][outcome] = out["batches"].get(outcome, 0.0) + value
+    return out
+
+
+def bucket_quantile(buckets: dict[float, float], q: float) -> float | None:
+    """The upper bound of the (cumulative) bucket that holds quantile ``q``; None without counts."""
+    bounds = sorted(buckets)
+    if not bounds or buckets[bounds[-1]] <= 0:
+        return None
+    rank = q * buckets[bounds[-1]]
+    return next(le for le in bounds if buckets[le] >= rank)
+
+
+def sink_window(before: dict[str, Any], after: dict[str, Any], rows: int, wall: float) -> dict[str, Any]:
+    """What the sink did between two :func:`sink_counters` (``rows``: new rows of canaryws_batches)."""
+    commits = after["commits_ok"] - before["commits_ok"]
+    count = after["commit_count"] - before["commit_count"]
+    seconds = after["commit_seconds"] - before["commit_seconds"]
+    buckets = {le: after["buckets"].get(le, 0.0) - before["buckets"].get(le, 0.0) for le in after["buckets"]}
+    batches = {k: v - before["batches"].get(k, 0.0) for k, v in after["batches"].items()}
+    committed = batches.get("committed", 0.0)
+    p50, p99 = bucket_quantile(buckets, 0.5), bucket_quantile(buckets, 0.99)
+    return {
+        "rows": rows,
+        "commits": commits,
+        "commits_failed": after["commits_failed"] - before["commits_failed"],
+        "batches_committed": committed,
+        "batches_replayed": batches.get("replayed", 0.0),
+        "batches_unavailable": batches.get("unavailable", 0.0),
+        "batches_per_commit": committed / commits if commits else None,
+        "commits_per_s": commits / wall if wall > 0 else None,
+        "commit_ms_mean": seconds / count * 1e3 if count else None,
+        "commit_ms_p50_le": None if p50 is None else p50 * 1e3,
+        "commit_ms_p99_le": None if p99 is None else p99 * 1e3,
+        "commit_busy": seconds / wall if wall > 0 else None,  # commit seconds per second (concurrent ones add up)
+        "wall_s": wall,
+    }
+
+
+def check_sink_rows(server: str, rows: int, answers: int) -> None:
+    """Every result is sent after its batch is committed: fewer new rows than answers counted is a sink
+    that was off (or lost batches), and the run stops."""
+    if rows <= 0 or rows < answers:
+        raise BenchError(f"server {server}: {rows} new rows in {BATCHES_TABLE} for {answers} answers counted: "
+                         "the sink did not receive the batches")
+
+
+def postgres(url: str, *statements: str, timeout: float = 10.0) -> Any:
+    """Run ``statements`` on ``url`` (asyncpg), each on its own (outside a transaction: CREATE/DROP
+    DATABASE); the last one's first value. A BenchError that says so when the server is unreachable."""
+    import asyncpg  # a dependency of canaryws' PostgreSQL sink
+
+    async def go() -> Any:
+        conn = await asyncpg.connect(url, timeout=timeout)
+        try:
+            value = None
+            for statement in statements:
+                value = await conn.fetchval(statement, timeout=timeout)
+            return value
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(go())
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as err:
+        where = urllib.parse.urlsplit(url)
+        raise BenchError(f"PostgreSQL at {where.hostname}:{where.port or 5432} (database {where.path.lstrip('/')!r}, "
+                         f"user {where.username!r}): {type(err).__name__}: {err}") from None
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, as ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+def database_url(admin: str, database: str) -> str:
+    """``admin`` with its database replaced by ``database``."""
+    return urllib.parse.urlsplit(admin)._replace(path="/" + database).geturl()
 
 
 class LoadClient:
@@ -388,10 +590,13 @@ class Settings:
     quick: bool
     pause: float
     only: frozenset[str] | None = None  # --servers: the throughput servers to run (None: all)
+    postgres: str = POSTGRES_ADMIN  # where canaryws-postgres' database is created (and dropped)
+    keep: bool = False  # keep the temp dir and the database
 
     def to_json(self) -> dict[str, Any]:
-        """The settings as JSON values (``only`` as a sorted list)."""
-        return {**vars(self), "only": sorted(self.only) if self.only is not None else None}
+        """The settings as JSON values (``only`` as a sorted list, ``postgres`` without its password)."""
+        return {**vars(self), "only": sorted(self.only) if self.only is not None else None,
+                "postgres": redact_url(self.postgres)}
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -414,6 +619,8 @@ class Settings:
             quick=quick,
             pause=0.2 if quick else 0.5,
             only=frozenset(args.servers.split(",")) if args.servers else None,
+            postgres=args.postgres or POSTGRES_ADMIN,
+            keep=bool(args.keep),
         )
 
 
@@ -423,6 +630,9 @@ class Bench:
     workdir: Path
     servers: dict[str, Server] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    database: str = field(default_factory=lambda: f"canaryws_bench_{os.getpid()}_{secrets.token_hex(3)}")
+    database_created: bool = False
+    load_processes: int = 0  # each run-mode load process gets its own batch-id prefix
 
     # -- set-up ---------------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -468,22 +678,29 @@ class Bench:
             tokens.write_text("".join(authority.issue(f"client-{i}") + "\n" for i in range(n_tokens)))
             argv = [*self.canaryws_command(), "serve", "--port", PORT, "--flags", str(flags), "--data-dir",
                     str(data), "--log-level", "WARNING", *extra]
-            self.servers[name] = Server(name, argv, env, logs / f"{name}.log", welcome=True, tokens=tokens,
-                                        health_path="/healthz")
+            sink = env.get("CANARYWS_SINK")
+            self.servers[name] = Server(
+                name, argv, env, logs / f"{name}.log", welcome=True, tokens=tokens, health_path="/healthz",
+                sink=None if sink is None else sink.split(":", 1)[0],
+                sink_location=str(data / SQLITE_FILE) if sink == "sqlite" else (sink or ""))
 
         app("echo", echo=True)
         app("lean")
         app("lean-both")
         app("naive", str(strict_flags))
-        canaryws("canaryws", strict_flags, production)
-        canaryws("canaryws-telemetry-off", strict_flags, {**production, "OTEL_SDK_DISABLED": "true"})
-        canaryws("canaryws-shadow", shadow_flags, production)
+        without_sink = {**production, **NO_SINK}
+        canaryws("canaryws", strict_flags, without_sink)
+        canaryws("canaryws-sqlite", strict_flags, {**production, "CANARYWS_SINK": "sqlite"})
+        canaryws("canaryws-postgres", strict_flags,
+                 {**production, "CANARYWS_SINK": database_url(s.postgres, self.database)})
+        canaryws("canaryws-telemetry-off", strict_flags, {**without_sink, "OTEL_SDK_DISABLED": "true"})
+        canaryws("canaryws-shadow", shadow_flags, without_sink)
         if self.has_workers_option():
-            canaryws("canaryws-2workers", strict_flags, production, "--workers", "2")
+            canaryws("canaryws-2workers", strict_flags, without_sink, "--workers", "2")
         else:
             self.note("canaryws serve has no --workers option: canaryws-2workers is skipped")
         if s.scale:
-            canaryws("canaryws-idle", strict_flags, production)
+            canaryws("canaryws-idle", strict_flags, production)  # the service's default sink (SQLite)
         if s.only is not None:
             unknown = s.only - set(ROUND_ORDER)
             if unknown:
@@ -491,7 +708,34 @@ class Bench:
             self.servers = {name: server for name, server in self.servers.items()
                             if name in s.only or name == "canaryws-idle"}
 
+    def create_database(self) -> None:
+        """canaryws-postgres' fresh database (the service migrates its schema up at start)."""
+        admin = self.settings.postgres
+        print(f"creating database {self.database} on {redact_url(admin)}", flush=True)
+        try:
+            postgres(admin, f'CREATE DATABASE "{self.database}"')
+        except BenchError as err:
+            raise BenchError(f"canaryws-postgres needs PostgreSQL, and it is not reachable or refused to create "
+                             f"the database: {err}. Start it, name another with --postgres URL, or leave "
+                             "canaryws-postgres out with --servers") from None
+        self.database_created = True
+
+    def drop_database(self) -> None:
+        if not self.database_created:
+            return
+        if self.settings.keep:
+            print(f"database kept: {redact_url(database_url(self.settings.postgres, self.database))}",
+                  file=sys.stderr, flush=True)
+            return
+        try:
+            postgres(self.settings.postgres, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            self.database_created = False
+        except BenchError as err:
+            print(f"could not drop database {self.database}: {err}", file=sys.stderr, flush=True)
+
     def start(self, timeout: float = 120.0) -> None:
+        if "canaryws-postgres" in self.servers:
+            self.create_database()
         for server in self.servers.values():
             server.start(self.workdir)
         waiting = dict(self.servers)
@@ -500,10 +744,16 @@ class Bench:
             for name, server in list(waiting.items()):
                 if server.lost_its_port() and server.starts < 3:
                     server.start(self.workdir)
-                elif server.ready():
+                elif server.ready() and server.sink_ready():
                     del waiting[name]
             if time.monotonic() > deadline:
-                raise BenchError(f"not ready after {timeout:.0f} s: {', '.join(waiting)}")
+                sinks = []
+                for name, server in waiting.items():
+                    with contextlib.suppress(OSError, ValueError):
+                        if server.persists:
+                            sinks.append(f"{name}'s /readyz sink part: {server.readyz().get('sink')}")
+                raise BenchError(f"not ready after {timeout:.0f} s: {', '.join(waiting)}"
+                                 + "".join(f"; {line}" for line in sinks))
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -515,10 +765,14 @@ class Bench:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in running:
             stop_group(proc)
+        self.drop_database()
 
     # -- measurements ---------------------------------------------------------------------------
     def client(self, server: Server, mode: str, *args: str, stdin: bool = False) -> LoadClient:
         server.ensure_alive()
+        if mode == "run":  # batch ids of their own: a sink would answer a reused (client id, batch id) as a replay
+            self.load_processes += 1
+            args = (*args, "--id-prefix", f"{self.load_processes:05d}-")
         return LoadClient([mode, server.url, *server.load_flags(), *args], self.workdir / "logs" / "load.log",
                           stdin=stdin)
 
@@ -557,7 +811,16 @@ class Bench:
         s = self.settings
         args = ["--connections", str(connections), "--duration", str(s.duration), "--warmup", str(s.warmup),
                 "--records", str(s.records)]
-        return self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+        if not server.persists:
+            return self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+        # the sink's side, read before the load client starts and after it exited (outside the window)
+        rows, counters, wall = server.sink_rows(), sink_counters(server.metrics_text()), time.perf_counter()
+        result = self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+        counters_after, wall = sink_counters(server.metrics_text()), time.perf_counter() - wall
+        rows = server.sink_rows() - rows
+        result["sink"] = sink_window(counters, counters_after, rows, wall)
+        check_sink_rows(server.name, rows, result["messages"])
+        return result
 
     def rounds(self) -> list[list[dict[str, Any]]]:
         s = self.settings
@@ -573,8 +836,12 @@ class Bench:
                 result = self.throughput(self.servers[name], s.connections)
                 result.update(round=r + 1, position=position)
                 results.append(result)
+                sink = result.get("sink")
                 print(f"  {name:<24} {result['rate']:>9.0f} msg/s  p99 {fmt(result['p99_ms'], 2):>6} ms  "
-                      f"{fmt(result['cpu_us_per_msg'], 1):>6} µs/msg  client {result['client_cpu_util']:.0%}",
+                      f"{fmt(result['cpu_us_per_msg'], 1):>6} µs/msg  client {result['client_cpu_util']:.0%}"
+                      + ("" if sink is None else
+                         f"  sink: {fmt(sink['batches_per_commit'], 1)} batches/commit, "
+                         f"{fmt(sink['commit_ms_mean'], 2)} ms/commit, busy {fmt(sink['commit_busy'], 2)}"),
                       flush=True)
                 time.sleep(s.pause)
             out.append(results)
@@ -687,7 +954,7 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     for results in rounds:
         for result in results:
             per_server.setdefault(result["server"], []).append(result)
-    servers = {}
+    servers: dict[str, dict[str, Any]] = {}
     for name in ROUND_ORDER:
         if name not in per_server:
             continue
@@ -699,6 +966,12 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
         }
         servers[name]["messages_min"] = min(run["messages"] for run in runs)
         servers[name]["bad_answers"] = sum(run["bad_answers"] for run in runs)
+        with_sink = [run for run in runs if run.get("sink") is not None]
+        if with_sink:
+            sink: dict[str, Any] = {key: median([run["sink"][key] for run in with_sink]) for key in SINK_KEYS}
+            sink["rows_per_answer_min"] = min((run["sink"]["rows"] / run["messages"] for run in with_sink
+                                               if run["messages"]), default=None)
+            servers[name]["sink"] = sink
     ratios = {}
     for ratio in RATIOS:
         values = [ratio_value(ratio, {r["server"]: r for r in results}) for results in rounds]
@@ -713,6 +986,10 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
         if ratio.kind == "shadow":
             ratios[ratio.name].update(shadow_parts(rounds))
     return {"servers": servers, "ratios": ratios}
+
+
+SINK_KEYS = ("batches_per_commit", "commits_per_s", "commit_ms_mean", "commit_ms_p50_le", "commit_ms_p99_le",
+             "commit_busy", "commits_failed", "batches_unavailable", "batches_replayed")
 
 
 def goals(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[tuple[str, bool]]:
@@ -764,6 +1041,20 @@ def tables(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[Table]
                      "(medians of the per-round differences; ratio of these medians "
                      f"{fmt(shadow['ratio_of_medians'], 2)})")
     out.append(("Ratios (per round, paired; median)", ["ratio", "median", "rounds", "goal", "verdict"], rows, notes))
+    sinks = {name: s["sink"] for name, s in servers.items() if s.get("sink") is not None}
+    if sinks:
+        out.append(("Sink group commits (medians over rounds)",
+                    ["server", "msg/s", "batches/commit", "commits/s", "commit ms mean", "p50 ms <=", "p99 ms <=",
+                     "commit busy", "failed", "rows/answers (min)"],
+                    [[name, fmt(servers[name]["rate"]), fmt(k["batches_per_commit"], 1), fmt(k["commits_per_s"]),
+                      fmt(k["commit_ms_mean"], 2), fmt(k["commit_ms_p50_le"], 1), fmt(k["commit_ms_p99_le"], 1),
+                      fmt(k["commit_busy"], 2), fmt(k["commits_failed"]), fmt(k["rows_per_answer_min"], 2)]
+                     for name, k in sinks.items()],
+                    ["From the sink's metrics over each run (warm-up included): group commits that succeeded, the "
+                     "batches committed per commit, the mean commit time and the bucket bounds of its p50/p99, and "
+                     "commit busy = commit seconds per second (SQLite commits one group at a time, PostgreSQL up to "
+                     "two). rows/answers: new rows of canaryws_batches over the answers counted in the window (at "
+                     "least 1: the warm-up's batches are committed too)."]))
     if scale is not None:
         idle = scale["idle"]
         kib = idle["kib_per_connection"]
@@ -895,7 +1186,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--json", type=Path, help="write all raw numbers, the machine and the settings")
     parser.add_argument("--markdown", type=Path, help="write the result tables in Markdown")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trace files)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trace files) and the "
+                                                             "PostgreSQL database")
+    parser.add_argument("--postgres", help="PostgreSQL server (a URL, its database: one to connect to) on which "
+                                           f"canaryws-postgres' database is created and dropped (default "
+                                           f"{POSTGRES_ADMIN})")
     return parser.parse_args(argv)
 
 
@@ -961,7 +1256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "settings": {**settings.to_json(), "production_env": PRODUCTION_ENV, "rlimit_nofile": list(nofile),
                          "servers": {name: {"port": s.port,
                                             "argv": s.argv[1:] if s.argv[0] == sys.executable else s.argv,
-                                            "env": {k: v for k, v in s.env.items() if k.startswith(DROPPED_PREFIXES)}}
+                                            "env": {k: redact_url(v) if k == "CANARYWS_SINK" else v
+                                                    for k, v in s.env.items() if k.startswith(DROPPED_PREFIXES)}}
                                      for name, s in bench.servers.items()}},
             "rounds": rounds,
             "summary": summary,
@@ -974,7 +1270,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts = [f"Machine: {machine_line(info)}.",
                  f"Settings: {settings.rounds} rounds of {settings.duration:g} s after {settings.warmup:g} s warm-up, "
                  f"{settings.connections} closed-loop connections, {settings.records} records per batch; "
-                 f"`{' '.join(f'{k}={v}' for k, v in PRODUCTION_ENV.items())}` for canaryws.",
+                 f"`{' '.join(f'{k}={v}' for k, v in PRODUCTION_ENV.items())}` for canaryws; "
+                 "`CANARYWS_SINK=none` for canaryws and its variants, `sqlite` (the default) for canaryws-sqlite and "
+                 "a fresh PostgreSQL database for canaryws-postgres.",
                  *(markdown_table(*table) for table in results), *(f"Note: {n}" for n in bench.notes)]
         args.markdown.write_text("\n\n".join(parts) + "\n")
     return 1 if args.check and missed else 0

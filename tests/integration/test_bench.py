@@ -1,13 +1,17 @@
 """The benchmark (``bench/run.py``) runs end to end: a ``--quick`` smoke run against real servers.
 
 It checks the structure of what the benchmark measured, never its goals: the machine is shared
-and noisy, and the goals are the benchmark's own ``--check``.
+and noisy, and the goals are the benchmark's own ``--check``. The sink servers need the
+machine's PostgreSQL (``CANARYWS_TEST_PG_HOST``/``_PORT``/``_USER``, as the other sink tests):
+the benchmark creates its database there and drops it at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -15,15 +19,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "run.py"
-BUDGET_SECONDS = 90
-SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow"}
-RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "naive / canaryws", "shadow cost"}
+BUDGET_SECONDS = 120
+SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow",
+           "canaryws-sqlite", "canaryws-postgres"}
+SINK_SERVERS = ("canaryws-sqlite", "canaryws-postgres")
+RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "naive / canaryws", "shadow cost",
+          "postgresql sink / none", "sqlite sink / none"}
+POSTGRES = (f"postgresql://{os.environ.get('CANARYWS_TEST_PG_USER', 'postgres')}@"
+            f"{os.environ.get('CANARYWS_TEST_PG_HOST', '127.0.0.1')}:{os.environ.get('CANARYWS_TEST_PG_PORT', '5432')}"
+            "/postgres")
 PACKAGES = ("uvicorn", "fastapi", "websockets", "picows", "opentelemetry-sdk")
 
 
@@ -31,7 +42,8 @@ def run_quick(tmp_path: Path) -> tuple[dict[str, Any], str, float]:
     out = tmp_path / "bench.json"
     markdown = tmp_path / "bench.md"
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, str(RUN), "--quick", "--json", str(out), "--markdown", str(markdown)],
+    proc = subprocess.Popen([sys.executable, str(RUN), "--quick", "--json", str(out), "--markdown", str(markdown),
+                             "--postgres", POSTGRES],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         stdout, _ = proc.communicate(timeout=BUDGET_SECONDS)
@@ -41,8 +53,20 @@ def run_quick(tmp_path: Path) -> tuple[dict[str, Any], str, float]:
         pytest.fail(f"bench/run.py --quick took more than {BUDGET_SECONDS} s:\n{stdout}")
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, stdout
-    assert markdown.read_text().count("### ") >= 5
+    assert markdown.read_text().count("### ") >= 6
+    assert "### Sink group commits" in markdown.read_text()
     return json.loads(out.read_text()), stdout, elapsed
+
+
+def databases() -> set[str]:
+    async def names() -> set[str]:
+        conn = await asyncpg.connect(POSTGRES)
+        try:
+            return {row["datname"] for row in await conn.fetch("SELECT datname FROM pg_database")}
+        finally:
+            await conn.close()
+
+    return asyncio.run(names())
 
 
 def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
@@ -58,6 +82,27 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
         assert run["bad_answers"] == 0, (name, run)
         assert run["connections"] == 50, (name, run)
         assert run["cpu_us_per_msg"] > 0, (name, run)
+
+    # canaryws and its variants answer without a sink; the sink servers persisted every answered batch
+    # (the benchmark counts the rows of canaryws_batches around each run, and fails when they fall short)
+    env = {name: server["env"] for name, server in result["settings"]["servers"].items()}
+    for name in ("canaryws", "canaryws-telemetry-off", "canaryws-shadow"):
+        assert env[name]["CANARYWS_SINK"] == "none", name
+    assert env["canaryws-sqlite"]["CANARYWS_SINK"] == "sqlite"
+    assert env["canaryws-postgres"]["CANARYWS_SINK"].startswith("postgresql://")
+    assert "sink" not in runs["canaryws"]
+    for name in SINK_SERVERS:
+        sink = runs[name]["sink"]
+        assert sink["rows"] >= runs[name]["messages"] > 0, (name, sink)
+        assert sink["commits"] > 0 and sink["commits_failed"] == 0, (name, sink)
+        assert sink["batches_committed"] == sink["rows"], (name, sink)  # each batch once, none a replay
+        assert sink["batches_replayed"] == 0 and sink["batches_unavailable"] == 0, (name, sink)
+        assert sink["batches_per_commit"] >= 1 and sink["commit_ms_mean"] > 0, (name, sink)
+        assert result["summary"]["servers"][name]["sink"]["rows_per_answer_min"] >= 1, name
+    # the benchmark's database is gone
+    database = env["canaryws-postgres"]["CANARYWS_SINK"].rsplit("/", 1)[1]
+    assert database.startswith("canaryws_bench_")
+    assert database not in databases()
 
     # every throughput ratio is a finite positive number (goals are not asserted). The shadow
     # cost divides two differences of CPU measurements of 1 s each: in one smoke round either
