@@ -1,6 +1,10 @@
 """The in-process endpoint harness: the real service (``build_service``) with its exporters
 off, and a fake ASGI WebSocket channel that the test drives, for tests that need the batch
-loop's timing or state under their control (a real server is tests/harness.py)."""
+loop's timing or state under their control (a real server is tests/harness.py).
+
+The service runs without a sink (``CANARYWS_SINK=none``): the harness does not run the app's
+lifespan, which opens the sink, and these tests are about the loop's own timing. The persist
+step is tested against real servers (tests/integration/test_sink_*.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from canaryws.core.flagdoc import FlagsDocument, encode_flags_document, parse_fl
 from canaryws.settings import Settings
 
 FLAGS = Path(__file__).resolve().parents[1] / "flags" / "features.json"
-EXPORT_OFF = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+EXPORT_OFF = {"OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "CANARYWS_SINK": "none"}
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]

@@ -32,9 +32,14 @@ from canaryws.adapters.records.endpoint import EndpointLimits, RecordsEndpoint
 from canaryws.adapters.revocation import RevocationFileError, RevocationList
 from canaryws.adapters.server.graceful import app_shutdown_budget
 from canaryws.adapters.shadow import ShadowRunner
+from canaryws.adapters.sink.committer import OK as SINK_OK
+from canaryws.adapters.sink.committer import Committer
+from canaryws.adapters.sink.migrations import SchemaTooNew
+from canaryws.adapters.sink.url import open_sink
 from canaryws.adapters.telemetry.flags import FlagsTelemetry
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
 from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.adapters.telemetry.sink import SinkTelemetry
 from canaryws.core.cohorts import expected_strict_share
 from canaryws.core.flagdoc import FlagsDocumentError
 from canaryws.settings import Settings
@@ -42,6 +47,7 @@ from canaryws.settings import Settings
 log = logging.getLogger("canaryws")
 
 PROBE_PATHS = "healthz,readyz,metrics"
+SINK_STARTUP_WAIT = 3.0  # seconds the start waits for the sink; beyond, it starts with the sink unavailable
 # The OTel ASGI middleware leaves these alone. /records never reaches it (RecordsRoute serves it
 # outside FastAPI): its span (and wrappers) would live as long as each connection; the endpoint's
 # own connect span covers the handshake instead and continues a client's W3C trace context
@@ -53,6 +59,10 @@ UNINSTRUMENTED_URLS = PROBE_PATHS
 SANITIZED_HEADERS = ("authorization", "cookie", ".*token.*", ".*secret.*", ".*api[-_]?key.*", ".*password.*",
                      ".*session.*")
 SANITIZE_FIELDS_VAR = "OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_SANITIZE_FIELDS"
+
+
+class SinkSettingError(ValueError):
+    """``CANARYWS_SINK`` names no sink."""
 
 
 class FlagSource(Protocol):
@@ -145,6 +155,17 @@ def build_service(settings: Settings) -> Service:
         max_length=settings.max_record_length,
         sample_rate=settings.shadow_sample_rate,
     )
+    try:
+        sink = open_sink(settings.sink, settings.data_dir, timeout=settings.sink_timeout)
+    except ValueError as exc:
+        raise SinkSettingError(str(exc)) from None
+    committer: Committer | None = None
+    if sink is not None:
+        sink_telemetry = SinkTelemetry(telemetry.meter_provider, sink.name)
+        committer = group = Committer(sink, timeout=settings.sink_timeout, retention=settings.sink_retention,
+                                      observe=sink_telemetry.committed, counted=sink_telemetry.batches)
+        sink_telemetry.watch(lambda: group.state == SINK_OK, lambda: group.pending)
+
     records = RecordsEndpoint(
         flags=flags,
         tokens=tokens,
@@ -174,6 +195,7 @@ def build_service(settings: Settings) -> Service:
         default_strategy=settings.default_strategy,
         app_name=settings.service_name,
         environment=settings.unleash_environment,
+        committer=committer,
     )
     records_telemetry.totals.track(records.open_summaries)  # the batch metrics read the open slices too
 
@@ -182,6 +204,14 @@ def build_service(settings: Settings) -> Service:
         watcher = asyncio.create_task(flags.run(), name="flags-watcher")
         revocations_watcher = asyncio.create_task(revocations.run(), name="revocations-watcher")
         sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
+        committing: asyncio.Task[None] | None = None
+        if committer is not None:  # connect and migrate up (a schema newer than this release stops the start)
+            try:
+                await committer.start(SINK_STARTUP_WAIT)
+            except SchemaTooNew as exc:
+                log.error("cannot start: %s", exc)
+                raise
+            committing = asyncio.create_task(committer.run(), name="sink-committer")
         if isinstance(flags, UnleashFlagSource):  # connections wait for the server's flags, within a bound
             await flags.wait_first_poll(settings.unleash_startup_wait)
         freeze_startup_objects()
@@ -194,6 +224,7 @@ def build_service(settings: Settings) -> Service:
                 "flags_revision": flags.revision,
                 "default_strategy": settings.default_strategy,
                 "traces": telemetry.trace_exporter_kind,
+                "sink": committer.status() if committer is not None else "none",
             },
         )
         try:
@@ -202,10 +233,12 @@ def build_service(settings: Settings) -> Service:
             # The app's share of the shutdown bound, counted from here (the connections are closed).
             shutdown_budget = app_shutdown_budget(settings.shutdown_timeout)
             shutdown_deadline = time.monotonic() + shutdown_budget
-            for task in (watcher, revocations_watcher, sweeper):
+            for task in (watcher, revocations_watcher, sweeper, *([committing] if committing else [])):
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if committer is not None:  # the commits under way finish; the sink's connections close
+                await committer.close(max((shutdown_deadline - time.monotonic()) / 2, 0.1))
             # bounded flush of spans and metrics, off the event loop, in what is left of the budget
             await asyncio.to_thread(telemetry.shutdown, max(shutdown_deadline - time.monotonic(), 0.0))
 
@@ -215,6 +248,7 @@ def build_service(settings: Settings) -> Service:
         probes_router(
             flags_status=flags.status, metrics_text=telemetry.metrics_text, telemetry_status=telemetry.status,
             is_admin=admin_credential_check(admin_credential),
+            sink_status=committer.status if committer is not None else None,
         )
     )
 
@@ -250,7 +284,7 @@ def startup_error(exc: Exception, settings: Settings) -> str | None:
     exception."""
     if isinstance(exc, FlagsDocumentError):
         return f"cannot start: flags document {settings.flags_path}: {exc}"
-    if isinstance(exc, RevocationFileError | CredentialFileError):  # the token secret's and admin.key's
+    if isinstance(exc, RevocationFileError | CredentialFileError | SinkSettingError):  # token secret, admin.key too
         return f"cannot start: {exc}"
     return None
 

@@ -143,6 +143,10 @@ class Settings:
     # the strategy of every client while records.strict is absent from the flags document
     default_strategy: str = DEFAULT_STRATEGY
     # Unleash server backend (used when url and api token are both set; from_env takes them from UnleashSettings)
+    # the persist step (docs/sink.md): "sqlite" (<data-dir>/sink.sqlite3), sqlite:///PATH, postgresql://..., none
+    sink: str = field(default="sqlite", repr=False)  # a URL may hold a password
+    sink_timeout: float = 5.0  # a commit not done by then answers its batches `unavailable`
+    sink_retention: float = 24 * 3600.0  # seconds an idempotency key (client id, batch id) is kept
     unleash_url: str | None = None
     unleash_api_token: str | None = field(default=None, repr=False)
     unleash_environment: str = DEFAULT_UNLEASH_ENVIRONMENT
@@ -202,6 +206,9 @@ class Settings:
             "shutdown_timeout": ("CANARYWS_SHUTDOWN_TIMEOUT", float),
             "workers": ("CANARYWS_WORKERS", _at_least_one),
             "default_strategy": ("CANARYWS_DEFAULT_STRATEGY", _strategy),
+            "sink": ("CANARYWS_SINK", str.strip),
+            "sink_timeout": ("CANARYWS_SINK_TIMEOUT", _positive),
+            "sink_retention": ("CANARYWS_SINK_RETENTION", _positive),
             "unleash_refresh_interval": ("UNLEASH_REFRESH_INTERVAL", float),
             "unleash_request_timeout": ("UNLEASH_REQUEST_TIMEOUT", float),
             "unleash_startup_wait": ("CANARYWS_UNLEASH_STARTUP_WAIT", float),

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
 from contract_check import ContractRecord, ContractViolation, document, server_messages, validate_server_frame
@@ -110,10 +110,53 @@ def test_every_server_message_error_code_and_reason_matches_the_document(
 
         asyncio.run(scenario())
 
-    # Coverage: every server message and every error code of the document was received and validated.
+    # Coverage: every server message and every error code of the document was received and validated
+    # (`unavailable`, which needs a sink that cannot commit: test_the_v2_frames_match_the_document).
     seen = contract_record.frames
     assert {f["type"] for f in seen} == set(server_messages())
-    assert {f["code"] for f in seen if f["type"] == "error"} == enum_of("Error", "code")
+    assert {f["code"] for f in seen if f["type"] == "error"} == enum_of("Error", "code") - {"unavailable"}
+    assert not contract_record.violations
+
+
+def test_the_v2_frames_match_the_document(tmp_path: Path, contract_record: ContractRecord) -> None:
+    """Contract v2 from real services: the welcome and results with ``durable``, a replay, the
+    ``unavailable`` error of a sink that cannot commit (a PostgreSQL port nothing listens on), and
+    the v1 close 1013 in the same situation; every frame validates against docs/asyncapi.yaml."""
+    v2 = [Subprotocol("canaryws.records.v2")]
+
+    async def v2_frames(service: Service, batch_ids: list[str]) -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {service.token('v2-client')}"}
+        frames: list[dict[str, Any]] = []
+        for batch_id in batch_ids:  # one connection each: a repeated id is a replay, not a duplicate_id
+            async with connect(service.ws_url, additional_headers=headers, subprotocols=v2, open_timeout=10) as ws:
+                frames.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
+                frames += await send_batch(ws, batch_id, RECORDS)
+        return frames
+
+    with Service(tmp_path / "sqlite", flags_doc(strict_rollout=50)) as service:
+        frames = asyncio.run(v2_frames(service, ["d-1", "d-1"]))
+        assert [(f["type"], f.get("durable"), f.get("replay")) for f in frames] == [
+            ("welcome", True, None), ("result", True, False), ("welcome", True, None), ("result", True, True)]
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    with Service(tmp_path / "down", flags_doc(strict_rollout=50), env={"CANARYWS_SINK": dead}) as service:
+        frames = asyncio.run(v2_frames(service, ["u-1"]))
+        assert (frames[-1]["type"], frames[-1]["code"], frames[-1]["retry_after_ms"]) == ("error", "unavailable", 1000)
+
+        async def v1_closed() -> int:
+            async with service.client("v1-client") as (ws, _):
+                await ws.send(json.dumps({"type": "batch", "id": "u-2", "records": RECORDS}))
+                try:
+                    await asyncio.wait_for(ws.recv(), 10)
+                except ConnectionClosed as closed:
+                    assert closed.rcvd is not None
+                    return closed.rcvd.code
+            raise AssertionError("the v1 connection was not closed")
+
+        assert asyncio.run(v1_closed()) == 1013
+    codes = {row["code"] for row in document()["channels"]["records"]["x-canaryws-close-codes"]}
+    assert 1013 in codes
+    assert any(f.get("code") == "unavailable" for f in contract_record.frames)
     assert not contract_record.violations
 
 

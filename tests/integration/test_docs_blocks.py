@@ -64,6 +64,7 @@ BLOCKS_OF: dict[str, tuple[str, ...]] = {
     "test_a_replica_at_a_glance": ("replica-at-a-glance",),
     "test_replaying_the_guard": ("guard-replay",),
     "test_the_client_guide": ("client-pipeline", "client-run"),
+    "test_the_sink_migrations": ("sink-migrate", "sink-rollback"),
 }
 # Pages whose blocks carry no marker yet, with how many there are and why they are not run; an
 # entry goes once its page is marked (the count then no longer matches).
@@ -332,3 +333,17 @@ def test_the_client_guide(tmp_path: Path, docs: Docs) -> None:
         out = docs.run_block("client-run", service).out
     assert "connected as tenant-7 in cohort lenient" in out, out
     assert out.strip().splitlines()[-1] == "{'accepted': 1000, 'rejected': 0, 'skipped': 2000}", out
+
+
+def test_the_sink_migrations(tmp_path: Path, docs: Docs) -> None:
+    """docs/sink.md's migrations on the default sink (data/sink.sqlite3): status before and after
+    migrating up, then the rollback recipe down to version 1."""
+    up = docs.run_block("sink-migrate", None).out.splitlines()
+    sink = f"sink sqlite://{tmp_path}/data/sink.sqlite3"
+    assert up[:2] == [sink, "no database file yet: the service creates it at its start, or canaryws sink migrate"], up
+    assert up[2].startswith(f"{sink}: 0 → 1 (") and up[3].startswith(f"{sink}: 1 → 2 ("), up
+    assert up[4:] == [sink, "schema version 2 (this release's latest: 2): up to date", "canaryws_idempotency 0 rows",
+                      "canaryws_batches 0 rows"], up
+    down = docs.run_block("sink-rollback", None).out.splitlines()
+    assert down[0].startswith(f"{sink}: 2 → 1 (undo: "), down
+    assert down[2].startswith("schema version 1 (this release's latest: 2): behind"), down

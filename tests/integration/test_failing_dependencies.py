@@ -461,7 +461,7 @@ def test_unleash_down_at_start_serves_the_bootstrap_then_takes_the_servers_flags
             async def now_strict() -> None:
                 async with service.client("boot-1") as (ws, welcome):
                     assert welcome["cohort"]["strategy"] == "strict"
-                    assert (await send_batch(ws, "b", [""]))[-1]["rejected"] == [{"index": 0, "code": "empty"}]
+                    assert (await send_batch(ws, "b-strict", [""]))[-1]["rejected"] == [{"index": 0, "code": "empty"}]
 
             asyncio.run(now_strict())
         assert "Traceback" not in service.logs()

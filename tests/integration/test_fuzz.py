@@ -63,6 +63,10 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
         "CANARYWS_MAX_RECORD_LENGTH": str(MAX_LENGTH),
         "CANARYWS_MAX_FRAME_BYTES": str(MAX_FRAME),
         "CANARYWS_DUPLICATE_ID_WINDOW": str(WINDOW),
+        # No sink: the model is the contract of one connection, and every example reuses the same
+        # two client ids and ids like "b-0", which a sink would answer as replays of an earlier
+        # example's batch (that is the sink's contract: tests/integration/test_sink_*.py).
+        "CANARYWS_SINK": "none",
     }
     with Service(tmp_path_factory.mktemp("fuzz"), flags_doc(strict_rollout=50), env=env) as svc:
         yield svc

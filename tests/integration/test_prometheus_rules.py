@@ -4,6 +4,7 @@ metric (and selector label) the alerts use exists on a real service's /metrics, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -236,6 +237,19 @@ def test_every_metric_the_alerts_use_exists_on_the_service_and_the_guard(tmp_pat
         asyncio.run(traffic())
         scrape = exposed(service.get("/metrics").text)
         probe_scrape = exposed(probe_metrics(service))
+    # A sink that cannot commit (a PostgreSQL port nothing listens on): the `unavailable` outcome.
+    down = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    with Service(tmp_path / "down", flags_doc(strict_rollout=50), env={"CANARYWS_SINK": down}) as service_down:
+        async def refused() -> None:
+            async with service_down.client("rules-down") as (ws, _welcome):
+                await ws.send(json.dumps({"type": "batch", "id": "lost", "records": ["a"]}))
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.recv(), 10)  # closed with 1013 (v1)
+
+        asyncio.run(refused())
+        for name, per_label in exposed(service_down.get("/metrics").text).items():
+            for label, values in per_label.items():
+                scrape.setdefault(name, {}).setdefault(label, set()).update(values)
     assert_exposed(service_names, labels, scrape, "the service's /metrics")
     assert_exposed(probe_names, labels, probe_scrape, "the probe's /metrics")
 

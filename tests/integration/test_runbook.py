@@ -612,6 +612,47 @@ def test_the_telemetry_pipeline_down(tmp_path: Path, runbook: Runbook) -> None:
         assert service.get("/readyz").status_code == 200
 
 
+@covers("sink-state", "sink-status")
+def test_the_sink_is_unavailable(tmp_path: Path, runbook: Runbook) -> None:
+    """The playbook's situation: the replica's PostgreSQL refuses its connections. The blocks show
+    the sink unavailable with its last error and the unavailable batches, and `sink status` says
+    it cannot connect (exit 1); once the database is back, with no restart, they show it ok."""
+    from private_postgres import fresh_database, psql
+
+    with fresh_database("canaryws_runbook_sink") as url:
+        name = url.rsplit("/", 1)[1]
+        admin = url.rsplit("/", 1)[0] + "/postgres"
+        with Service(tmp_path, flags_doc(strict_rollout=50), env={"CANARYWS_SINK": url}) as service:
+            env = file_env(service, CANARYWS_SINK=url)
+            drive(service, [f"s-{i}" for i in range(4)], batches=3, records=clean)
+            psql(admin, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false; SELECT pg_terminate_backend(pid) "
+                        f"FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid();")
+
+            async def refused_batch() -> dict[str, Any]:
+                headers = {"Authorization": f"Bearer {service.token('s-9')}"}
+                async with connect(service.ws_url, additional_headers=headers, open_timeout=10,
+                                   subprotocols=["canaryws.records.v2"]) as ws:  # type: ignore[list-item]
+                    await ws.recv()
+                    frames = await send_batch(ws, "late", clean(0))
+                    return frames[-1]
+
+            assert asyncio.run(refused_batch())["code"] == "unavailable"
+            ran = runbook.run("sink-state", env)
+            state = json.loads(ran.out.splitlines()[0])
+            assert state["sink"] == "postgresql" and state["state"] == "unavailable" and state["last_error"]
+            assert metric_value(ran.out, "canaryws_sink_up", sink="postgresql") == 0
+            assert metric_value(ran.out, "canaryws_sink_batches_total", sink="postgresql", outcome="committed") == 12
+            assert metric_value(ran.out, "canaryws_sink_batches_total", sink="postgresql", outcome="unavailable") >= 1
+            ran = runbook.run("sink-status", env, expect=1)
+            assert name in ran.err and "postgres:***@" not in ran.out  # no password in the URL anyway
+
+            psql(admin, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true;")
+            wait_until(lambda: service.get("/readyz").json()["sink"]["state"] == "ok", 15, "the sink back")
+            assert json.loads(runbook.run("sink-state", env).out.splitlines()[0])["state"] == "ok"
+            ran = runbook.run("sink-status", env)
+            assert "canaryws_batches" in ran.out and "12" in ran.out
+
+
 @covers("storm-metrics", "storm-clients", "storm-revoke")
 def test_a_connection_storm(tmp_path: Path, runbook: Runbook) -> None:
     with Service(tmp_path, flags_doc(strict_rollout=50), env={"CANARYWS_MAX_CONNECTIONS_PER_CLIENT": "3"}) as service:

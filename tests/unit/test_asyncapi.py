@@ -68,8 +68,8 @@ def test_the_tables_have_one_row_per_name_and_the_documented_retry_advice() -> N
         (429, "too_many_handshakes_from_source"), (429, "too_many_handshakes"), (431, "header_too_large"),
         (503, "over_capacity"),
     }
-    assert set(closes) == {1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012}
-    assert {code for code, c in closes.items() if c.retryable} == {1001, 1006, 1011, 1012}
+    assert set(closes) == {1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1012, 1013}
+    assert {code for code, c in closes.items() if c.retryable} == {1001, 1006, 1011, 1012, 1013}
     for r in contract.HANDSHAKE_REFUSALS:
         if r.status in (429, 503):
             assert r.retryable, r
@@ -201,10 +201,11 @@ def test_the_document_describes_the_endpoint_security_and_operations() -> None:
     assert doc["asyncapi"].startswith("3.0")
     channel = doc["channels"]["records"]
     assert channel["address"] == "/records"
-    assert channel["x-canaryws-subprotocols"] == [contract.PROTOCOL_V1]
+    assert channel["x-canaryws-subprotocols"] == [contract.PROTOCOL_V2, contract.PROTOCOL_V1]
     ws = channel["bindings"]["ws"]
     assert ws["method"] == "GET" and "access_token" in ws["query"]["properties"]
-    assert contract.PROTOCOL_V1 in ws["headers"]["properties"]["Sec-WebSocket-Protocol"]["description"]
+    for protocol in (contract.PROTOCOL_V2, contract.PROTOCOL_V1):
+        assert protocol in ws["headers"]["properties"]["Sec-WebSocket-Protocol"]["description"]
     schemes = doc["components"]["securitySchemes"]
     assert schemes["httpBearer"] | {"description": ""} == {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": ""}

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from canaryws.core import contract
 from canaryws.core.cohorts import Cohort
 from canaryws.core.strategies import STRICT
+from canaryws.core.strategies.outcome import Outcome
 
 
 def test_decodes_a_batch() -> None:
@@ -103,11 +104,28 @@ def test_welcome_and_cohort_frames() -> None:
     assert change == {"type": "cohort", "cohort": welcome["cohort"], "reason": "flags_changed"}
 
 
+def test_v2_frames_add_durable_and_replay_and_v1_frames_stay_as_they_were() -> None:
+    cohort = Cohort("strict", 1, False, "rev1")
+    out = Outcome("lenient", 1, [(0, "a")], [(1, "blank")], [])
+    v1 = json.loads(contract.encode_result("b-1", out))
+    assert "durable" not in v1 and "replay" not in v1
+    assert json.loads(contract.encode_result("b-1", out, True, True)) == {**v1, "durable": True, "replay": True}
+    welcome = json.loads(contract.encode_welcome(connection_id="c", client_id="u", cohort=cohort,
+                                                 protocol=contract.PROTOCOL_V2, durable=True))
+    assert (welcome["protocol"], welcome["durable"]) == ("canaryws.records.v2", True)
+    assert "durable" not in json.loads(contract.encode_welcome(connection_id="c", client_id="u", cohort=cohort,
+                                                               durable=True))  # v1: never said
+    error = json.loads(contract.encode_unavailable("b-2", "down", 1.5))
+    assert error == {"type": "error", "id": "b-2", "code": "unavailable", "detail": "down", "retry_after_ms": 1500}
+
+
 @pytest.mark.parametrize(
     ("offered", "expected"),
     [([], (True, None)), (["canaryws.records.v1"], (True, "canaryws.records.v1")),
      (["canaryws.records.v9", "canaryws.records.v1"], (True, "canaryws.records.v1")),
-     (["canaryws.records.v9"], (False, None))],
+     (["canaryws.records.v9"], (False, None)),
+     (["canaryws.records.v2", "canaryws.records.v1"], (True, "canaryws.records.v2")),
+     (["canaryws.records.v1", "canaryws.records.v2"], (True, "canaryws.records.v1"))],  # the client's preference
 )
 def test_subprotocol_negotiation(offered: list[str], expected: tuple[bool, str | None]) -> None:
     assert contract.negotiate_subprotocol(offered) == expected

@@ -16,6 +16,15 @@ How it keeps the contract (docs/contract.md):
   after 400, 403, 1003, 1007, 1008 otherwise, 1009. Every batch without an answer is resent
   on the new connection, in its original order and under its original id, before any new
   batch; an answered batch is never resent.
+- **Durable answers (contract v2).** The client offers ``canaryws.records.v2`` first, then
+  v1. Against a service with a sink, a ``result`` is sent only once the batch is committed
+  (``Result.durable``); a batch the sink could not commit gets the error ``unavailable``, and
+  the client resends it under the same id after the service's ``retry_after_ms`` (with up to
+  50 % jitter), until ``give_up_after`` seconds have passed since its first ``unavailable``
+  (then :class:`BatchError`). A resend of a batch the service had committed (a lost answer,
+  a reconnection) is answered with the stored outcome, ``Result.replay`` true, whatever the
+  client's cohort is now; such a result is not checked against the current cohort, nor
+  against the records sent (a batch id reused for other records gets the first one's outcome).
 - **Give-up.** ``max_attempts`` failed handshakes in a row or ``give_up_after`` seconds end
   the session with :class:`GaveUp`, raised by every waiting and later call.
 """
@@ -29,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Mapping
@@ -87,6 +97,7 @@ class _Pending:
     size: int  # records in the batch
     answer: asyncio.Future[Result]
     generation: int = -1  # the connection it was last sent on (-1: not sent yet)
+    unavailable_since: float | None = None  # monotonic time of its first `unavailable` answer
 
 
 class _Lost(Exception):
@@ -154,6 +165,7 @@ class Client:
         self._closing = False
         self._failure: CanarywsError | None = None
         self._supervisor: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()  # resends after `unavailable`, waiting
         self._callbacks: list[Callable[[CohortUpdate], object]] = [on_cohort] if on_cohort else []
         self._subscribers: list[asyncio.Queue[CohortUpdate | None]] = []
         self._id_prefix = f"{os.getpid():x}-{next(_ids):x}-"
@@ -173,6 +185,11 @@ class Client:
     @property
     def client_id(self) -> str | None:
         return None if self.welcome is None else self.welcome.client_id
+
+    @property
+    def durable(self) -> bool:
+        """Whether the service commits each batch before answering it (v2's welcome says so)."""
+        return self.welcome is not None and self.welcome.durable is True
 
     @property
     def in_flight(self) -> int:
@@ -235,9 +252,9 @@ class Client:
             return
         self._closing = True
         self._connected = False
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        for task in (*self._retries, *([self._supervisor] if self._supervisor is not None else [])):
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
         if self._ws is not None:
             await self._ws.close()
         self._fail_all(ConnectionClosed(1000, "client closed"))
@@ -322,7 +339,7 @@ class Client:
             ws = await ws_connect(
                 self.url,
                 additional_headers=headers,
-                subprotocols=[websockets.Subprotocol(contract.PROTOCOL_V1)],
+                subprotocols=[websockets.Subprotocol(p) for p in contract.SUPPORTED_PROTOCOLS],
                 open_timeout=self._open_timeout,
                 max_size=self._max_answer_bytes,
                 compression=None,
@@ -450,7 +467,33 @@ class Client:
             if error.id not in self._forgotten:
                 self._violation(ContractViolation(frame, "an error frame for no batch in flight"), None)
             return
+        if error.code == contract.UNAVAILABLE and self._retry_later(pending, error):
+            return
         self._settle(pending, BatchError(error.code, error.detail, error.id))
+
+    def _retry_later(self, pending: _Pending, error: Error) -> bool:
+        """Resend ``pending`` after the hint of an ``unavailable`` answer (True), unless the
+        policy says to give up (False: the caller gets the error)."""
+        now = time.monotonic()
+        if pending.unavailable_since is None:
+            pending.unavailable_since = now
+        policy = self._reconnect
+        if policy is None or (policy.give_up_after is not None and now - pending.unavailable_since
+                              > policy.give_up_after):
+            return False
+        hint = error.retry_after_ms / 1000 if isinstance(error.retry_after_ms, int) else 1.0
+        task = asyncio.get_running_loop().create_task(self._resend_after(pending, hint * (1 + random.random() / 2)))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+        return True
+
+    async def _resend_after(self, pending: _Pending, delay: float) -> None:
+        generation = pending.generation
+        await asyncio.sleep(delay)
+        # Still waiting, and not resent meanwhile by a reconnection (which resends every batch
+        # without an answer): send it again on this connection.
+        if self._pending.get(pending.batch_id) is pending and pending.generation == generation and self._connected:
+            await self._send(pending)
 
     def _oldest(self) -> _Pending | None:
         return next((p for p in self._pending.values() if p.generation == self._generation), None)
@@ -512,6 +555,10 @@ def check_result(result: Result, size: int, cohort: CohortInfo | None) -> str | 
         if any(a >= b for a, b in itertools.pairwise(indices)):
             return f"the {name} indices are not ascending"
     every = sorted(itertools.chain(*lists))
+    if result.replay is True:
+        # The outcome stored when a batch with this id was first committed, under the cohort of
+        # then, and for the records of then (the same ones, unless the caller reused the id).
+        return None if every == list(range(len(every))) else "the replayed result names an index twice or skips one"
     if every != list(range(size)):
         return f"the result does not name each of the batch's {size} indices exactly once"
     if cohort is not None and (result.strategy, result.strategy_version) != (cohort.strategy, cohort.strategy_version):

@@ -48,7 +48,8 @@ CLOSED_SCHEMAS: Final = tuple(
 
 _COHORT = CohortInfo("strict", 1, False, "3b1f0c2a9d7e4410")
 _EXAMPLES: Final[dict[str, list[tuple[str, msgspec.Struct | dict[str, Any]]]]] = {
-    "welcome": [("welcome", Welcome("canaryws.records.v1", "9f0c1d2e3f4a5b6c", "tenant-42", _COHORT))],
+    "welcome": [("welcome", Welcome("canaryws.records.v1", "9f0c1d2e3f4a5b6c", "tenant-42", _COHORT)),
+                ("welcome_v2", Welcome("canaryws.records.v2", "9f0c1d2e3f4a5b6c", "tenant-42", _COHORT, True))],
     "result": [
         ("strict", Result("b-1", "strict", 1, [Accepted(0, "a"), Accepted(3, "b")], [],
                           [Rejected(1, "empty"), Rejected(2, "blank"), Rejected(4, "missing"),
@@ -56,17 +57,23 @@ _EXAMPLES: Final[dict[str, list[tuple[str, msgspec.Struct | dict[str, Any]]]]] =
         ("lenient", Result("b-1", "lenient", 1, [Accepted(0, "a"), Accepted(3, "b")],
                            [Skipped(1, "empty"), Skipped(2, "blank"), Skipped(4, "missing"),
                             Skipped(5, "not_a_string")], [])),
+        ("v2_durable", Result("b-2", "strict", 1, [Accepted(0, "c")], [], [], durable=True, replay=False)),
+        ("v2_replay", Result("b-1", "lenient", 1, [Accepted(0, "a")], [Skipped(1, "blank")], [], durable=True,
+                             replay=True)),
     ],
     "cohort": [("flags_changed", CohortChange(CohortInfo("lenient", 1, False, "7c2d9e0f1a3b5c6d"), "flags_changed"))],
     "error": [
         ("too_many_records", Error("b-7", "too_many_records", "batch has 10001 records; the limit is 10000")),
         ("invalid_json", Error(None, "invalid_json", "frame is not valid JSON: malformed data")),
+        ("unavailable", Error("b-8", "unavailable", "the sink could not commit this batch (ConnectionRefusedError); "
+                              "nothing of it was written: resend it", 1000)),
     ],
     "batch": [("batch", {"type": "batch", "id": "b-1", "records": [" a ", "", "  ", "b", None, 5]})],
 }
 
 _SUMMARIES: Final = {
-    "welcome": "The first frame after the upgrade: the protocol, the connection and the client's cohort.",
+    "welcome": "The first frame after the upgrade: the protocol, the connection and the client's cohort (v2: and "
+    "whether results are durable).",
     "result": "Exactly one per well-formed batch, in the order the batches arrived.",
     "cohort": "Sent before the first result produced under a new cohort (the flags changed).",
     "error": "A message-level error; the connection stays open.",
@@ -74,7 +81,9 @@ _SUMMARIES: Final = {
 }
 _DESCRIPTIONS: Final = {
     "result": "Every index of the batch appears exactly once across `accepted`, `skipped` and `rejected`, each "
-    "list in ascending index order. `strict` never skips; `lenient` never rejects.",
+    "list in ascending index order. `strict` never skips; `lenient` never rejects. v2 adds `durable` (the batch was "
+    "committed to the sink before this frame was sent) and `replay` (the outcome stored when a batch with this client "
+    "id and batch id was first committed; it was not processed again). A v1 connection gets neither field.",
     "cohort": "A connection's cohort is decided at connect time and re-decided only when the flags revision "
     "changes, at the next batch boundary. A revision change that leaves the strategy, its version and `shadow` "
     "unchanged sends no cohort frame.",
@@ -84,17 +93,19 @@ _DESCRIPTIONS: Final = {
 
 
 def document() -> dict[str, Any]:
-    """The AsyncAPI 3.0 document of contract v1."""
+    """The AsyncAPI 3.0 document of contracts v1 and v2 (v2 = v1 + the fields marked v2)."""
     messages = {**SERVER_MESSAGES, **CLIENT_MESSAGES}
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": "canaryws records",
-            "version": "1",
+            "version": "2",
             "description": (
-                "Contract v1 of canaryws: clients send batches of records over a WebSocket and get one answer per "
-                "batch. Generated from the code (`canaryws contract asyncapi`, from `canaryws.core.contract`); "
-                "docs/contract.md is the prose explanation."
+                "Contracts v1 and v2 of canaryws: clients send batches of records over a WebSocket and get one "
+                "answer per batch. v2 (subprotocol `canaryws.records.v2`) adds what a durable persist step says: "
+                "`durable` and `replay` on results and welcome, and the retryable error `unavailable`; a client "
+                "that offers v1 (or no subprotocol) gets v1's frames. Generated from the code (`canaryws contract "
+                "asyncapi`, from `canaryws.core.contract`); docs/contract.md is the prose explanation."
             ),
         },
         "defaultContentType": "application/json",
@@ -146,8 +157,9 @@ def _channel(messages: dict[str, type[msgspec.Struct]]) -> dict[str, Any]:
                                           "such header."},
                         "Sec-WebSocket-Protocol": {
                             "type": "string",
-                            "description": f"The subprotocols offered; one of them must be `{contract.PROTOCOL_V1}`. "
-                            "A client that offers none gets v1 without the header in the answer.",
+                            "description": f"The subprotocols offered, in order of preference; one of them must be "
+                            f"`{contract.PROTOCOL_V2}` or `{contract.PROTOCOL_V1}` (the first supported one is "
+                            "chosen). A client that offers none gets v1 without the header in the answer.",
                         },
                         "Origin": {"type": "string", "description": "At most one; checked against "
                                    "CANARYWS_ALLOWED_ORIGINS when that is set."},
@@ -182,7 +194,8 @@ def _channel_description() -> str:
         f"| {c.code} | {c.name} | {c.meaning} | {yes_no[c.retryable]} |" for c in contract.CLOSE_CODES
     )
     return (
-        f"The WebSocket endpoint, subprotocol `{contract.PROTOCOL_V1}`; all frames are JSON text frames.\n\n"
+        f"The WebSocket endpoint, subprotocols `{contract.PROTOCOL_V2}` and `{contract.PROTOCOL_V1}`; all frames "
+        "are JSON text frames.\n\n"
         "Refusals happen before the upgrade, as HTTP answers with a JSON body `{\"error\": ..., \"detail\": ...}` "
         "(machine-readable: `x-canaryws-handshake-refusals`):\n\n"
         "| status | error | meaning | retry |\n|---|---|---|---|\n"

@@ -1,4 +1,11 @@
-"""Contract v1: the messages clients and the service exchange over ``/records``.
+"""Contracts v1 and v2: the messages clients and the service exchange over ``/records``.
+
+v2 (``canaryws.records.v2``) is v1 plus what a durable persist step needs to say: a
+``result`` says whether its batch is committed (``durable``) and whether it is the stored
+answer of an earlier send of the same batch (``replay``); the ``welcome`` says whether
+results are durable; the error ``unavailable`` (with ``retry_after_ms``) answers a batch
+the sink could not commit. A v1 client gets the v1 frames, byte for byte as before; when
+the sink is unavailable its connection is closed with 1013 instead (docs/contract.md).
 
 Pure: decoding and encoding of JSON text frames, and the error codes. The per-batch
 path is one typed msgspec decode (validation included) and one encode; malformed
@@ -26,7 +33,8 @@ from canaryws.core.cohorts import Cohort
 from canaryws.core.strategies.outcome import Outcome
 
 PROTOCOL_V1: Final = "canaryws.records.v1"
-SUPPORTED_PROTOCOLS: Final = (PROTOCOL_V1,)
+PROTOCOL_V2: Final = "canaryws.records.v2"
+SUPPORTED_PROTOCOLS: Final = (PROTOCOL_V2, PROTOCOL_V1)
 
 # Error codes of ``{"type":"error"}`` frames; none of them ends the connection.
 INVALID_JSON: Final = "invalid_json"
@@ -34,7 +42,8 @@ INVALID_MESSAGE: Final = "invalid_message"
 UNKNOWN_TYPE: Final = "unknown_type"
 TOO_MANY_RECORDS: Final = "too_many_records"
 DUPLICATE_ID: Final = "duplicate_id"
-ERROR_CODES: Final = (INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_MANY_RECORDS, DUPLICATE_ID)
+UNAVAILABLE: Final = "unavailable"
+ERROR_CODES: Final = (INVALID_JSON, INVALID_MESSAGE, UNKNOWN_TYPE, TOO_MANY_RECORDS, DUPLICATE_ID, UNAVAILABLE)
 ERROR_MEANINGS: Final[dict[str, str]] = {
     INVALID_JSON: "the frame is not JSON (includes NaN/Infinity literals, lone surrogate escapes, invalid UTF-8, "
     "nesting deeper than the decoder allows)",
@@ -45,6 +54,8 @@ ERROR_MEANINGS: Final[dict[str, str]] = {
     DUPLICATE_ID: "the batch `id` repeats the id of one of the last batches answered with a `result` on this "
     "connection (default 1,024; CANARYWS_DUPLICATE_ID_WINDOW, 0 turns the check off); the batch is not processed, "
     "and ids of batches that got an `error` may be reused",
+    UNAVAILABLE: "v2 only: the sink could not commit the batch (down or slow); nothing of it was written. Resend it "
+    "under the same id after `retry_after_ms` (a v1 connection is closed with 1013 instead)",
 }
 """What each error code means (docs/contract.md, "Frames"; docs/asyncapi.yaml is generated from it)."""
 
@@ -77,7 +88,7 @@ class CloseCode:
 
 HANDSHAKE_REFUSALS: Final = (
     HandshakeRefusal(400, "unsupported_subprotocol", "the client offered subprotocols, none of them supported "
-                     f"(supported: {PROTOCOL_V1})", retryable=False),
+                     f"(supported: {PROTOCOL_V2}, {PROTOCOL_V1})", retryable=False),
     HandshakeRefusal(400, "duplicate_header", "more than one Authorization or more than one Origin header",
                      retryable=False),
     HandshakeRefusal(401, "missing_token", "no `Authorization: Bearer` header and no `access_token` parameter",
@@ -121,8 +132,11 @@ CLOSE_CODES: Final = (
     CloseCode(1011, "internal_error", "an unexpected server error on this connection (logged)", retryable=True),
     CloseCode(1012, "service_restart", "the service is shutting down: it answered every batch it had read, then "
               "closed; resend every batch without an answer on a new connection", retryable=True),
+    CloseCode(1013, "try_again_later", "v1 only: the sink could not commit a batch (down or slow); nothing of it was "
+              "written and it got no answer. Reconnect after a back-off and resend every batch without an answer "
+              "(a v2 connection gets `unavailable` error frames instead and stays open)", retryable=True),
 )
-"""Every close code of contract v1, and whether the client should reconnect."""
+"""Every close code of contracts v1 and v2, and whether the client should reconnect."""
 
 CLIENT_MESSAGE_TYPES: Final = ("batch",)
 MAX_BATCH_ID_LENGTH: Final = 256
@@ -162,7 +176,9 @@ class Batch(msgspec.Struct, frozen=True):
 
 StrategyName = Literal["lenient", "strict"]
 ReasonCode = Literal["missing", "not_a_string", "empty", "blank", "control_character", "too_long"]
-ErrorCode = Literal["invalid_json", "invalid_message", "unknown_type", "too_many_records", "duplicate_id"]
+ErrorCode = Literal["invalid_json", "invalid_message", "unknown_type", "too_many_records", "duplicate_id",
+                    "unavailable"]
+ProtocolName = Literal["canaryws.records.v2", "canaryws.records.v1"]
 CohortChangeReason = Literal["flags_changed"]
 
 
@@ -177,12 +193,14 @@ class CohortInfo(msgspec.Struct, frozen=True):
 
 
 class Welcome(msgspec.Struct, frozen=True, tag_field="type", tag="welcome"):
-    """The first frame after the upgrade."""
+    """The first frame after the upgrade. ``durable`` (v2 only): whether this service commits
+    each batch to its sink before answering it."""
 
-    protocol: Literal["canaryws.records.v1"]
+    protocol: ProtocolName
     connection_id: str
     client_id: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     cohort: CohortInfo
+    durable: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class Accepted(msgspec.Struct, frozen=True):
@@ -202,7 +220,12 @@ class Rejected(msgspec.Struct, frozen=True):
 
 class Result(msgspec.Struct, frozen=True, tag_field="type", tag="result"):
     """Exactly one per well-formed batch, in the order the batches arrived; every index of
-    the batch appears exactly once across the three lists, each in ascending index order."""
+    the batch appears exactly once across the three lists, each in ascending index order.
+
+    v2 only: ``durable``, true when the batch's outcome was committed to the sink before
+    this frame was sent; ``replay``, true when this is the outcome committed the first time
+    a batch with this client id and batch id was sent (not processed again: its strategy
+    may not be the connection's current cohort's)."""
 
     id: BatchId
     strategy: StrategyName
@@ -210,6 +233,8 @@ class Result(msgspec.Struct, frozen=True, tag_field="type", tag="result"):
     accepted: list[Accepted]
     skipped: list[Skipped]
     rejected: list[Rejected]
+    durable: bool | msgspec.UnsetType = msgspec.UNSET
+    replay: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class CohortChange(msgspec.Struct, frozen=True, tag_field="type", tag="cohort"):
@@ -221,11 +246,13 @@ class CohortChange(msgspec.Struct, frozen=True, tag_field="type", tag="cohort"):
 
 class Error(msgspec.Struct, frozen=True, tag_field="type", tag="error"):
     """A message-level error; the connection stays open. ``id``: the batch id when the
-    frame carried a usable one, else null."""
+    frame carried a usable one, else null. ``retry_after_ms`` (v2, with ``unavailable``
+    only): when resending the batch is worth trying."""
 
     id: BatchId | None
     code: ErrorCode
     detail: str
+    retry_after_ms: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
 
 
 ServerMessage = Welcome | Result | CohortChange | Error
@@ -393,11 +420,16 @@ def cohort_info(cohort: Cohort) -> CohortInfo:
     return CohortInfo(cohort.strategy, cohort.strategy_version, cohort.shadow, cohort.flags_revision)  # type: ignore[arg-type]
 
 
-def encode_welcome(*, connection_id: str, client_id: str, cohort: Cohort, protocol: str = PROTOCOL_V1) -> str:
-    return _encoder.encode(Welcome(protocol, connection_id, client_id, cohort_info(cohort))).decode()  # type: ignore[arg-type]
+def encode_welcome(*, connection_id: str, client_id: str, cohort: Cohort, protocol: str = PROTOCOL_V1,
+                   durable: bool = False) -> str:
+    """The welcome frame; ``durable`` is said in v2 only."""
+    return _encoder.encode(Welcome(protocol, connection_id, client_id, cohort_info(cohort),  # type: ignore[arg-type]
+                                   durable if protocol == PROTOCOL_V2 else msgspec.UNSET)).decode()
 
 
-def encode_result(batch_id: str, outcome: Outcome) -> str:
+def encode_result(batch_id: str, outcome: Outcome, durable: bool | msgspec.UnsetType = msgspec.UNSET,
+                  replay: bool | msgspec.UnsetType = msgspec.UNSET) -> str:
+    """A result frame; v2's ``durable`` and ``replay`` only when given (a v1 frame has neither)."""
     return _encoder.encode(
         Result(
             batch_id,
@@ -406,8 +438,15 @@ def encode_result(batch_id: str, outcome: Outcome) -> str:
             [Accepted(i, v) for i, v in outcome.accepted],
             [Skipped(i, r) for i, r in outcome.skipped],  # type: ignore[arg-type]
             [Rejected(i, c) for i, c in outcome.rejected],  # type: ignore[arg-type]
+            durable,
+            replay,
         )
     ).decode()
+
+
+def encode_unavailable(batch_id: str, detail: str, retry_after: float) -> str:
+    """The v2 error frame for a batch the sink could not commit."""
+    return _encoder.encode(Error(batch_id, UNAVAILABLE, detail, max(0, round(retry_after * 1000)))).decode()
 
 
 def encode_cohort_change(cohort: Cohort, reason: CohortChangeReason = "flags_changed") -> str:
@@ -419,8 +458,9 @@ def encode_error(error: MessageError) -> str:
 
 
 def negotiate_subprotocol(offered: list[str]) -> tuple[bool, str | None]:
-    """``(acceptable, chosen)``: no offer means v1 with no subprotocol header;
-    offers without a supported version are refused."""
+    """``(acceptable, chosen)``: no offer means v1 with no subprotocol header; otherwise the
+    first offered that is supported (the client's order of preference); offers without a
+    supported version are refused."""
     if not offered:
         return True, None
     for proto in offered:

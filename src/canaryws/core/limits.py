@@ -99,6 +99,11 @@ class RecentIds:
             self._forget()
         return True
 
+    def forget(self, batch_id: str) -> None:
+        """Forget ``batch_id``, a batch that was not answered with a result after all (the sink
+        could not commit it): its id may be sent again. Its place in the window stays taken."""
+        self._ids.pop(batch_id, None)
+
     def _forget(self) -> None:
         """Drop the ids that fell out of the window (about half of them)."""
         oldest = self._next - self.window

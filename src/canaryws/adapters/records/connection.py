@@ -16,6 +16,7 @@ CLOSE_UNSUPPORTED_DATA = 1003
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_INTERNAL_ERROR = 1011
 CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013  # v1 only: the sink could not commit a batch
 
 # Why the service ended a connection itself (the ``reason`` label of
 # ``canaryws_connections_terminated_total``; the close frame carries a readable reason).
@@ -44,3 +45,4 @@ class Connection:
     abort: Callable[[], None] | None  # drops the TCP connection (see canaryws.adapters.asgi.expose_abort)
     sending_since: float = 0.0  # perf_counter() when the pending send started; 0.0 when none is pending
     ended: tuple[int, str] | None = field(default=None)  # (close code, reason) once the sweep ended it
+    protocol: str | None = None  # the negotiated subprotocol (None: v1, none offered)

@@ -40,6 +40,7 @@ from canaryws.adapters.records.flags_view import FlagsInForce, now_iso
 from canaryws.adapters.records.gate import HandshakeGate
 from canaryws.adapters.records.loop import BatchLoop
 from canaryws.adapters.shadow import ShadowRunner
+from canaryws.adapters.sink.committer import Committer
 from canaryws.adapters.telemetry.logs import client_id_var, connection_id_var
 from canaryws.adapters.telemetry.records import RecordsTelemetry, span_context
 from canaryws.core import contract
@@ -103,11 +104,14 @@ class RecordsEndpoint:
         default_strategy: str = DEFAULT_STRATEGY,
         app_name: str = "canaryws",
         environment: str = "development",
+        committer: Committer | None = None,
     ) -> None:
         """``default_strategy``: the strategy of every client while ``records.strict`` is
         absent from the flags document (``CANARYWS_DEFAULT_STRATEGY``); ``app_name`` and
         ``environment``: the ``appName`` and ``environment`` of every evaluation context
-        (the values the service's Unleash SDK client registers)."""
+        (the values the service's Unleash SDK client registers); ``committer``: the sink's
+        group commit (None: ``CANARYWS_SINK=none``, batches are answered without persisting)."""
+        self._durable = committer is not None
         self._flags = flags
         self._app_name = app_name
         self._environment = environment
@@ -132,7 +136,7 @@ class RecordsEndpoint:
             max_messages_per_second=limits.max_messages_per_second, message_burst=limits.message_burst,
             max_bytes_per_second=limits.max_bytes_per_second, bytes_burst=limits.bytes_burst,
             duplicate_id_window=limits.duplicate_id_window, end_slice=self._end_slice,
-            strict_share=self._strict_share,
+            strict_share=self._strict_share, commit=committer.submit if committer is not None else None,
         )
 
     @property
@@ -238,19 +242,23 @@ class RecordsEndpoint:
             slice_started=now,
             task=asyncio.current_task(),
             abort=websocket.scope.get(ABORT_SCOPE_KEY),
+            protocol=admitted.subprotocol,
         )
         self._open[connection_id] = conn
         self._telemetry.opened(cohort, synthetic=synthetic)
         close_code = 1006
         try:
             await websocket.send_text(
-                contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort)
+                contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort,
+                                        protocol=admitted.subprotocol or contract.PROTOCOL_V1, durable=self._durable)
             )
             close_code = await self._loop.serve(websocket, conn, self._client_bytes.get(client_id))
         except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
-            close_code = conn.ended[0] if conn.ended else gone.code
+            close_code = conn.ended[0] if conn.ended else (await self._queued_close(websocket) or gone.code)
         except OSError:  # the same on the server's channel (uvicorn's ClientDisconnected)
-            close_code = conn.ended[0] if conn.ended else 1006
+            # (or the server closed the connection for a protocol error of the client's, read while
+            # the batch waited on the sink: the queued disconnect says which)
+            close_code = conn.ended[0] if conn.ended else (await self._queued_close(websocket) or 1006)
         except asyncio.CancelledError:
             if conn.ended is None:  # not ours: the server is stopping, and it sent 1012
                 close_code = CLOSE_SERVICE_RESTART

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Receive, Send
@@ -24,13 +24,15 @@ from starlette.websockets import WebSocket
 
 from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY
 from canaryws.adapters.records.after_round import AfterRound
-from canaryws.adapters.records.connection import CLOSE_UNSUPPORTED_DATA, Connection
+from canaryws.adapters.records.connection import CLOSE_TRY_AGAIN_LATER, CLOSE_UNSUPPORTED_DATA, Connection
 from canaryws.adapters.records.flags_view import FlagsInForce, now_iso
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.core import contract
 from canaryws.core.cohorts import Cohort, FlagSnapshotView, decide_cohort
 from canaryws.core.limits import RecentIds, TokenBucket
+from canaryws.core.sink import Committed, Handoff, SinkUnavailable
 from canaryws.core.strategies import STRATEGIES, VERSIONS
+from canaryws.core.strategies.outcome import Outcome
 from canaryws.core.summary import END_COHORT_CHANGED
 
 log = logging.getLogger("canaryws.records")
@@ -58,7 +60,11 @@ class BatchLoop:
         duplicate_id_window: int,
         end_slice: Callable[[Connection, str, Cohort | None, float | None], None],
         strict_share: Callable[[FlagSnapshotView], float | None],
+        commit: Callable[[Handoff], Awaitable[Committed]] | None = None,
     ) -> None:
+        """``commit``: the sink's (:meth:`canaryws.adapters.sink.committer.Committer.submit`),
+        None without a sink (``CANARYWS_SINK=none``)."""
+        self._commit = commit
         self._flags = flags
         self._telemetry = telemetry
         self._after = after_round
@@ -114,7 +120,16 @@ class BatchLoop:
         clock = time.perf_counter
         wall_ns = time.time_ns
         decode_batch = contract.decode_batch
-        encode_result = contract.encode_result
+        commit = self._commit
+        v2 = conn.protocol == contract.PROTOCOL_V2
+        encode_result: Callable[[str, Outcome], str] = contract.encode_result
+        if v2:
+            encode_v2 = contract.encode_result
+            durable = commit is not None
+
+            def encode_result(batch_id: str, outcome: Outcome) -> str:
+                return encode_v2(batch_id, outcome, durable, False)
+        client_id = conn.context.client_id
         each_batch = telemetry.records_each_batch
         gap = telemetry.batch_gap()  # batches until the next batch span
         while True:
@@ -178,6 +193,19 @@ class BatchLoop:
                 continue
             try:
                 outcome = strategy(batch.records, max_length)
+                if commit is not None:  # the answer waits for the commit: nothing is read meanwhile
+                    try:
+                        committed = await commit(Handoff(client_id, batch.id, connection_id, cohort.flags_revision,
+                                                         synthetic, outcome))
+                    except SinkUnavailable as down:
+                        if recent is not None:
+                            recent.forget(batch.id)  # not answered with a result: the id may come again
+                        if not await self._unavailable(conn, batch.id, down, span, send, started, websocket, v2):
+                            return CLOSE_TRY_AGAIN_LATER
+                        continue
+                    if committed.replay:
+                        await self._replay(conn, batch.id, committed.outcome, span, send, started, v2)
+                        continue
                 # the result's send, inline (the guarded send of the rare paths, without a call)
                 conn.sending_since = started
                 await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
@@ -210,6 +238,31 @@ class BatchLoop:
             )
             await self._guarded_send(conn, send, contract.encode_cohort_change(new), started)
         return new
+
+    async def _unavailable(self, conn: Connection, batch_id: str, down: SinkUnavailable, span: Span, send: Send,
+                           started: float, websocket: WebSocket, v2: bool) -> bool:
+        """A batch the sink could not commit: v2 gets the ``unavailable`` error frame (and the
+        connection goes on: True); a v1 connection is closed with 1013 (False)."""
+        self._telemetry.batch_error(span, contract.UNAVAILABLE, down.detail, conn.cohort.strategy,
+                                    conn.context.connection_id)
+        if v2:
+            detail = f"the sink could not commit this batch ({down.detail}); nothing of it was written: resend it"
+            text = contract.encode_unavailable(batch_id, detail, down.retry_after)
+            await self._guarded_send(conn, send, text, started)
+            return True
+        await websocket.close(CLOSE_TRY_AGAIN_LATER, "sink unavailable: reconnect later and resend")
+        return False
+
+    async def _replay(self, conn: Connection, batch_id: str, outcome: Outcome, span: Span, send: Send,
+                      started: float, v2: bool) -> None:
+        """A batch committed before (another connection, before a restart): the stored answer,
+        not processed again, so not counted on the connection's summary."""
+        if span.is_recording():
+            span.set_attribute("canaryws.batch.id", batch_id[:64])
+            span.set_attribute("canaryws.replay", True)
+        span.end()
+        text = contract.encode_result(batch_id, outcome, *((True, True) if v2 else ()))
+        await self._guarded_send(conn, send, text, started)
 
     async def _answer_error(self, conn: Connection, err: contract.MessageError, span: Span, send: Send,
                             started: float) -> None:
