@@ -329,7 +329,9 @@ async def run_client(
                 if drop_after is not None and n >= drop_after:
                     ws.transport.abort()
                     return run
-                frames = await send_batch(ws, f"{client_id}-{n}", records(n))
+                # a batch id unique per connection: with a sink, an id the client used before is a
+                # replay of its first outcome, not a batch processed (and counted) again
+                frames = await send_batch(ws, f"{client_id}-{welcome['connection_id'][:12]}-{n}", records(n))
                 n += 1
                 run.cohort_frames.extend(f for f in frames if f["type"] == "cohort")
                 result = frames[-1]
