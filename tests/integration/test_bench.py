@@ -137,3 +137,21 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
     for package in PACKAGES:
         assert machine["packages"][package], package
     assert result["settings"]["quick"] is True
+
+
+@pytest.mark.parametrize("sink", ["sqlite", "postgresql"])
+def test_the_in_process_sink_benchmark_commits_every_batch_it_counts(sink: str) -> None:
+    """bench/sink_inprocess.py (docs/benchmarks.md, "The persist step"): a short run on each real
+    sink reports a positive cost per batch and as many new rows as batches it counted (it exits
+    2 otherwise); its PostgreSQL database is dropped at the end."""
+    before = databases()
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "sink_inprocess.py"), "--sink", sink, "--seconds",
+                           "1", "--tasks", "20", "--json", "--postgres", POSTGRES],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sink"] == sink and result["batches"] > 0
+    assert result["rows_added"] >= result["batches"]
+    assert result["loop_us_per_batch"] > result["strategy_us_per_batch"] > 0
+    assert (result["postgres_us_per_batch"] is not None) == (sink == "postgresql")
+    assert databases() == before
