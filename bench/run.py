@@ -70,7 +70,8 @@ What it does, in order:
    committed, so fewer rows means the sink was off or lost batches). From the metrics'
    differences: group commits, batches per commit, the mean commit time and its p50/p99
    (bucket bounds), and how busy the commits kept the sink (commit seconds per second: at
-   most 1 for SQLite's single writer, 2 for PostgreSQL's two connections).
+   most 2 for SQLite: one group writing, one queued on its thread; 4 for PostgreSQL's four
+   connections).
 
 3. Ratios, per round (paired within the round), then the median over rounds:
    canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
@@ -1052,8 +1053,9 @@ def tables(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[Table]
                      for name, k in sinks.items()],
                     ["From the sink's metrics over each run (warm-up included): group commits that succeeded, the "
                      "batches committed per commit, the mean commit time and the bucket bounds of its p50/p99, and "
-                     "commit busy = commit seconds per second (SQLite commits one group at a time, PostgreSQL up to "
-                     "two). rows/answers: new rows of canaryws_batches over the answers counted in the window (at "
+                     "commit busy = commit seconds per second, a queued group's wait included (SQLite writes one group "
+                     "at a time with one more queued, PostgreSQL up to four at once). "
+                     "rows/answers: new rows of canaryws_batches over the answers counted in the window (at "
                      "least 1: the warm-up's batches are committed too)."]))
     if scale is not None:
         idle = scale["idle"]

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.sink.committer import OK as SINK_OK
 from canaryws.adapters.sink.committer import Committer
 from canaryws.adapters.sink.migrations import SchemaTooNew
+from canaryws.adapters.sink.sqlite import SWITCH_INTERVAL as SQLITE_SWITCH_INTERVAL
 from canaryws.adapters.sink.url import open_sink
 from canaryws.adapters.telemetry.flags import FlagsTelemetry
 from canaryws.adapters.telemetry.providers import TelemetryProviders, setup_telemetry
@@ -205,6 +207,9 @@ def build_service(settings: Settings) -> Service:
         revocations_watcher = asyncio.create_task(revocations.run(), name="revocations-watcher")
         sweeper = asyncio.create_task(records.run(), name="connection-sweeper")
         committing: asyncio.Task[None] | None = None
+        switch_interval = sys.getswitchinterval()
+        if committer is not None and committer.sink.name == "sqlite":  # its thread's GIL handoffs (sqlite.py)
+            sys.setswitchinterval(min(switch_interval, SQLITE_SWITCH_INTERVAL))
         if committer is not None:  # connect and migrate up (a schema newer than this release stops the start)
             try:
                 await committer.start(SINK_STARTUP_WAIT)
@@ -239,6 +244,7 @@ def build_service(settings: Settings) -> Service:
                     await task
             if committer is not None:  # the commits under way finish; the sink's connections close
                 await committer.close(max((shutdown_deadline - time.monotonic()) / 2, 0.1))
+            sys.setswitchinterval(switch_interval)
             # bounded flush of spans and metrics, off the event loop, in what is left of the budget
             await asyncio.to_thread(telemetry.shutdown, max(shutdown_deadline - time.monotonic(), 0.0))
 

@@ -603,3 +603,27 @@ def test_the_sink_commands_on_the_embedded_sqlite_file(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
     assert migrated.splitlines()[-1].startswith(f"sink sqlite://{tmp_path}/elsewhere/sink.sqlite3: 1 → 2")
     assert (tmp_path / "elsewhere" / "sink.sqlite3").exists()
+
+
+# -- the service on the SQLite sink -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("sink", ["sqlite", "none"])
+def test_the_service_lowers_the_switch_interval_while_it_runs_on_the_sqlite_sink(tmp_path: Path, sink: str) -> None:
+    """The interpreter's switch interval is SWITCH_INTERVAL while the app runs (its lifespan) on
+    the SQLite sink, so that the sink's thread takes the GIL back from a busy event loop sooner,
+    and is what it was once the app stops; without a sink it is left alone."""
+    from canaryws.adapters.sink.sqlite import SWITCH_INTERVAL
+    from inprocess import embedded_flags, service_for
+
+    service = service_for(tmp_path, embedded_flags(), sink=sink)
+    before = sys.getswitchinterval()
+
+    async def scenario() -> float:
+        async with service.fastapi.router.lifespan_context(service.fastapi):
+            return sys.getswitchinterval()
+
+    during = asyncio.run(scenario())
+    assert during == (SWITCH_INTERVAL if sink == "sqlite" else before)
+    assert before > SWITCH_INTERVAL
+    assert sys.getswitchinterval() == before

@@ -81,6 +81,7 @@ class Sink(Protocol):
     (raising :class:`SinkUnavailable`); it answers the handoffs in their order."""
 
     name: str  # "sqlite" or "postgresql"
+    concurrency: int  # groups a committer keeps in flight on this sink at most
 
     async def open(self) -> None: ...
 

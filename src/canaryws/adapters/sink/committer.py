@@ -4,12 +4,17 @@ A connection's batch loop hands its batch on (:meth:`Committer.submit`) and wait
 commit before it sends the answer and reads its next frame: at most one batch per
 connection waits on the sink, and while it waits nothing more is read from that connection
 (back-pressure: unread frames stay in the client's and the kernel's buffers, memory stays
-bounded by the open connections). The committer's task (:meth:`Committer.run`) takes what
-has queued up since its last commit (at most ``max_group`` handoffs) and commits it in one
-transaction; at most ``concurrency`` commits run at once (PostgreSQL: 2, on the pool's two
-connections; SQLite: 1, its single writer). Groups form by themselves: everything that
-arrives in one event-loop round, and everything that arrives while a commit is in flight,
-joins the next one, so a group is never held back on a timer and grows only under load.
+bounded by the open connections). ``concurrency`` workers (:meth:`Committer.run`; the
+sink's own, :attr:`~canaryws.core.sink.Sink.concurrency`) each take what has queued up (at
+most ``max_group`` handoffs), commit it in one transaction, answer it, and take the next
+group at once: PostgreSQL's four work on the pool's four connections; SQLite's two on its
+one thread, one group committing while the next is queued behind it, so
+the writer never waits for the event loop between groups. Groups form by themselves:
+everything that arrives in one event-loop round, and everything that arrives while the
+commits are in flight, joins the next one, so a group is never held back on a timer and
+grows only under load. A worker continues from the commit's answer to the next group in
+the same step: every hop through the event loop costs a whole round of it under load
+(docs/benchmarks.md, "The persist step").
 
 **Failures.** A commit that fails, or does not finish within ``timeout``, answers every
 handoff of its group with :class:`~canaryws.core.sink.SinkUnavailable` (the transaction is
@@ -54,10 +59,10 @@ class Committer:
         self._timeout = timeout
         self._retention = retention
         self._max_group = max_group
-        self._slots = asyncio.Semaphore(concurrency or (2 if sink.name == "postgresql" else 1))
+        self._concurrency = concurrency or sink.concurrency
         self._queue: list[tuple[Handoff, Waiter]] = []
+        self._parked: list[asyncio.Future[None]] = []  # workers waiting for a handoff
         self._in_flight = 0
-        self._wake = asyncio.Event()
         self._state = STARTING
         self._since = time.time()
         self._detail = "the sink is not open yet"
@@ -77,7 +82,12 @@ class Committer:
             raise SinkUnavailable(self._detail, RETRY_SECONDS)
         waiter: Waiter = asyncio.get_running_loop().create_future()
         self._queue.append((handoff, waiter))
-        self._wake.set()
+        parked = self._parked
+        while parked:  # wake one idle worker: it runs in the loop's next round, with the round's group
+            worker = parked.pop()
+            if not worker.done():
+                worker.set_result(None)
+                break
         answer = await waiter
         if isinstance(answer, SinkUnavailable):
             raise answer
@@ -138,48 +148,63 @@ class Committer:
                 return
 
     async def run(self) -> None:
-        """Commit groups as handoffs arrive; ping an unavailable sink back; purge old keys."""
+        """Start the workers, the pings of an unavailable sink and the purge of old keys; they
+        go on when this is cancelled, until :meth:`close` (which lets the commits under way
+        finish first)."""
         self._spawn(self._watch())
         self._spawn(self._purge())
+        for _ in range(self._concurrency):
+            self._spawn(self._work())
+        await asyncio.get_running_loop().create_future()  # until cancelled
+
+    async def _work(self) -> None:
+        """One worker: take a group, commit it, answer it; park while nothing is queued."""
         queue = self._queue
+        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while queue:
-                await self._slots.acquire()
-                group = queue[:self._max_group]
-                del queue[:self._max_group]
-                self._in_flight += len(group)
-                self._spawn(self._commit(group))
+            if not queue:
+                parked: asyncio.Future[None] = loop.create_future()
+                self._parked.append(parked)
+                await parked
+                continue
+            group = queue[:self._max_group]
+            del queue[:self._max_group]
+            self._in_flight += len(group)
+            try:
+                await self._commit(group)
+            except asyncio.CancelledError:  # stopping (close): nobody waits for ever
+                stopping = SinkUnavailable("the service is stopping", RETRY_SECONDS)
+                for _, waiter in group:
+                    if not waiter.done():
+                        waiter.set_result(stopping)
+                raise
+            finally:
+                self._in_flight -= len(group)
 
     async def _commit(self, group: list[tuple[Handoff, Waiter]]) -> None:
         started = time.perf_counter()
         try:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    answers = await self.sink.commit([handoff for handoff, _ in group])
-            except (SinkUnavailable, TimeoutError, OSError) as exc:
-                failure = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(
-                    _detail(exc, f"the sink did not commit within {self._timeout:g} s"), RETRY_SECONDS)
-                self._fail(group, failure, started)
-                return
-            except Exception as exc:  # a bug or an unexpected driver error: the same answer, logged
-                log.exception("sink commit failed")
-                self._fail(group, SinkUnavailable(f"sink error: {type(exc).__name__}", RETRY_SECONDS), started)
-                return
-            self._observe("ok", time.perf_counter() - started)
-            replays = 0
-            for (_, waiter), answer in zip(group, answers, strict=True):
-                replays += answer.replay
-                if not waiter.done():  # its connection may be gone (cancelled)
-                    waiter.set_result(answer)
-            self._counted("committed", len(group) - replays)
-            if replays:
-                self._counted("replayed", replays)
-            self._up()
-        finally:
-            self._in_flight -= len(group)
-            self._slots.release()
+            async with asyncio.timeout(self._timeout):
+                answers = await self.sink.commit([handoff for handoff, _ in group])
+        except (SinkUnavailable, TimeoutError, OSError) as exc:
+            failure = exc if isinstance(exc, SinkUnavailable) else SinkUnavailable(
+                _detail(exc, f"the sink did not commit within {self._timeout:g} s"), RETRY_SECONDS)
+            self._fail(group, failure, started)
+            return
+        except Exception as exc:  # a bug or an unexpected driver error: the same answer, logged
+            log.exception("sink commit failed")
+            self._fail(group, SinkUnavailable(f"sink error: {type(exc).__name__}", RETRY_SECONDS), started)
+            return
+        self._observe("ok", time.perf_counter() - started)
+        replays = 0
+        for (_, waiter), answer in zip(group, answers, strict=True):
+            replays += answer.replay
+            if not waiter.done():  # its connection may be gone (cancelled)
+                waiter.set_result(answer)
+        self._counted("committed", len(group) - replays)
+        if replays:
+            self._counted("replayed", replays)
+        self._up()
 
     def _fail(self, group: list[tuple[Handoff, Waiter]], failure: SinkUnavailable, started: float) -> None:
         self._observe("failed", time.perf_counter() - started)

@@ -1,4 +1,4 @@
-"""The PostgreSQL sink: asyncpg, a pool of two connections, one statement per group.
+"""The PostgreSQL sink: asyncpg, a pool of four connections, one statement per group.
 
 asyncpg speaks PostgreSQL's binary protocol and prepares each statement once per connection.
 A whole group is one set-based statement (:data:`_COMMIT`), hence one transaction and one round
@@ -48,7 +48,11 @@ from canaryws.adapters.sink.migrations import (
 from canaryws.adapters.sink.redaction import redacted, scrub
 from canaryws.core.sink import NUL, NUL_STORED, Committed, Handoff, SinkUnavailable, encode_answer, first_of_each
 
-POOL_SIZE: Final = 2
+POOL_SIZE: Final = 4
+"""Connections, and commits in flight. With two, both were busy two thirds of the time (commit
+busy 1.30 of 2), so a group often waited for a free connection; with four, 1.45–1.54 of 4. The
+benchmark's PostgreSQL / none ratio: 0.55 with two, 0.64 and 0.54 with four (one run of 3 or 5
+rounds each, 2026-12-07: within the noise; docs/benchmarks.md)."""
 PURGE_CHUNK: Final = 10_000
 
 _COMMIT: Final = """
@@ -128,6 +132,7 @@ class PostgresSink:
     """The persist step on PostgreSQL (:class:`~canaryws.core.sink.Sink`)."""
 
     name = "postgresql"
+    concurrency = POOL_SIZE
 
     def __init__(self, url: str, *, timeout: float = 5.0, pool_size: int = POOL_SIZE) -> None:
         """``url``: a libpq-style URL (never shown: :attr:`label` is); ``timeout``: the seconds
