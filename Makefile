@@ -57,7 +57,9 @@ services:
 
 # Tests also run nginx (the replicas' load balancer), promtool (the alert rules) and a headless
 # Chromium (the report page): Debian's packages nginx-light, prometheus and chromium, installed
-# here when missing (needs root and apt-get).
+# here when missing (needs root and apt-get). An install that was interrupted before (a killed run
+# leaves packages unpacked but not configured, and apt-get then refuses everything) is finished
+# first with dpkg --configure -a; apt-get waits up to 10 minutes for another's lock.
 system-deps:
 	@missing=""; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx-light"; \
@@ -65,7 +67,9 @@ system-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		dpkg --configure -a; \
+		apt-get update -qq && apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $$missing; \
 	fi
 
 test: install services system-deps asyncapi-cli lint typecheck
