@@ -709,6 +709,24 @@ def test_the_probe_deployment_probes_the_service_and_is_not_behind_it() -> None:
         "securityContext"]["runAsUser"]
 
 
+def test_the_replicas_share_a_postgresql_sink_from_a_required_secret() -> None:
+    """Kubernetes: CANARYWS_SINK comes from the Secret canaryws-sink (key url), not optional: the
+    replicas commit to one PostgreSQL database (a resend to another pod is a replay, and the
+    records outlive the pods), never to the default SQLite in each pod's emptyDir. The README's
+    recipe creates that Secret with a PostgreSQL URL that the service accepts."""
+    from canaryws.adapters.sink.url import parse_sink
+
+    (container,) = manifests()["deployment.yaml"]["spec"]["template"]["spec"]["containers"]
+    (sink,) = [e for e in container["env"] if e["name"] == "CANARYWS_SINK"]
+    assert "value" not in sink
+    assert sink["valueFrom"]["secretKeyRef"] == {"name": "canaryws-sink", "key": "url"}  # not optional
+    readme = (DEPLOY / "README.md").read_text()
+    recipe = re.search(r"kubectl create secret generic canaryws-sink \\\n\s+--from-literal=url='([^']+)'", readme)
+    assert recipe is not None, "deploy/README.md creates the canaryws-sink Secret"
+    target = parse_sink(recipe.group(1), Path("/data"))
+    assert target is not None and target.dialect == "postgresql"
+
+
 def test_termination_grace_exceeds_prestop_plus_shutdown_bound() -> None:
     deployment = manifests()["deployment.yaml"]
     pod = deployment["spec"]["template"]["spec"]
