@@ -59,11 +59,13 @@ def _postgres_cpu() -> float:
 
 
 def _strategy_us(records: list[Any]) -> float:
+    """The strategy's CPU µs per batch alone (the thread's CPU time, like the event loop's below:
+    a wall clock would count the time the machine gave to others)."""
     strict = STRATEGIES["strict"].process
-    started = time.perf_counter()
+    started = time.thread_time()
     for _ in range(5_000):
         strict(records, MAX_LENGTH)
-    return (time.perf_counter() - started) / 5_000 * 1e6
+    return (time.thread_time() - started) / 5_000 * 1e6
 
 
 async def measure(sink: PostgresSink | SqliteSink, tasks: int, seconds: float) -> dict[str, Any]:

@@ -143,8 +143,8 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
 def test_the_in_process_sink_benchmark_commits_every_batch_it_counts(sink: str) -> None:
     """bench/sink_inprocess.py (docs/benchmarks.md, "The persist step"): a short run on each real
     sink reports a positive cost per batch and as many new rows as batches it counted (it exits
-    2 otherwise); its PostgreSQL database is dropped at the end."""
-    before = databases()
+    2 otherwise); its PostgreSQL database is dropped at the end. The event loop's CPU per batch
+    includes the strategy's, both measured as CPU time."""
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "sink_inprocess.py"), "--sink", sink, "--seconds",
                            "1", "--tasks", "20", "--json", "--postgres", POSTGRES],
                           capture_output=True, text=True, timeout=60, check=False)
@@ -154,4 +154,4 @@ def test_the_in_process_sink_benchmark_commits_every_batch_it_counts(sink: str) 
     assert result["rows_added"] >= result["batches"]
     assert result["loop_us_per_batch"] > result["strategy_us_per_batch"] > 0
     assert (result["postgres_us_per_batch"] is not None) == (sink == "postgresql")
-    assert databases() == before
+    assert not [name for name in databases() if name.startswith("canaryws_sink_bench_")]  # others come and go
