@@ -23,6 +23,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from canaryws.adapters.records.loop import AHEAD
 from harness import PROTOCOL, Service, flags_doc, free_port, metric_value, send_batch
 from private_postgres import fresh_database, psql
 
@@ -98,6 +99,40 @@ def test_v2_results_are_durable_and_a_resend_elsewhere_is_the_first_outcome_repl
         replayed = metric_value(service.get("/metrics").text, "canaryws_sink_batches_total", sink="sqlite",
                                 outcome="replayed")
         assert replayed == 1
+
+
+def test_pipelined_batches_are_answered_in_the_order_they_were_sent(tmp_path: Path) -> None:
+    """A client that sends 40 frames without waiting, a frame that is not JSON and a repeated id
+    among them. The service reads ahead while batches commit (at most AHEAD waiting per
+    connection) and answers every frame, each once, in the order sent: the error frames after
+    the answers of the batches before them. Each batch is committed once, in order."""
+    with Service(tmp_path, flags_doc(strict_rollout=100)) as service:
+        frames: list[str] = []
+        expected: list[tuple[str, str]] = []
+        for n in range(40):
+            if n == 7:
+                frames.append("not json")
+                expected.append(("error", "invalid_json"))
+            elif n == 19:
+                frames.append(json.dumps({"type": "batch", "id": "p-3", "records": RECORDS}))
+                expected.append(("error", "duplicate_id"))
+            else:
+                frames.append(json.dumps({"type": "batch", "id": f"p-{n}", "records": RECORDS}))
+                expected.append(("result", f"p-{n}"))
+
+        async def scenario() -> list[dict[str, Any]]:
+            async with await v2_client(service, "pipeliner") as ws:
+                await recv_json(ws)
+                for frame in frames:
+                    await ws.send(frame)
+                return [await recv_json(ws, 30) for _ in frames]
+
+        answers = asyncio.run(scenario())
+        got = [(a["type"], a["id"] if a["type"] == "result" else a["code"]) for a in answers]
+        assert got == expected
+        sink = service.data_dir / "sink.sqlite3"
+        ids = [row[0] for row in sqlite_rows(sink, "SELECT batch_id FROM canaryws_batches ORDER BY seq")]
+        assert ids == [i for kind, i in expected if kind == "result"]
 
 
 def test_a_v1_client_gets_the_frames_it_always_got(tmp_path: Path) -> None:
@@ -216,11 +251,11 @@ def test_an_unavailable_sink_answers_unavailable_then_recovers_by_itself(tmp_pat
         assert "sink unavailable" in logs and "sink available again" in logs
 
 
-def test_a_slow_sink_holds_each_connection_at_one_batch_then_answers_unavailable(tmp_path: Path,
+def test_a_slow_sink_holds_each_connection_at_its_bound_then_answers_unavailable(tmp_path: Path,
                                                                                  database: str) -> None:
     """Back-pressure: while the sink's table is locked, each of 3 clients that pipeline 10 batches has
-    one of them waiting on the sink (``canaryws_sink_pending`` is 1 per connection: the rest stay
-    unread in the socket buffers); after ``CANARYWS_SINK_TIMEOUT`` the waiting batches are answered
+    AHEAD (8) of them waiting on the sink (``canaryws_sink_pending`` is 8 per connection: the rest
+    stay unread in the socket buffers); after ``CANARYWS_SINK_TIMEOUT`` the waiting batches are answered
     ``unavailable``; once the lock is gone every batch has had exactly one answer."""
     env = {"CANARYWS_SINK": database, "CANARYWS_SINK_TIMEOUT": "2"}
     with Service(tmp_path, flags_doc(strict_rollout=100), env=env) as service:
@@ -255,7 +290,7 @@ def test_a_slow_sink_holds_each_connection_at_one_batch_then_answers_unavailable
                         await ws.send(json.dumps({"type": "batch", "id": f"s-{n}", "records": RECORDS}))
                 await asyncio.sleep(1.0)
                 pending = metric_value(service.get("/metrics").text, "canaryws_sink_pending", sink="postgresql")
-                assert pending == 3, pending  # one batch per connection, not 30
+                assert pending == 3 * AHEAD, pending  # AHEAD batches per connection, not all 30
                 await asyncio.sleep(2.0)  # past CANARYWS_SINK_TIMEOUT: the waiting batches are answered unavailable
                 release.set()
                 answers: list[dict[str, Any]] = []

@@ -11,14 +11,18 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from canaryws.adapters.asgi.scope import OWES_ANSWERS_SCOPE_KEY
+
 
 class _Tracked:
     """One WebSocket connection as the drain sees it: its server protocol (with the inbound
     queue and the transport), its ``send``, and where its app task is."""
 
-    __slots__ = ("closing", "protocol", "queue", "receiving", "send", "transport")
+    __slots__ = ("closing", "protocol", "queue", "receiving", "scope", "send", "transport")
 
-    def __init__(self, protocol: object, queue: asyncio.Queue[Any], transport: asyncio.Transport, send: Send) -> None:
+    def __init__(self, protocol: object, queue: asyncio.Queue[Any], transport: asyncio.Transport, send: Send,
+                 scope: Scope) -> None:
+        self.scope = scope
         self.protocol = protocol
         self.queue = queue
         self.transport = transport
@@ -33,9 +37,15 @@ class _Tracked:
         return inspect.iscoroutine(pending) and inspect.getcoroutinestate(pending) == inspect.CORO_SUSPENDED
 
     @property
+    def owes(self) -> bool:
+        """Batches it read still wait for their answers (the batch loop's OWES_ANSWERS_SCOPE_KEY)."""
+        owes = self.scope.get(OWES_ANSWERS_SCOPE_KEY)
+        return bool(owes()) if owes is not None else False
+
+    @property
     def idle(self) -> bool:
         """Everything it read is answered: the app waits for more and nothing is queued."""
-        return self.parked and self.queue.empty()
+        return self.parked and self.queue.empty() and not self.owes
 
     def stop_reading(self) -> None:
         if self.transport.is_reading():
@@ -71,7 +81,7 @@ class ConnectionDrain:
         if scope["type"] != "websocket" or not isinstance(queue, asyncio.Queue) or transport is None:
             await self.app(scope, receive, send)
             return
-        tracked = _Tracked(protocol, queue, transport, send)
+        tracked = _Tracked(protocol, queue, transport, send, scope)
 
         def tracked_receive() -> Awaitable[Message]:
             # Until the drain starts: the protocol's own receive() coroutine, remembered (so
@@ -89,8 +99,9 @@ class ConnectionDrain:
             self._open.discard(tracked)
 
     async def _receive_draining(self, tracked: _Tracked, receive: Receive) -> Message:
-        if not tracked.closing and tracked.queue.empty():
+        if not tracked.closing and tracked.queue.empty() and not tracked.owes:
             await self._close(tracked)  # all it read is answered; receive() returns the disconnect
+        # (answers still owed: the drain's next look closes it once they are sent)
         tracked.receiving = pending = receive()
         message = await pending
         if not tracked.closing:

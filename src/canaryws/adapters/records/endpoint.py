@@ -137,6 +137,7 @@ class RecordsEndpoint:
             max_bytes_per_second=limits.max_bytes_per_second, bytes_burst=limits.bytes_burst,
             duplicate_id_window=limits.duplicate_id_window, end_slice=self._end_slice,
             strict_share=self._strict_share, commit=committer.submit if committer is not None else None,
+            enqueue=committer.enqueue if committer is not None else None,
         )
 
     @property

@@ -9,20 +9,26 @@ snapshot per batch, no call). The rare paths are named methods: :meth:`BatchLoop
 :meth:`BatchLoop._guarded_send` (a send the sweep watches for a client that stopped
 reading); the hot path keeps its work inline (docs/benchmarks.md: a call per frame costs
 more than most of what it would wrap).
+
+With a sink, a batch's answer waits for its commit: the loop hands the batch on and reads the
+next frame, and a task of the connection's own (:class:`_Answers`) sends the answers in order
+as the commits finish, up to :data:`AHEAD` batches waiting per connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final
 
 from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Receive, Send
 from starlette.websockets import WebSocket
 
-from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY
+from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY, OWES_ANSWERS_SCOPE_KEY
 from canaryws.adapters.records.after_round import AfterRound
 from canaryws.adapters.records.connection import CLOSE_TRY_AGAIN_LATER, CLOSE_UNSUPPORTED_DATA, Connection
 from canaryws.adapters.records.flags_view import FlagsInForce, now_iso
@@ -36,6 +42,100 @@ from canaryws.core.strategies.outcome import Outcome
 from canaryws.core.summary import END_COHORT_CHANGED
 
 log = logging.getLogger("canaryws.records")
+
+
+AHEAD: Final = 8
+"""Batches of one connection handed to the sink and not yet answered, at most (docs/sink.md,
+"Back-pressure"). The batch loop goes on reading and processing while they commit, and
+:class:`_Answers` answers them in order; with 1 the answer is sent before the next frame is
+read (the loop without a sink always works that way: its answer is ready at once)."""
+
+Item = tuple[str, "asyncio.Future[Committed | SinkUnavailable]", Outcome, float, Span, "Sequence[Any] | None"]
+
+
+class _Answers:
+    """One connection's batches waiting on the sink, answered in order by a task of their
+    own (started at the first, parked while none wait): the reader hands a batch on and reads
+    the next frame; it waits only while ``limit`` batches wait (back-pressure) and before it
+    sends a frame of its own (an error, a cohort change), so that the answers stay in order."""
+
+    def __init__(self, limit: int, answer: Callable[[Item], Awaitable[bool]]) -> None:
+        self.items: collections.deque[Item] = collections.deque()
+        self.limit = limit
+        self._answer = answer
+        self._task: asyncio.Task[None] | None = None
+        self._work: asyncio.Future[None] | None = None  # the task waits on it while nothing waits
+        self._moved: asyncio.Future[None] | None = None  # the reader waits on it for room or for none left
+        self.failed: BaseException | None = None
+        self.stopped = False  # an answer closed the connection (v1: 1013)
+
+    def owes(self) -> bool:
+        """Batches wait for their answers."""
+        return bool(self.items)
+
+    def add(self, item: Item) -> None:
+        self.items.append(item)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        elif self._work is not None and not self._work.done():
+            self._work.set_result(None)
+
+    async def room(self) -> None:
+        """Until fewer than ``limit`` wait (or the answers stopped)."""
+        while len(self.items) >= self.limit and self.failed is None and not self.stopped:
+            await self._wait_move()
+        self._raise()
+
+    async def drained(self) -> None:
+        """Until every waiting batch is answered (or the answers stopped)."""
+        while self.items and self.failed is None and not self.stopped:
+            await self._wait_move()
+        self._raise()
+
+    async def _wait_move(self) -> None:
+        self._moved = asyncio.get_running_loop().create_future()
+        await self._moved
+
+    def _raise(self) -> None:
+        if self.failed is not None:
+            raise self.failed
+
+    def _moved_on(self) -> None:
+        if self._moved is not None and not self._moved.done():
+            self._moved.set_result(None)
+
+    async def _run(self) -> None:
+        items = self.items
+        try:
+            while True:
+                if not items:
+                    self._work = asyncio.get_running_loop().create_future()
+                    await self._work
+                    continue
+                item = items[0]
+                if not item[1].done():
+                    await asyncio.shield(item[1])
+                if not await self._answer(item):
+                    self.stopped = True
+                    items.clear()
+                    self._moved_on()
+                    return
+                items.popleft()
+                self._moved_on()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the reader raises it
+            self.failed = exc
+            self._moved_on()
+
+    def close(self) -> None:
+        """The connection ended: what still waits gets no answer (committed, a resend is a
+        replay); its spans end here."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        for item in self.items:
+            item[4].end()
+        self.items.clear()
 
 
 class BatchLoop:
@@ -61,10 +161,14 @@ class BatchLoop:
         end_slice: Callable[[Connection, str, Cohort | None, float | None], None],
         strict_share: Callable[[FlagSnapshotView], float | None],
         commit: Callable[[Handoff], Awaitable[Committed]] | None = None,
+        enqueue: Callable[[Handoff], asyncio.Future[Committed | SinkUnavailable]] | None = None,
+        ahead: int = AHEAD,
     ) -> None:
         """``commit``: the sink's (:meth:`canaryws.adapters.sink.committer.Committer.submit`),
         None without a sink (``CANARYWS_SINK=none``)."""
         self._commit = commit
+        self._enqueue = enqueue if ahead > 1 else None
+        self._ahead = ahead
         self._flags = flags
         self._telemetry = telemetry
         self._after = after_round
@@ -132,94 +236,150 @@ class BatchLoop:
         client_id = conn.context.client_id
         each_batch = telemetry.records_each_batch
         gap = telemetry.batch_gap()  # batches until the next batch span
-        while True:
-            message = await receive()
-            text = message.get("text")
-            if text is None:
-                if message["type"] == "websocket.disconnect":
-                    return int(message.get("code") or 1005)
-                await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
-                return CLOSE_UNSUPPORTED_DATA
-            started = clock()
-            if limited:  # = TokenBucket.take: refill (up to the burst), take one, wait off a debt
-                tokens += (started - stamp) * rate
-                if tokens > burst:
-                    tokens = burst
-                stamp = started
-                tokens -= 1.0
-                if tokens < 0.0:
-                    telemetry.throttled(cohort.strategy, "frames")
-                    await asyncio.sleep(-tokens / rate)
-                    started = clock()
-            if byte_rate > 0.0:  # = TokenBucket.take(now, len(text)), and the client's
-                size = len(text)
-                byte_tokens += (started - byte_stamp) * byte_rate
-                if byte_tokens > byte_burst:
-                    byte_tokens = byte_burst
-                byte_stamp = started
-                byte_tokens -= size
-                wait = -byte_tokens / byte_rate if byte_tokens < 0.0 else 0.0
-                shared = client_bytes.take(started, size) if client_bytes is not None else 0.0
-                if wait > 0.0 or shared > 0.0:
-                    telemetry.throttled(cohort.strategy, "bytes" if wait >= shared else "client_bytes")
-                    await asyncio.sleep(wait if wait >= shared else shared)
-                    started = clock()
-            elif client_bytes is not None and (shared := client_bytes.take(started, len(text))) > 0.0:
-                telemetry.throttled(cohort.strategy, "client_bytes")
-                await asyncio.sleep(shared)
-                started = clock()
-            if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
-                seen = snapshot = flags.current
-                if snapshot.revision != cohort.flags_revision:
-                    cohort = await self._reload(conn, snapshot, send, started)
-                    strategy = STRATEGIES[cohort.strategy].process
-                    shadow = cohort.shadow
+        enqueue = self._enqueue
+        ahead = self._ahead
+        answers: _Answers | None = None  # the batches waiting on the sink (created at the first)
 
-            if gap:
-                gap -= 1
-                span: Span = INVALID_SPAN
-            else:
-                span = telemetry.start_batch(conn.connect, synthetic)
-                gap = telemetry.batch_gap()
-            try:
-                batch = decode_batch(text, max_records)
-                if window:
-                    if recent is None:
-                        recent = RecentIds(window)
-                    if not recent.remember(batch.id):
-                        raise contract.duplicate_id(batch.id, window)
-            except contract.MessageError as err:
-                await self._answer_error(conn, err, span, send, started)
-                continue
-            try:
-                outcome = strategy(batch.records, max_length)
-                if commit is not None:  # the answer waits for the commit: nothing is read meanwhile
-                    try:
-                        committed = await commit(Handoff(client_id, batch.id, connection_id, cohort.flags_revision,
-                                                         synthetic, outcome))
-                    except SinkUnavailable as down:
-                        if recent is not None:
-                            recent.forget(batch.id)  # not answered with a result: the id may come again
-                        if not await self._unavailable(conn, batch.id, down, span, send, started, websocket, v2):
-                            return CLOSE_TRY_AGAIN_LATER
-                        continue
-                    if committed.replay:
-                        await self._replay(conn, batch.id, committed.outcome, span, send, started, v2)
-                        continue
-                # the result's send, inline (the guarded send of the rare paths, without a call)
-                conn.sending_since = started
-                await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
-                conn.sending_since = 0.0
-            except BaseException:
-                span.end()
-                raise
+        async def answer(item: Item) -> bool:
+            """A batch's answer once its commit is done; False when it closed the connection."""
+            batch_id, waiter, outcome, started, span, records = item
+            committed = waiter.result()
+            if isinstance(committed, SinkUnavailable):
+                if recent is not None:
+                    recent.forget(batch_id)  # not answered with a result: the id may come again
+                return await self._unavailable(conn, batch_id, committed, span, send, started, websocket, v2)
+            if committed.replay:
+                await self._replay(conn, batch_id, committed.outcome, span, send, started, v2)
+                return True
+            conn.sending_since = started
+            await send({"type": "websocket.send", "text": encode_result(batch_id, outcome)})
+            conn.sending_since = 0.0
             ended = clock()
             if span is INVALID_SPAN and not each_batch:
-                after(conn.summary, outcome, started, ended, span, batch.records if shadow else None)
-            else:  # a sampled batch (or a histogram per batch): its attributes now, its end after the round
-                telemetry.batch_done(span, batch.id, outcome, ended - started, connection_id, end=False)
-                after(conn.summary, outcome, started, ended, span, batch.records if shadow else None,
-                      wall_ns() if span.is_recording() else 0)
+                after(conn.summary, outcome, started, ended, span, records)
+            else:
+                telemetry.batch_done(span, batch_id, outcome, ended - started, connection_id, end=False)
+                after(conn.summary, outcome, started, ended, span, records, wall_ns() if span.is_recording() else 0)
+            return True
+
+        try:
+            while True:
+                message = await receive()
+                if answers is not None and (answers.stopped or answers.failed is not None):
+                    await answers.drained()  # raises what failed
+                    return CLOSE_TRY_AGAIN_LATER  # an answer closed the connection (v1: the sink was unavailable)
+                text = message.get("text")
+                if text is None:
+                    if message["type"] == "websocket.disconnect":
+                        return int(message.get("code") or 1005)
+                    await websocket.close(CLOSE_UNSUPPORTED_DATA, "binary frames are not supported; send JSON text")
+                    return CLOSE_UNSUPPORTED_DATA
+                started = clock()
+                if limited:  # = TokenBucket.take: refill (up to the burst), take one, wait off a debt
+                    tokens += (started - stamp) * rate
+                    if tokens > burst:
+                        tokens = burst
+                    stamp = started
+                    tokens -= 1.0
+                    if tokens < 0.0:
+                        telemetry.throttled(cohort.strategy, "frames")
+                        await asyncio.sleep(-tokens / rate)
+                        started = clock()
+                if byte_rate > 0.0:  # = TokenBucket.take(now, len(text)), and the client's
+                    size = len(text)
+                    byte_tokens += (started - byte_stamp) * byte_rate
+                    if byte_tokens > byte_burst:
+                        byte_tokens = byte_burst
+                    byte_stamp = started
+                    byte_tokens -= size
+                    wait = -byte_tokens / byte_rate if byte_tokens < 0.0 else 0.0
+                    shared = client_bytes.take(started, size) if client_bytes is not None else 0.0
+                    if wait > 0.0 or shared > 0.0:
+                        telemetry.throttled(cohort.strategy, "bytes" if wait >= shared else "client_bytes")
+                        await asyncio.sleep(wait if wait >= shared else shared)
+                        started = clock()
+                elif client_bytes is not None and (shared := client_bytes.take(started, len(text))) > 0.0:
+                    telemetry.throttled(cohort.strategy, "client_bytes")
+                    await asyncio.sleep(shared)
+                    started = clock()
+                if flags.snapshot is not seen:  # a reload was applied: one identity test per batch, no call
+                    seen = snapshot = flags.current
+                    if snapshot.revision != cohort.flags_revision:
+                        if answers is not None and answers.items:  # the cohort frame after the answers before it
+                            await answers.drained()
+                        cohort = await self._reload(conn, snapshot, send, started)
+                        strategy = STRATEGIES[cohort.strategy].process
+                        shadow = cohort.shadow
+
+                if gap:
+                    gap -= 1
+                    span: Span = INVALID_SPAN
+                else:
+                    span = telemetry.start_batch(conn.connect, synthetic)
+                    gap = telemetry.batch_gap()
+                try:
+                    batch = decode_batch(text, max_records)
+                    if window:
+                        if recent is None:
+                            recent = RecentIds(window)
+                        if not recent.remember(batch.id):
+                            raise contract.duplicate_id(batch.id, window)
+                except contract.MessageError as err:
+                    if answers is not None and answers.items:  # the error after the answers before it
+                        await answers.drained()
+                    await self._answer_error(conn, err, span, send, started)
+                    continue
+                try:
+                    outcome = strategy(batch.records, max_length)
+                    if enqueue is not None:  # handed on; answered in order by `answers`, reading goes on
+                        try:
+                            waiter = enqueue(Handoff(client_id, batch.id, connection_id, cohort.flags_revision,
+                                                     synthetic, outcome))
+                        except SinkUnavailable as down:  # down already: answered now, after those before it
+                            if answers is not None and answers.items:
+                                await answers.drained()
+                            if recent is not None:
+                                recent.forget(batch.id)
+                            if not await self._unavailable(conn, batch.id, down, span, send, started, websocket, v2):
+                                return CLOSE_TRY_AGAIN_LATER
+                            continue
+                        if answers is None:
+                            answers = _Answers(ahead, answer)
+                            websocket.scope[OWES_ANSWERS_SCOPE_KEY] = answers.owes  # the drain waits for them
+                        answers.add((batch.id, waiter, outcome, started, span, batch.records if shadow else None))
+                        if len(answers.items) >= ahead:
+                            await answers.room()
+                        continue
+                    if commit is not None:  # the answer waits for the commit: nothing is read meanwhile
+                        try:
+                            committed = await commit(Handoff(client_id, batch.id, connection_id, cohort.flags_revision,
+                                                             synthetic, outcome))
+                        except SinkUnavailable as down:
+                            if recent is not None:
+                                recent.forget(batch.id)  # not answered with a result: the id may come again
+                            if not await self._unavailable(conn, batch.id, down, span, send, started, websocket, v2):
+                                return CLOSE_TRY_AGAIN_LATER
+                            continue
+                        if committed.replay:
+                            await self._replay(conn, batch.id, committed.outcome, span, send, started, v2)
+                            continue
+                    # the result's send, inline (the guarded send of the rare paths, without a call)
+                    conn.sending_since = started
+                    await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
+                    conn.sending_since = 0.0
+                except BaseException:
+                    span.end()
+                    raise
+                ended = clock()
+                if span is INVALID_SPAN and not each_batch:
+                    after(conn.summary, outcome, started, ended, span, batch.records if shadow else None)
+                else:  # a sampled batch (or a histogram per batch): its attributes now, its end after the round
+                    telemetry.batch_done(span, batch.id, outcome, ended - started, connection_id, end=False)
+                    after(conn.summary, outcome, started, ended, span, batch.records if shadow else None,
+                          wall_ns() if span.is_recording() else 0)
+        finally:
+            if answers is not None:
+                answers.close()  # the connection ended: what still waits gets no answer (a resend is a replay)
 
     async def _reload(self, conn: Connection, snapshot: FlagSnapshotView, send: Send, started: float) -> Cohort:
         """A new flags revision: the connection's cohort decided again; the new one."""

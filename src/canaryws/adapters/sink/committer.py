@@ -1,15 +1,16 @@
 """Group commit: the handoffs of every connection, committed in one transaction per group.
 
-A connection's batch loop hands its batch on (:meth:`Committer.submit`) and waits for the
-commit before it sends the answer and reads its next frame: at most one batch per
-connection waits on the sink, and while it waits nothing more is read from that connection
-(back-pressure: unread frames stay in the client's and the kernel's buffers, memory stays
-bounded by the open connections). ``concurrency`` workers (:meth:`Committer.run`; the
-sink's own, :attr:`~canaryws.core.sink.Sink.concurrency`) each take what has queued up (at
-most ``max_group`` handoffs), commit it in one transaction, answer it, and take the next
-group at once: PostgreSQL's four work on the pool's four connections; SQLite's two on its
-one thread, one group committing while the next is queued behind it, so
-the writer never waits for the event loop between groups. Groups form by themselves:
+A connection's batch loop hands its batches on (:meth:`Committer.enqueue`) and goes on reading;
+its answers go out in order as their groups commit, and once 8 of its batches wait nothing more
+is read from that connection (back-pressure: unread frames stay in the client's and the kernel's
+buffers, memory stays bounded by the open connections; docs/sink.md).
+
+``concurrency`` workers (:meth:`Committer.run`; the sink's own,
+:attr:`~canaryws.core.sink.Sink.concurrency`) each take what has queued up (at most
+``max_group`` handoffs), commit it in one transaction, answer it, and take the next group at
+once: PostgreSQL's four work on the pool's four connections; SQLite's two on its one thread,
+one group committing while the next is queued behind it, so the writer never waits for the
+event loop between groups. Groups form by themselves:
 everything that arrives in one event-loop round, and everything that arrives while the
 commits are in flight, joins the next one, so a group is never held back on a timer and
 grows only under load. A worker continues from the commit's answer to the next group in
@@ -73,10 +74,10 @@ class Committer:
 
     # -- the batch loop's side ----------------------------------------------------
 
-    async def submit(self, handoff: Handoff) -> Committed:
-        """The committed answer for ``handoff`` once its group is committed; raises
-        :class:`SinkUnavailable` at once while the sink is unavailable, or when its group
-        could not be committed."""
+    def enqueue(self, handoff: Handoff) -> Waiter:
+        """Queue ``handoff`` for the next group; the future of its answer (a
+        :class:`Committed`, or the :class:`SinkUnavailable` of its group). Raises
+        :class:`SinkUnavailable` at once while the sink is unavailable."""
         if self._state != OK:
             self._counted("unavailable", 1)
             raise SinkUnavailable(self._detail, RETRY_SECONDS)
@@ -88,7 +89,13 @@ class Committer:
             if not worker.done():
                 worker.set_result(None)
                 break
-        answer = await waiter
+        return waiter
+
+    async def submit(self, handoff: Handoff) -> Committed:
+        """The committed answer for ``handoff`` once its group is committed; raises
+        :class:`SinkUnavailable` at once while the sink is unavailable, or when its group
+        could not be committed."""
+        answer = await self.enqueue(handoff)
         if isinstance(answer, SinkUnavailable):
             raise answer
         return answer
