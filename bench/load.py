@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import sys
 import time
@@ -54,7 +55,7 @@ class Loop(WSListener):  # type: ignore[misc]
     """One closed-loop connection."""
 
     def __init__(self, state: Phase, prefix: bytes, suffix: bytes, welcome: bool, latencies: list[int],
-                 ready: asyncio.Future[None]) -> None:
+                 ready: asyncio.Future[None], window: int = 1) -> None:
         self.state = state
         self.prefix = prefix
         self.suffix = suffix
@@ -65,6 +66,8 @@ class Loop(WSListener):  # type: ignore[misc]
         self.sent = 0
         self.bad = 0
         self.transport: WSTransport | None = None
+        self.window = window  # batches in flight (answers come in order: each matches the oldest send)
+        self.sends: collections.deque[int] = collections.deque()
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
@@ -72,11 +75,13 @@ class Loop(WSListener):  # type: ignore[misc]
             self.ready.set_result(None)
 
     def go(self) -> None:
-        self._send(time.perf_counter_ns())
+        for _ in range(self.window):
+            self._send(time.perf_counter_ns())
 
     def _send(self, now: int) -> None:
         self.n += 1
         self.sent = now
+        self.sends.append(now)
         assert self.transport is not None
         self.transport.send(WSMsgType.TEXT, self.prefix + str(self.n).encode() + self.suffix)
 
@@ -91,8 +96,9 @@ class Loop(WSListener):  # type: ignore[misc]
             self.ready.set_result(None)
             return
         now = time.perf_counter_ns()
+        sent = self.sends.popleft() if self.sends else now
         if self.state.measuring:
-            self.latencies.append(now - self.sent)
+            self.latencies.append(now - sent)
             if self.check and not frame.get_payload_as_bytes().startswith(RESULT_PREFIX):
                 self.bad += 1
         if not self.state.stopped:
@@ -158,7 +164,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with gate:
             _, listener = await _open(
                 args.url,
-                lambda: Loop(state, prefix, suffix, args.welcome, latencies, ready),
+                lambda: Loop(state, prefix, suffix, args.welcome, latencies, ready, args.window),
                 tokens[i % len(tokens)],
             )
             await ready
@@ -288,6 +294,7 @@ def main() -> None:
     parser.add_argument("--echo", action="store_true", help="answers are echoes, not results")
     parser.add_argument("--marks", action="store_true", help="print 'mark start'/'mark stop' around the window")
     parser.add_argument("--id-prefix", default="", help="the start of every batch id (run)")
+    parser.add_argument("--window", type=int, default=1, help="batches in flight per connection (run)")
     args = parser.parse_args()
     mode = {"run": run, "idle": idle, "connect": connect}[args.mode]
     result = uvloop.run(mode(args))

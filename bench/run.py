@@ -23,7 +23,9 @@ What it does, in order:
    ``naive``                 ``is_enabled`` per batch + OTel's default instrumentation
    ``canaryws``              ``canaryws serve``, production settings (below), strict pinned,
                              ``CANARYWS_SINK=none`` (answers without persisting)
-   ``canaryws-sqlite``       the same with the default sink: ``CANARYWS_SINK=sqlite``, the
+   ``canaryws-w8``           canaryws driven with 8 batches in flight per connection (as the
+                             SDK keeps up to 32): the persist step's pair is measured that way
+   ``canaryws-sqlite``       canaryws-w8 with the default sink: ``CANARYWS_SINK=sqlite``, the
                              file ``sink.sqlite3`` in its own data dir (WAL, synchronous=FULL)
    ``canaryws-postgres``     the same with ``CANARYWS_SINK=postgresql://.../<db>``: a fresh
                              database the run creates on ``--postgres``'s server, and drops
@@ -75,8 +77,8 @@ What it does, in order:
 
 3. Ratios, per round (paired within the round), then the median over rounds:
    canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
-   (goal >= 0.9), postgresql sink / none = canaryws-postgres / canaryws (goal >= 0.7),
-   sqlite sink / none = canaryws-sqlite / canaryws (goal >= 0.5), lean / echo,
+   (goal >= 0.9), postgresql sink / none = canaryws-postgres / canaryws-w8 (goal >= 0.7),
+   sqlite sink / none = canaryws-sqlite / canaryws-w8 (goal >= 0.5), lean / echo,
    naive / canaryws, 2workers / canaryws (no goals), and the
    shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
    (goal <= 1.0: the shadow costs no more than the second strategy's own work; a round in
@@ -168,7 +170,14 @@ SQLITE_FILE = "sink.sqlite3"  # the default sink's file in the data dir
 BATCHES_TABLE = "canaryws_batches"  # one row per batch committed the first time
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # The order of a round before rotation: the servers compared with each other sit side by side.
-ROUND_ORDER = ("echo", "lean", "canaryws", "canaryws-postgres", "canaryws-sqlite", "canaryws-telemetry-off",
+SINK_WINDOW = 8
+"""Batches in flight per connection in the sink comparison: the persist step's pair
+(``canaryws-w8`` without a sink, ``canaryws-sqlite`` and ``canaryws-postgres``) is measured with
+a load client that keeps 8 batches in flight on each connection, as the SDK does (up to 32),
+since with one in flight each connection waits a whole commit per batch and the throughput
+measures the commit's latency, not the service's work (docs/benchmarks.md)."""
+PIPELINED = f"canaryws-w{SINK_WINDOW}"
+ROUND_ORDER = ("echo", "lean", "canaryws", PIPELINED, "canaryws-postgres", "canaryws-sqlite", "canaryws-telemetry-off",
                "canaryws-shadow", "lean-both", "naive", "canaryws-2workers")
 
 
@@ -192,8 +201,8 @@ class Ratio:
 RATIOS = (
     Ratio("canaryws / lean", "canaryws", "lean", ">= 0.85"),
     Ratio("telemetry on / off", "canaryws", "canaryws-telemetry-off", ">= 0.9"),
-    Ratio("postgresql sink / none", "canaryws-postgres", "canaryws", ">= 0.7"),
-    Ratio("sqlite sink / none", "canaryws-sqlite", "canaryws", ">= 0.5"),
+    Ratio("postgresql sink / none", "canaryws-postgres", PIPELINED, ">= 0.7"),
+    Ratio("sqlite sink / none", "canaryws-sqlite", PIPELINED, ">= 0.5"),
     Ratio("lean / echo", "lean", "echo"),
     Ratio("naive / canaryws", "naive", "canaryws"),
     Ratio("2workers / canaryws", "canaryws-2workers", "canaryws"),
@@ -293,6 +302,7 @@ class Server:
     # canaryws' sink as /readyz must show it: "sqlite", "postgresql", "none" (no sink part); None: not checked
     sink: str | None = None
     sink_location: str = ""  # the SQLite file, or the PostgreSQL URL, whose rows are counted
+    window: int = 1  # batches the load client keeps in flight per connection
     proc: subprocess.Popen[bytes] | None = None
     port: int = 0
     starts: int = 0
@@ -670,7 +680,7 @@ class Bench:
             self.servers[kind] = Server(kind, [sys.executable, str(APPS), kind, PORT, *extra], base_env,
                                         logs / f"{kind}.log", echo=echo)
 
-        def canaryws(name: str, flags: Path, env: dict[str, str], *extra: str) -> None:
+        def canaryws(name: str, flags: Path, env: dict[str, str], *extra: str, window: int = 1) -> None:
             data = self.workdir / "data" / name
             data.mkdir(parents=True)
             authority = TokenAuthority.from_data_dir(data)
@@ -683,7 +693,7 @@ class Bench:
             self.servers[name] = Server(
                 name, argv, env, logs / f"{name}.log", welcome=True, tokens=tokens, health_path="/healthz",
                 sink=None if sink is None else sink.split(":", 1)[0],
-                sink_location=str(data / SQLITE_FILE) if sink == "sqlite" else (sink or ""))
+                sink_location=str(data / SQLITE_FILE) if sink == "sqlite" else (sink or ""), window=window)
 
         app("echo", echo=True)
         app("lean")
@@ -691,9 +701,10 @@ class Bench:
         app("naive", str(strict_flags))
         without_sink = {**production, **NO_SINK}
         canaryws("canaryws", strict_flags, without_sink)
-        canaryws("canaryws-sqlite", strict_flags, {**production, "CANARYWS_SINK": "sqlite"})
+        canaryws(PIPELINED, strict_flags, without_sink, window=SINK_WINDOW)
+        canaryws("canaryws-sqlite", strict_flags, {**production, "CANARYWS_SINK": "sqlite"}, window=SINK_WINDOW)
         canaryws("canaryws-postgres", strict_flags,
-                 {**production, "CANARYWS_SINK": database_url(s.postgres, self.database)})
+                 {**production, "CANARYWS_SINK": database_url(s.postgres, self.database)}, window=SINK_WINDOW)
         canaryws("canaryws-telemetry-off", strict_flags, {**without_sink, "OTEL_SDK_DISABLED": "true"})
         canaryws("canaryws-shadow", shadow_flags, without_sink)
         if self.has_workers_option():
@@ -811,7 +822,7 @@ class Bench:
     def throughput(self, server: Server, connections: int) -> dict[str, Any]:
         s = self.settings
         args = ["--connections", str(connections), "--duration", str(s.duration), "--warmup", str(s.warmup),
-                "--records", str(s.records)]
+                "--records", str(s.records), "--window", str(server.window)]
         if not server.persists:
             return self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
         # the sink's side, read before the load client starts and after it exited (outside the window)
@@ -1256,7 +1267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "finished": time.time(),
             "machine": info,
             "settings": {**settings.to_json(), "production_env": PRODUCTION_ENV, "rlimit_nofile": list(nofile),
-                         "servers": {name: {"port": s.port,
+                         "servers": {name: {"port": s.port, "window": s.window,
                                             "argv": s.argv[1:] if s.argv[0] == sys.executable else s.argv,
                                             "env": {k: redact_url(v) if k == "CANARYWS_SINK" else v
                                                     for k, v in s.env.items() if k.startswith(DROPPED_PREFIXES)}}

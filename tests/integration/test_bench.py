@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "run.py"
 BUDGET_SECONDS = 120
 SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow",
-           "canaryws-sqlite", "canaryws-postgres"}
+           "canaryws-w8", "canaryws-sqlite", "canaryws-postgres"}
 SINK_SERVERS = ("canaryws-sqlite", "canaryws-postgres")
 RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "naive / canaryws", "shadow cost",
           "postgresql sink / none", "sqlite sink / none"}
@@ -86,8 +86,12 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
     # canaryws and its variants answer without a sink; the sink servers persisted every answered batch
     # (the benchmark counts the rows of canaryws_batches around each run, and fails when they fall short)
     env = {name: server["env"] for name, server in result["settings"]["servers"].items()}
-    for name in ("canaryws", "canaryws-telemetry-off", "canaryws-shadow"):
+    for name in ("canaryws", "canaryws-telemetry-off", "canaryws-shadow", "canaryws-w8"):
         assert env[name]["CANARYWS_SINK"] == "none", name
+    # the persist step's pair runs with 8 batches in flight per connection, the rest with 1
+    windows = {name: server["window"] for name, server in result["settings"]["servers"].items()}
+    assert {name for name, window in windows.items() if window != 1} == {"canaryws-w8", *SINK_SERVERS}
+    assert {windows[name] for name in ("canaryws-w8", *SINK_SERVERS)} == {8}
     assert env["canaryws-sqlite"]["CANARYWS_SINK"] == "sqlite"
     assert env["canaryws-postgres"]["CANARYWS_SINK"].startswith("postgresql://")
     assert "sink" not in runs["canaryws"]
