@@ -64,19 +64,23 @@ def test_settings_of_a_run_limited_to_some_servers_go_into_the_json_document() -
 # -- the persist step's servers and ratios --------------------------------------------------------
 
 def test_the_sink_ratios_compare_each_sink_with_the_same_service_without_one() -> None:
+    """Each sink server against canaryws-w8: the same service without a sink, driven like the sink
+    servers (8 batches in flight per connection), side by side with them in a round."""
     run = load_run()
     ratios = {r.name: r for r in run.RATIOS}
     postgresql, sqlite = ratios["postgresql sink / none"], ratios["sqlite sink / none"]
-    assert (postgresql.numerator, postgresql.denominator, postgresql.goal) == ("canaryws-postgres", "canaryws",
+    assert (postgresql.numerator, postgresql.denominator, postgresql.goal) == ("canaryws-postgres", "canaryws-w8",
                                                                                ">= 0.7")
-    assert (sqlite.numerator, sqlite.denominator, sqlite.goal) == ("canaryws-sqlite", "canaryws", ">= 0.5")
-    # side by side with canaryws in a round
+    assert (sqlite.numerator, sqlite.denominator, sqlite.goal) == ("canaryws-sqlite", "canaryws-w8", ">= 0.5")
+    assert run.PIPELINED == "canaryws-w8" and run.SINK_WINDOW == 8
+    # side by side with canaryws-w8 in a round
     order = list(run.ROUND_ORDER)
-    at = order.index("canaryws")
+    at = order.index("canaryws-w8")
     assert order[at + 1:at + 3] == ["canaryws-postgres", "canaryws-sqlite"]
 
     def one_round(postgres_rate: float, sqlite_rate: float) -> list[dict[str, Any]]:
-        rates = {"echo": 3000.0, "lean": 1100.0, "canaryws": 1000.0, "canaryws-postgres": postgres_rate,
+        rates = {"echo": 3000.0, "lean": 1100.0, "canaryws": 1000.0, "canaryws-w8": 1000.0,
+                 "canaryws-postgres": postgres_rate,
                  "canaryws-sqlite": sqlite_rate, "canaryws-telemetry-off": 1000.0, "canaryws-shadow": 900.0,
                  "lean-both": 1000.0, "naive": 200.0}
         return [{"server": name, "rate": rate, "cpu_us_per_msg": 1e6 / rate, "messages": int(rate),
