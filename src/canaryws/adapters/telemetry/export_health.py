@@ -334,9 +334,11 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
         monitor: SpanExportMonitor,
         settings: BatchSettings,
         meter_provider: MeterProvider | None = None,
+        pre_encode: Callable[[ReadableSpan], None] | None = None,
     ) -> None:
         super().__init__(MonitoredSpanExporter(exporter, monitor), **settings, meter_provider=meter_provider)
         self.monitor = monitor
+        self._pre_encode = pre_encode
         inner = getattr(self, "_batch_processor", None)
         sdk_metrics = getattr(inner, "_metrics", None)
         if inner is None or not callable(getattr(sdk_metrics, "drop_items", None)):
@@ -346,6 +348,10 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
             inner._metrics = _DropCounter(sdk_metrics, monitor)
 
     def on_end(self, span: ReadableSpan) -> None:
+        # ``pre_encode`` (the file exporter's): the span's encoding, done here on the thread
+        # ending it rather than in one burst on the export thread (otlp_json_encoder.pre_encode).
+        if self._pre_encode is not None and span.context.trace_flags.sampled:
+            self._pre_encode(span)
         # The SDK logs "Queue full, dropping Span." here; the monitor reports it instead.
         _sdk_records.capture = _DISCARD
         try:

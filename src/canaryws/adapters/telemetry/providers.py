@@ -39,7 +39,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import DropAggregation, ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, Sampler
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -65,6 +65,7 @@ from canaryws.adapters.telemetry.export_health import (
     traces_status,
 )
 from canaryws.adapters.telemetry.file_exporter import OtlpJsonFileSpanExporter
+from canaryws.adapters.telemetry.otlp_json_encoder import pre_encode
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler, sampler_from_environ
 
 __all__ = [
@@ -293,6 +294,7 @@ def _init_tracing(
     try:
         for name in names:
             exporter: SpanExporter
+            pre: Callable[[ReadableSpan], None] | None = None
             if name == "file":
                 trace_file = tracing.trace_file = data_dir / trace_file_name(env)
                 file_exporter = tracing.file_exporter = OtlpJsonFileSpanExporter(
@@ -305,6 +307,7 @@ def _init_tracing(
                     description="Times the local trace file reached its size cap and was moved to its backup",
                 )
                 exporter = file_exporter
+                pre = pre_encode
                 monitor = SpanExportMonitor(name, str(trace_file), exporter_logs_failures=True)
             elif name == "otlp":
                 endpoint = tracing.otlp_endpoint = otlp_endpoint(env, "TRACES", "v1/traces")
@@ -315,7 +318,8 @@ def _init_tracing(
                 monitor = SpanExportMonitor(name)
             else:
                 continue
-            tracer_provider.add_span_processor(MonitoredBatchSpanProcessor(exporter, monitor, batching, meter_provider))
+            processor = MonitoredBatchSpanProcessor(exporter, monitor, batching, meter_provider, pre_encode=pre)
+            tracer_provider.add_span_processor(processor)
             tracing.monitors.append(monitor)
     except BaseException:
         # e.g. the trace file cannot be opened: release what was started, then fail loudly.
