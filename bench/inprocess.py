@@ -51,6 +51,9 @@ PRODUCTION_ENV = {
     "CANARYWS_MAX_BYTES_PER_SECOND": "0",
     "CANARYWS_MAX_CLIENT_BYTES_PER_SECOND": "0",
     "CANARYWS_LOG_LEVEL": "WARNING",
+    # as bench/run.py's canaryws: answered without persisting (a sink's batches in flight would be
+    # unanswered at the disconnect; the persist step is bench/sink_inprocess.py's business)
+    "CANARYWS_SINK": "none",
 }
 
 
@@ -192,8 +195,10 @@ def main() -> None:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", variant, "--batches", str(args.batches),
                  "--rounds", str(args.rounds), *(["--profile", args.profile] if args.profile else [])],
-                env=env, check=True, capture_output=True, text=True,
+                env=env, capture_output=True, text=True,
             )
+            if out.returncode != 0:
+                raise SystemExit(f"variant {variant} failed (exit {out.returncode}):\n{out.stderr}")
             if out.stderr.strip():
                 print(out.stderr, file=sys.stderr)
             results[variant] = json.loads(out.stdout.strip().splitlines()[-1])["us_per_batch"]
