@@ -20,6 +20,7 @@ from canaryws.adapters.auth import (
     MAX_PROPERTIES,
     MAX_PROPERTY_VALUE_LENGTH,
     RESERVED_CONTEXT_NAMES,
+    AcceptedTokens,
     Identity,
     InvalidClientId,
     InvalidProperty,
@@ -283,3 +284,78 @@ def test_a_short_secret_is_refused_with_its_path(tmp_path: Path) -> None:
     path.chmod(0o600)
     with pytest.raises(SecretFileError, match=f"{path} holds fewer than 32 characters"):
         load_or_create_secret(tmp_path)
+
+
+class _Counting(TokenAuthority):
+    """The real authority, counting the full verifications."""
+
+    calls: list[str]
+
+    def verify(self, token: str) -> Identity:
+        self.calls.append(token)
+        return super().verify(token)
+
+
+def _counting(tmp_path: Path) -> _Counting:
+    authority = _Counting(TokenAuthority.from_data_dir(tmp_path).secret)
+    object.__setattr__(authority, "calls", [])
+    return authority
+
+
+def test_accepted_tokens_verify_a_token_once_then_check_only_its_expiry(tmp_path: Path) -> None:
+    authority = _counting(tmp_path)
+    now = [time.time()]
+    tokens = AcceptedTokens(authority, clock=lambda: now[0])
+    token = authority.issue("client-a", ttl_seconds=60, now=now[0])
+    first = tokens.verify(token)
+    assert tokens.verify(token) is first and first.client_id == "client-a"
+    assert authority.calls == [token]
+    now[0] = first.expires_at - 0.001  # still valid: remembered
+    assert tokens.verify(token) is first and len(authority.calls) == 1
+    now[0] = first.expires_at  # expired (PyJWT: once now >= exp): forgotten and verified in full again
+    assert tokens.verify(token) == first and len(authority.calls) == 2
+
+
+def test_an_accepted_token_that_expires_is_refused(tmp_path: Path) -> None:
+    authority = TokenAuthority.from_data_dir(tmp_path)
+    tokens = AcceptedTokens(authority)
+    token = authority.issue("client-a", ttl_seconds=1, now=time.time())
+    assert tokens.verify(token).client_id == "client-a"
+    time.sleep(max(0.0, tokens.verify(token).expires_at - time.time()) + 0.05)
+    with pytest.raises(TokenError, match="expired"):
+        tokens.verify(token)
+    assert len(tokens) == 0
+
+
+def test_accepted_tokens_refuse_what_the_authority_refuses_and_keep_none_of_it(tmp_path: Path) -> None:
+    authority = _counting(tmp_path / "a")
+    other = TokenAuthority.from_data_dir(tmp_path / "b")
+    tokens = AcceptedTokens(authority)
+    good = authority.issue("client-a")
+    tokens.verify(good)
+    header, payload, signature = good.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
+    claims["sub"] = "client-b"
+    for bad in [other.issue("client-a"), ".".join([header, _b64(claims), signature]), good + "x", "", "a.b.c"]:
+        for _ in range(2):  # refused every time: never remembered
+            with pytest.raises(TokenError):
+                tokens.verify(bad)
+    assert len(tokens) == 1
+
+
+def test_accepted_tokens_are_bounded_oldest_forgotten_first(tmp_path: Path) -> None:
+    authority = _counting(tmp_path)
+    tokens = AcceptedTokens(authority, max_entries=3)
+    issued = [authority.issue(f"client-{i}") for i in range(5)]
+    for token in issued:
+        tokens.verify(token)
+    assert len(tokens) == 3
+    authority.calls.clear()
+    for token in issued[2:]:
+        tokens.verify(token)
+    assert authority.calls == []  # the newest three are remembered
+    tokens.verify(issued[0])
+    assert authority.calls == [issued[0]]  # the oldest was forgotten: verified in full again
+    assert len(tokens) == 3
+    with pytest.raises(ValueError):
+        AcceptedTokens(authority, max_entries=0)

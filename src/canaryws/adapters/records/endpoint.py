@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from canaryws.adapters.asgi.scope import ABORT_SCOPE_KEY, ACCESS_TOKEN_SCOPE_KEY
-from canaryws.adapters.auth import Identity, TokenAuthority
+from canaryws.adapters.auth import AcceptedTokens, Identity, TokenAuthority
 from canaryws.adapters.records.admission import Admitted, Refusal, admit, normalized_origins
 from canaryws.adapters.records.after_round import AfterRound
 from canaryws.adapters.records.connection import (
@@ -116,7 +116,7 @@ class RecordsEndpoint:
         self._app_name = app_name
         self._environment = environment
         self._default_strategy = default_strategy
-        self._tokens = tokens
+        self._tokens = AcceptedTokens(tokens)  # a reconnect's token: its expiry checked, not its signature
         self._telemetry = telemetry
         self._limits = limits
         self._allowed_origins = normalized_origins(allowed_origins)
