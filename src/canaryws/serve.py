@@ -1,17 +1,17 @@
 """Running the composed service (:mod:`canaryws.app`): in this process, or as N worker
-processes on one listening socket. ``canaryws serve`` parses its options into
-:class:`~canaryws.settings.Settings` and calls :func:`serve`; nothing else starts a server."""
+processes to which a supervisor hands the connections of one listening socket.
+``canaryws serve`` parses its options into :class:`~canaryws.settings.Settings` and calls
+:func:`serve`; nothing else starts a server."""
 
 from __future__ import annotations
 
 import logging
 import signal
-import socket
 import sys
 from dataclasses import replace
 from multiprocessing.connection import Connection
 
-from canaryws.adapters.server import graceful, supervisor
+from canaryws.adapters.server import graceful, handoff, supervisor
 from canaryws.adapters.server.config import uvicorn_config
 from canaryws.app import Service, build_service, prepare_shared_state, startup_error
 from canaryws.settings import Settings
@@ -54,10 +54,11 @@ def serve_workers(settings: Settings) -> int:
 
 
 def run_worker(
-    settings: Settings, index: int, sock: socket.socket, ready: Connection, supervisor_pid: int, instance_base: str
+    settings: Settings, index: int, inbox: handoff.Inbox, ready: Connection, supervisor_pid: int, instance_base: str
 ) -> None:
-    """A worker's entry point, in a spawned interpreter: build the service, serve ``sock``
-    until SIGTERM, tell the supervisor through ``ready`` once serving."""
+    """A worker's entry point, in a spawned interpreter: build the service, serve the
+    connections the supervisor hands over through ``inbox`` until SIGTERM, tell the
+    supervisor through ``ready`` once serving."""
     supervisor.become_worker(index, supervisor_pid, settings.log_level)
     settings = replace(settings, environ=supervisor.worker_environ(settings.environ, index, instance_base))
     try:
@@ -68,7 +69,7 @@ def run_worker(
     except Exception:
         log.exception("worker could not start")
         sys.exit(supervisor.STARTUP_FAILURE)
-    _run(service, settings, sockets=[sock], signals=(signal.SIGTERM,), ready=ready)
+    _run(service, settings, inbox=inbox, ready=ready)
 
 
 def _build(settings: Settings) -> Service:
@@ -81,14 +82,14 @@ def _build(settings: Settings) -> Service:
         raise CannotStart(message) from None
 
 
-def _run(service: Service, settings: Settings, *, sockets: list[socket.socket] | None = None,
-         signals: tuple[int, ...] | None = None, ready: Connection | None = None) -> None:
+def _run(service: Service, settings: Settings, *, inbox: handoff.Inbox | None = None,
+         ready: Connection | None = None) -> None:
+    """Serve until the signal: this process's own listening socket, or (a worker: SIGTERM
+    only) the connections coming through ``inbox``."""
     config = uvicorn_config(service.drain, settings, service.records.refused)
-    graceful.run(
-        config,
-        service.drain,
-        settings.shutdown_timeout,
-        sockets=sockets,
-        **({"signals": signals} if signals is not None else {}),
-        on_started=supervisor.ready_signal(ready) if ready is not None else None,
-    )
+    on_started = supervisor.ready_signal(ready) if ready is not None else None
+    if inbox is not None:
+        handoff.run(config, service.drain, settings.shutdown_timeout, inbox, signals=(signal.SIGTERM,),
+                    on_started=on_started)
+    else:
+        graceful.run(config, service.drain, settings.shutdown_timeout, on_started=on_started)

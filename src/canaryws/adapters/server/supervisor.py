@@ -7,13 +7,32 @@ The supervisor (the ``canaryws serve`` process):
    providers, flag client or event loop. The supervisor builds none of these (no service,
    no telemetry, no thread); the composition (:mod:`canaryws.serve`) prepares the state
    the workers share on disk before;
-2. restarts a worker that exits (immediately if it had started serving, else after a
-   back-off from 1 s to 30 s), with a warning in the log. A worker that cannot start in
-   the first place (the app, the telemetry or the socket is broken: every restart would
-   fail the same way) stops the service, exit status 1;
-3. on SIGTERM or SIGINT closes its copy of the socket and sends SIGTERM to every worker.
+2. **accepts every connection itself and hands it to the worker that holds the fewest**
+   (ties go round-robin), like Node's cluster module: the descriptor goes over the worker's
+   channel (:mod:`canaryws.adapters.server.handoff`: an ``AF_UNIX`` socket pair,
+   ``SCM_RIGHTS``), then the supervisor closes its copy; the worker serves it from there
+   on, the supervisor never sees a byte of it. Only workers that are serving get
+   connections (until one is, they wait in the listening socket's backlog). A worker's
+   count is what it publishes in shared memory (connections it holds, descriptors it has
+   taken) plus what was sent to it and not taken yet, so a worker that stops reading its
+   channel stops getting connections. Accepting is cheap and never blocks: the socket is
+   non-blocking, each wake-up accepts until ``EAGAIN`` (:data:`ACCEPT_BATCH` at most) and
+   sends each worker its share in one message; it pauses (the connections wait in the
+   backlog) while :data:`MAX_PENDING` accepted connections wait for a full channel, and
+   for a moment when the process runs out of descriptors.
+   (The kernel spreading connections among workers that all accept on a shared socket, or
+   with ``SO_REUSEPORT``, has no notion of load: a burst of 50 often landed 36 / 14.)
+3. restarts a worker that exits (immediately if it had started serving, else after a
+   back-off from 1 s to 30 s), with a warning in the log. The connections it held are gone
+   with it; those still queued in its channel, which it never read, are taken back and
+   handed to the other workers. A worker that cannot start in the first place (the app,
+   the telemetry or the socket is broken: every restart would fail the same way) stops the
+   service, exit status 1;
+4. on SIGTERM or SIGINT stops accepting (closes the socket; connections accepted and not
+   yet handed over are closed) and sends SIGTERM to every worker.
    Each worker drains and exits on its own, within ``CANARYWS_SHUTDOWN_TIMEOUT``
-   (:mod:`canaryws.adapters.server.graceful`: answers, 1012, telemetry flush, watchdog).
+   (:mod:`canaryws.adapters.server.graceful`: answers, 1012, telemetry flush, watchdog;
+   closing its channel first, which closes what was still queued in it).
    The supervisor exits 0 when every worker did, 1 when one was forced or crashed (a
    worker still starting that the signal ended counts as clean: it served nothing). It
    kills a worker still there a second after the bound, which only a worker its watchdog
@@ -23,52 +42,65 @@ uvicorn's own supervisor (``uvicorn.supervisors.Multiprocess``) is not used: it 
 the worker (a plain ``uvicorn.Server`` that re-raises the signal, so no drain and no exit
 status), cannot give a worker its index (the trace file ``traces-<k>.jsonl`` needs one
 writer), starts a second worker with the same index on SIGHUP, polls for signals every
-0.5 s and waits for its workers without a bound.
+0.5 s, waits for its workers without a bound, and leaves the balance to the kernel.
 
 Each worker runs the ``target`` the composition gives (:func:`canaryws.serve.run_worker`:
 it builds the whole service itself, with ``CANARYWS_WORKER=<k>`` and
 ``service.instance.id=<base>-<k>`` in its environment mapping, :func:`worker_environ`;
 ``<base>``: the ``service.instance.id`` of ``OTEL_RESOURCE_ATTRIBUTES``, else
-``<hostname>-<supervisor pid>``), after :func:`become_worker`: its log records carry
-``worker`` and ``pid``, it handles SIGTERM only (Ctrl+C in a terminal reaches the whole
-process group, and the supervisor turns it into one SIGTERM per worker), and a worker
-whose supervisor disappears (``kill -9``) shuts itself down.
+``<hostname>-<supervisor pid>``; it serves what comes through its
+:class:`~canaryws.adapters.server.handoff.Inbox`), after :func:`become_worker`: its log
+records carry ``worker`` and ``pid``, it handles SIGTERM only (Ctrl+C in a terminal
+reaches the whole process group, and the supervisor turns it into one SIGTERM per worker),
+and a worker whose supervisor disappears (``kill -9``) shuts itself down.
+
+``canaryws serve`` with one worker (the default) runs no supervisor: the process serves its
+own listening socket.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import resource
+import select
 import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from urllib.parse import quote, unquote
 
+from canaryws.adapters.server import handoff
 from canaryws.adapters.telemetry.environment import WORKER_VAR
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws.workers")
 
 STARTUP_FAILURE = 3  # a worker's exit status when it could not start (uvicorn's too)
-BACKLOG = 2048  # uvicorn's default
+BACKLOG = 4096  # connections the kernel queues for the supervisor (capped by net.core.somaxconn)
 RESTART_BACKOFF = (1.0, 30.0)  # seconds before restarting a worker that died before it served
 KILL_GRACE = 1.0  # seconds after the bound before the supervisor kills a worker still there
 SERVICE_INSTANCE_ID = "service.instance.id"
+ACCEPT_BATCH = 1024  # connections accepted per wake-up, at most, before the supervisor looks at the rest
+MAX_PENDING = 4096  # accepted connections waiting for a worker's channel, beyond which accepting pauses
+OUT_OF_FILES_PAUSE = 0.1  # seconds without accepting after the process ran out of descriptors
+REFS_PAUSE = 0.01  # seconds before sending again after the kernel refused more descriptors in flight
+_OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-WorkerTarget = Callable[[Settings, int, socket.socket, Connection, int, str], None]
-"""A worker's entry point: (settings, index, listening socket, ready pipe, supervisor pid,
-instance id base); a module-level function, since *spawn* imports it by name."""
+WorkerTarget = Callable[[Settings, int, handoff.Inbox, Connection, int, str], None]
+"""A worker's entry point: (settings, index, its inbox (channel and counters), ready pipe,
+supervisor pid, instance id base); a module-level function, since *spawn* imports it by name."""
 
 
 def listen(settings: Settings) -> socket.socket:
-    """The listening socket the workers share (OSError when it cannot be bound)."""
+    """The listening socket the supervisor accepts on (OSError when it cannot be bound)."""
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -165,8 +197,18 @@ class _Worker:
     index: int  # 1..N: the slot it fills
     process: BaseProcess
     ready_pipe: Connection  # the worker writes to it once serving
+    channel: socket.socket  # the supervisor's end of its channel
+    peer: socket.socket | None  # a copy of the worker's end: what it never read can be taken back
+    counters: handoff.SharedCounters  # [taken, live], written by the worker
+    sent: int = 0  # descriptors sent over the channel
+    outbox: list[int] = field(default_factory=list)  # accepted for it, not sent yet (the channel was full)
+    send_after: float = 0.0  # monotonic time before which sending waits (the kernel refused more in flight)
     ready: bool = False
     stopped: bool = False  # the supervisor sent it SIGTERM
+
+    def load(self) -> int:
+        """The connections it holds or will hold: published, in flight, and waiting here."""
+        return self.sent - int(self.counters[handoff.TAKEN]) + int(self.counters[handoff.LIVE]) + len(self.outbox)
 
 
 def _describe(exitcode: int) -> str:
@@ -176,9 +218,25 @@ def _describe(exitcode: int) -> str:
     return f"exit status {exitcode}"
 
 
+def _raise_open_files_limit() -> None:
+    """Lift the soft limit on open files to the hard one: connections wait here between
+    accept and hand-over (a reconnect storm), and the workers inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
 class Supervisor:
-    """Runs ``settings.workers`` workers (each ``target``) on ``sock`` until SIGTERM/SIGINT
-    (see the module doc)."""
+    """Runs ``settings.workers`` workers (each ``target``) and hands them the connections of
+    ``sock`` until SIGTERM/SIGINT (see the module doc)."""
 
     def __init__(self, settings: Settings, sock: socket.socket, target: WorkerTarget) -> None:
         self.settings = settings
@@ -193,6 +251,10 @@ class Supervisor:
         self._signal: int | None = None
         self._signalled_at: float | None = None
         self._failed = False  # a worker could not start
+        self._orphans: list[int] = []  # accepted connections whose worker died before taking them
+        self._next = 0  # where the round-robin among equally loaded workers resumes
+        self._accept_after = 0.0  # monotonic time before which accepting waits (out of descriptors)
+        self._out_of_files_logged = 0.0
 
     def _on_signal(self, sig: int, _frame: object) -> None:
         if self._signal is None:
@@ -203,13 +265,16 @@ class Supervisor:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
+        self.sock.setblocking(False)
+        _raise_open_files_limit()
         previous_wakeup = signal.set_wakeup_fd(wake_w.fileno(), warn_on_full_buffer=False)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             host, port = self.sock.getsockname()[:2]
             log.info(
                 "canaryws listening; starting workers",
-                extra={"host": host, "port": port, "workers": self.settings.workers, "supervisor_pid": os.getpid()},
+                extra={"host": host, "port": port, "workers": self.settings.workers, "supervisor_pid": os.getpid(),
+                       "balance": "fewest connections"},
             )
             for index in range(1, self.settings.workers + 1):
                 self._start(index)
@@ -222,43 +287,163 @@ class Supervisor:
             wake_r.close()
             wake_w.close()
             self.sock.close()
+            _close_all(self._orphans)
+            for worker in self._workers.values():
+                self._close_channel(worker)
 
     def _start(self, index: int) -> None:
         reader, writer = self._context.Pipe(duplex=False)
+        ours, theirs = handoff.channel_pair()
+        counters = handoff.new_counters(self._context.RawArray)
         process = self._context.Process(
             target=self.target,
-            args=(self.settings, index, self.sock, writer, os.getpid(), self.instance_base),
+            args=(self.settings, index, handoff.Inbox(theirs, counters), writer, os.getpid(), self.instance_base),
             name=f"canaryws-worker-{index}",
         )
         # The worker starts with SIGINT blocked (inherited through exec): see become_worker.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             process.start()
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             writer.close()
-        self._workers[index] = _Worker(index, process, reader)
+        self._workers[index] = _Worker(index, process, reader, ours, theirs, counters)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _pending(self) -> int:
+        return len(self._orphans) + sum(len(w.outbox) for w in self._workers.values())
 
     def _supervise(self, wake: socket.socket) -> None:
         while self._signal is None and not self._failed:
-            timeout = max(min(self._due.values()) - time.monotonic(), 0.0) if self._due else None
-            workers = list(self._workers.values())
-            wait(
-                [wake, *(w.process.sentinel for w in workers), *(w.ready_pipe for w in workers if not w.ready)],
-                timeout,
-            )
+            now = time.monotonic()
+            workers = sorted(self._workers.values(), key=lambda w: w.index)
+            poller = select.poll()
+            poller.register(wake, select.POLLIN)
+            wakeups = [*self._due.values()]
+            for worker in workers:
+                poller.register(worker.process.sentinel, select.POLLIN)
+                if not worker.ready:
+                    poller.register(worker.ready_pipe, select.POLLIN)
+                elif worker.outbox:
+                    if worker.send_after > now:
+                        wakeups.append(worker.send_after)
+                    else:
+                        poller.register(worker.channel, select.POLLOUT)
+            accepting = any(w.ready for w in workers) and self._pending() < MAX_PENDING
+            if accepting and self._accept_after > now:
+                accepting = False
+                wakeups.append(self._accept_after)
+            if accepting:
+                poller.register(self.sock, select.POLLIN)
+            timeout = None if not wakeups else max(min(wakeups) - now, 0.0) * 1000 + 1
+            events = dict(poller.poll(timeout))
             with contextlib.suppress(OSError):
                 while wake.recv(512):
                     pass
             if self._signal is not None:
                 return
+            now = time.monotonic()
+            if accepting and events.get(self.sock.fileno(), 0) & select.POLLIN:
+                self._accept(now)
             for worker in workers:
                 self._check(worker)
-            now = time.monotonic()
+            if self._orphans:
+                self._hand_out(self._orphans, now)
+            for worker in self._workers.values():
+                if worker.ready and worker.outbox:
+                    self._send(worker, now)
             for index, due in sorted(self._due.items()):
                 if due <= now and not self._failed:
                     del self._due[index]
                     self._start(index)
+
+    def _accept(self, now: float) -> None:
+        """Accept until EAGAIN (or :data:`ACCEPT_BATCH`), each connection into the outbox of
+        the worker that holds the fewest; their sending follows."""
+        accepted: list[int] = []
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd = self.sock.accept()[0].detach()
+            except BlockingIOError:
+                break
+            except ConnectionAbortedError:  # the client gave up while it waited in the backlog
+                continue
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_FILES:
+                    raise
+                self._accept_after = now + OUT_OF_FILES_PAUSE
+                if now - self._out_of_files_logged > 10:
+                    self._out_of_files_logged = now
+                    log.warning(f"cannot accept connections: {exc.strerror}; pausing",
+                                extra={"pause_seconds": OUT_OF_FILES_PAUSE, "pending": self._pending()})
+                break
+            accepted.append(fd)
+        if accepted:
+            self._hand_out(accepted, now)
+            self._orphans.extend(accepted)  # (none: accepting waits for a serving worker)
+
+    def _hand_out(self, fds: list[int], now: float) -> None:
+        """Put ``fds`` into the outboxes of the serving workers, each to the one with the
+        fewest connections (ties: round-robin); ``fds`` is emptied. Nothing when none serves."""
+        ready = [w for w in sorted(self._workers.values(), key=lambda w: w.index) if w.ready]
+        if not ready:
+            return
+        loads = [w.load() for w in ready]
+        count = len(ready)
+        for fd in fds:
+            start = self._next % count
+            best = start
+            for step in range(1, count):
+                k = (start + step) % count
+                if loads[k] < loads[best]:
+                    best = k
+            ready[best].outbox.append(fd)
+            loads[best] += 1
+            self._next = best + 1
+        fds.clear()
+        for worker in ready:
+            self._send(worker, now)
+
+    def _send(self, worker: _Worker, now: float) -> None:
+        """Send ``worker``'s outbox, a message per :data:`~handoff.MAX_FDS_PER_MESSAGE`
+        descriptors, closing the supervisor's copies; what a full channel refuses waits."""
+        while worker.outbox and worker.send_after <= now:
+            chunk = worker.outbox[:handoff.MAX_FDS_PER_MESSAGE]
+            try:
+                handoff.send_fds(worker.channel, chunk)
+            except BlockingIOError:  # the channel is full: POLLOUT says when to go on
+                return
+            except OSError as exc:
+                if exc.errno == errno.ETOOMANYREFS:  # too many descriptors in flight for this user
+                    worker.send_after = now + REFS_PAUSE
+                    return
+                raise
+            del worker.outbox[:len(chunk)]
+            worker.sent += len(chunk)
+            for fd in chunk:
+                os.close(fd)
+
+    def _take_back(self, worker: _Worker) -> list[int]:
+        """The connections a dead worker never took: its outbox, and what is still queued in
+        its channel (read from the supervisor's copy of the worker's end)."""
+        fds = list(worker.outbox)
+        worker.outbox.clear()
+        if worker.peer is not None:
+            while received := handoff.receive_fds(worker.peer):
+                fds.extend(received)
+        return fds
+
+    def _close_channel(self, worker: _Worker) -> None:
+        _close_all(worker.outbox)
+        if worker.peer is not None:
+            worker.peer.close()
+            worker.peer = None
+        worker.channel.close()
 
     def _check(self, worker: _Worker) -> None:
         if not worker.ready and worker.ready_pipe.poll():
@@ -276,7 +461,11 @@ class Supervisor:
             return
         worker.ready_pipe.close()
         del self._workers[worker.index]
-        details = {"worker": worker.index, "pid": worker.process.pid, "exit_status": exitcode}
+        taken_back = self._take_back(worker)
+        self._close_channel(worker)
+        self._orphans.extend(taken_back)
+        details = {"worker": worker.index, "pid": worker.process.pid, "exit_status": exitcode,
+                   "connections_taken_back": len(taken_back)}
         if not worker.ready and worker.index not in self._established:
             log.error(f"worker could not start ({_describe(exitcode)}); stopping the service", extra=details)
             self._failed = True
@@ -307,7 +496,15 @@ class Supervisor:
                 "workers": {str(w.index): w.process.pid for w in workers},
             },
         )
-        self.sock.close()  # new connections queue for no one once the workers close theirs too
+        # Stop accepting: what waits in the backlog, or here for a channel, is closed. What is
+        # queued in a channel is closed when its worker closes its end (the start of its drain).
+        self.sock.close()
+        _close_all(self._orphans)
+        for worker in workers:
+            _close_all(worker.outbox)
+            if worker.peer is not None:
+                worker.peer.close()
+                worker.peer = None
         for worker in workers:
             if worker.process.exitcode is None and worker.process.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
