@@ -4,6 +4,7 @@
     .venv/bin/python bench/run.py [--rounds 5] [--duration 5] [--warmup 1] [--connections 50]
         [--records 30] [--idle 5000] [--active 1000] [--connect-duration 5] [--no-scale]
         [--quick] [--check] [--json PATH] [--markdown PATH] [--keep] [--servers lean,canaryws,...]
+        [--no-realistic] [--realistic-connections 1000] [--seed 2026]
         [--postgres postgresql://postgres@127.0.0.1:5432/postgres]
 
 What it does, in order:
@@ -66,6 +67,20 @@ What it does, in order:
    process gets its own batch-id prefix (``load.py --id-prefix``): a sink keeps each
    ``(client id, batch id)`` once, and a reused id would be a replay, not a new batch.
 
+   The realistic workload (issue 26; ``--no-realistic`` skips it): right after its fixed-shape
+   run, every server of the round gets a second load process, ``bench/load.py realistic``, with
+   the same warm-up, window and CPU sampling: ``--realistic-connections`` connections (1,000),
+   10 % of them closed-loop senders (``--window`` in flight, as the server's fixed-shape run),
+   the others idle with Poisson bursts (0.2 per second each, 3 batches on average, a closed loop
+   within the burst), 20 % of those reconnecting after each burst (a fresh handshake). The
+   batches come from one pool that ``bench/workload.py write`` makes at the start from ``--seed``
+   (its docstring: Faker text in nine locales, Zipf batch sizes 1..10,000, defects per strict
+   reason), in its seeded order. Every answer in the window must be a ``result`` for its batch
+   with one outcome per record, and the rejections per code in the answers must equal the
+   pool's (an echo: as long as its frame); a batch lost or a connection closed by the server
+   stops the run. For canaryws servers the bench also reads ``canaryws_frames_throttled_total``
+   around the pass (``throttled``: frames a limit held back).
+
    Around each run against a sink server the bench counts the rows of ``canaryws_batches``
    and reads the sink's metrics on ``/metrics``. The run fails (status 2) when the rows did
    not grow by at least the answers counted (every result is sent only after its batch is
@@ -83,6 +98,8 @@ What it does, in order:
    shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
    (goal <= 1.0: the shadow costs no more than the second strategy's own work; a round in
    which lean-both - lean is not positive has no value, rather than a negative one).
+   Every ratio is computed on both workloads, each paired within its round, and shown side by
+   side ("fixed shape", "realistic"); the goals (and ``--check``) apply to the fixed shape.
 
 4. Scale (``--no-scale`` skips it). (a) ``--idle`` idle connections on ``canaryws-idle``:
    warm-up (50 connections sending batches for a moment, then closed), RSS baseline, open
@@ -99,7 +116,8 @@ What it does, in order:
    when a goal is missed, unless ``--check`` is given (then 1). A failure (a server that
    dies, a load client that errors) stops the run with status 2 and keeps the temp dir.
 
-6. ``--quick`` is a smoke run (1 round of 1 s after 0.3 s, 300 idle, 100 active, 1 s connect);
+6. ``--quick`` is a smoke run (1 round of 1 s after 0.3 s, 300 idle, 100 active, 1 s connect,
+   200 realistic connections);
    tests/integration/test_bench.py runs it.
 
 Everything started is stopped at the end, also on failure, Ctrl-C or SIGTERM (each server's
@@ -147,6 +165,7 @@ from canaryws.core.flagdoc import encode_flags_document, parse_flags_document, w
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 LOAD = BENCH / "load.py"
+WORKLOAD = BENCH / "workload.py"
 APPS = BENCH / "apps.py"
 FLAGS = ROOT / "flags" / "features.json"
 PACKAGES = ("canaryws", "uvicorn", "fastapi", "starlette", "websockets", "uvloop", "picows",
@@ -209,6 +228,8 @@ RATIOS = (
     Ratio("shadow cost", "canaryws-shadow - canaryws", "lean-both - lean", "<= 1.0", kind="shadow"),
 )
 IDLE_KIB_GOAL = 40.0
+THROTTLED_METRIC = "canaryws_frames_throttled_total"  # frames a canaryws limit held back (the realistic pass)
+WORKLOADS = ("fixed shape", "realistic")
 BUSY_MACHINE = 0.5  # cores used by the rest of the machine during a measurement that make it suspect
 
 
@@ -603,6 +624,9 @@ class Settings:
     only: frozenset[str] | None = None  # --servers: the throughput servers to run (None: all)
     postgres: str = POSTGRES_ADMIN  # where canaryws-postgres' database is created (and dropped)
     keep: bool = False  # keep the temp dir and the database
+    realistic: bool = True  # every server also runs the realistic workload (bench/workload.py) in each round
+    realistic_connections: int = 1000
+    seed: int = 2026  # the realistic workload's (bench/workload.py's DEFAULT_SEED)
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values (``only`` as a sorted list, ``postgres`` without its password)."""
@@ -632,6 +656,9 @@ class Settings:
             only=frozenset(args.servers.split(",")) if args.servers else None,
             postgres=args.postgres or POSTGRES_ADMIN,
             keep=bool(args.keep),
+            realistic=not args.no_realistic,
+            realistic_connections=pick(args.realistic_connections, 1000, 200),
+            seed=args.seed if args.seed is not None else 2026,
         )
 
 
@@ -644,6 +671,9 @@ class Bench:
     database: str = field(default_factory=lambda: f"canaryws_bench_{os.getpid()}_{secrets.token_hex(3)}")
     database_created: bool = False
     load_processes: int = 0  # each run-mode load process gets its own batch-id prefix
+    pool_file: Path | None = None  # the realistic workload's pool (bench/workload.py write)
+    workload: dict[str, Any] | None = None  # its summary
+    realistic_rounds: list[list[dict[str, Any]]] = field(default_factory=list)
 
     # -- set-up ---------------------------------------------------------------------------------
     def note(self, text: str) -> None:
@@ -668,7 +698,8 @@ class Bench:
         strict_flags.write_bytes(encode_flags_document(doc))
         shadow_flags = flags_dir / "shadow.json"
         shadow_flags.write_bytes(encode_flags_document(with_enabled(doc, "records.shadow", True)))
-        n_tokens = max(s.connections, s.idle if s.scale else 0, s.active if s.scale else 0, 1)
+        n_tokens = max(s.connections, s.idle if s.scale else 0, s.active if s.scale else 0,
+                       s.realistic_connections if s.realistic else 0, 1)
 
         base_env = {k: v for k, v in os.environ.items() if not k.startswith(DROPPED_PREFIXES)}
         base_env["PYTHONUNBUFFERED"] = "1"
@@ -782,7 +813,7 @@ class Bench:
     # -- measurements ---------------------------------------------------------------------------
     def client(self, server: Server, mode: str, *args: str, stdin: bool = False) -> LoadClient:
         server.ensure_alive()
-        if mode == "run":  # batch ids of their own: a sink would answer a reused (client id, batch id) as a replay
+        if mode in ("run", "realistic"):  # own batch ids: a sink answers a reused (client id, batch id) as a replay
             self.load_processes += 1
             args = (*args, "--id-prefix", f"{self.load_processes:05d}-")
         return LoadClient([mode, server.url, *server.load_flags(), *args], self.workdir / "logs" / "load.log",
@@ -823,11 +854,55 @@ class Bench:
         s = self.settings
         args = ["--connections", str(connections), "--duration", str(s.duration), "--warmup", str(s.warmup),
                 "--records", str(s.records), "--window", str(server.window)]
+        return self.measured(server, "run", args, connections)
+
+    def write_pool(self) -> None:
+        """The realistic workload's pool, once for the whole run (every load process reads it)."""
+        self.pool_file = self.workdir / "pool.jsonl"
+        print(f"realistic workload: writing the pool (seed {self.settings.seed})", flush=True)
+        done = subprocess.run([sys.executable, str(WORKLOAD), "write", str(self.pool_file), "--seed",
+                               str(self.settings.seed)], capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"bench/workload.py write failed ({done.returncode}):\n{done.stderr[-2000:]}")
+        self.workload = dict(json.loads(done.stdout))
+
+    def realistic(self, server: Server) -> dict[str, Any]:
+        """One pass of the realistic workload (``load.py realistic``) on ``server``; with canaryws, the
+        frames its limits held back over the pass (``throttled``: 0 unless a limit bound)."""
+        s = self.settings
+        assert self.pool_file is not None
+        args = ["--connections", str(s.realistic_connections), "--duration", str(s.duration), "--warmup",
+                str(s.warmup), "--pool", str(self.pool_file), "--seed", str(s.seed), "--window", str(server.window)]
+        throttled = self.throttled(server)
+        result = self.measured(server, "realistic", args, s.realistic_connections)
+        after = self.throttled(server)
+        result["throttled"] = None if after is None or throttled is None else after - throttled
+        records = result.get("records") or 0
+        result["cpu_us_per_record"] = result["server_cpu_s"] / records * 1e6 if records else None
+        if result.get("lost") or result.get("closed_by_server") or result.get("handshake_errors"):
+            raise BenchError(f"server {server.name}, realistic workload: {result.get('lost')} batches lost, "
+                             f"{result.get('closed_by_server')} connections closed by the server, "
+                             f"{result.get('handshake_errors')} reconnects failed")
+        return result
+
+    @staticmethod
+    def throttled(server: Server) -> float | None:
+        """canaryws' frames held back by a limit so far (a counter is absent until its first count); None
+        for a server without canaryws' metrics (the comparison servers, telemetry off)."""
+        if not server.welcome:
+            return None
+        samples = parse_metrics(server.metrics_text())
+        if not any(name.startswith("canaryws_") for name, _, _ in samples):
+            return None
+        return sum(value for name, _, value in samples if name == THROTTLED_METRIC)
+
+    def measured(self, server: Server, mode: str, args: list[str], connections: int) -> dict[str, Any]:
+        s = self.settings
         if not server.persists:
-            return self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+            return self.windowed(server, mode, args, setup_timeout=120 + connections / 20, duration=s.duration)
         # the sink's side, read before the load client starts and after it exited (outside the window)
         rows, counters, wall = server.sink_rows(), sink_counters(server.metrics_text()), time.perf_counter()
-        result = self.windowed(server, "run", args, setup_timeout=120 + connections / 20, duration=s.duration)
+        result = self.windowed(server, mode, args, setup_timeout=120 + connections / 20, duration=s.duration)
         counters_after, wall = sink_counters(server.metrics_text()), time.perf_counter() - wall
         rows = server.sink_rows() - rows
         result["sink"] = sink_window(counters, counters_after, rows, wall)
@@ -838,12 +913,15 @@ class Bench:
         s = self.settings
         names = [name for name in ROUND_ORDER if name in self.servers]
         out: list[list[dict[str, Any]]] = []
+        if s.realistic and self.pool_file is None:
+            self.write_pool()
         for r in range(s.rounds):
             order = names[r % len(names):] + names[:r % len(names)]
             if r % 2:
                 order.reverse()
             print(f"round {r + 1}/{s.rounds}: {' '.join(order)}", flush=True)
             results = []
+            realistic: list[dict[str, Any]] = []
             for position, name in enumerate(order):
                 result = self.throughput(self.servers[name], s.connections)
                 result.update(round=r + 1, position=position)
@@ -856,7 +934,19 @@ class Bench:
                          f"{fmt(sink['commit_ms_mean'], 2)} ms/commit, busy {fmt(sink['commit_busy'], 2)}"),
                       flush=True)
                 time.sleep(s.pause)
+                if s.realistic:  # the same server, right after: the second workload of the pair
+                    real = self.realistic(self.servers[name])
+                    real.update(round=r + 1, position=position)
+                    realistic.append(real)
+                    print(f"  {'':<24} {real['rate']:>9.0f} msg/s  p99 {fmt(real['p99_ms'], 2):>6} ms  "
+                          f"{fmt(real['cpu_us_per_msg'], 1):>6} µs/msg  client {real['client_cpu_util']:.0%}  "
+                          f"realistic: {fmt(real['records_per_s'])} records/s, {real['handshakes']} reconnects"
+                          + ("" if not real.get("throttled") else f", {real['throttled']:.0f} frames throttled"),
+                          flush=True)
+                    time.sleep(s.pause)
             out.append(results)
+            if s.realistic:
+                self.realistic_rounds.append(realistic)
         return out
 
     def idle(self) -> dict[str, Any]:
@@ -978,6 +1068,14 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
         }
         servers[name]["messages_min"] = min(run["messages"] for run in runs)
         servers[name]["bad_answers"] = sum(run["bad_answers"] for run in runs)
+        for key in REALISTIC_KEYS:  # the realistic workload's own figures
+            if all(key in run for run in runs):
+                servers[name][key] = median([run[key] for run in runs])
+        for key in ("lost", "closed_by_server", "handshake_errors"):
+            if all(key in run for run in runs):
+                servers[name][key] = sum(run[key] for run in runs)
+        if all("outcomes" in run for run in runs):
+            servers[name]["outcomes_match"] = all(run["outcomes"] == run["expected"] for run in runs)
         with_sink = [run for run in runs if run.get("sink") is not None]
         if with_sink:
             sink: dict[str, Any] = {key: median([run["sink"][key] for run in with_sink]) for key in SINK_KEYS}
@@ -1000,6 +1098,8 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
     return {"servers": servers, "ratios": ratios}
 
 
+REALISTIC_KEYS = ("records_per_s", "cpu_us_per_record", "handshakes", "handshake_p50_ms", "handshake_p99_ms",
+                  "throttled", "busy_messages", "burst_messages")
 SINK_KEYS = ("batches_per_commit", "commits_per_s", "commit_ms_mean", "commit_ms_p50_le", "commit_ms_p99_le",
              "commit_busy", "commits_failed", "batches_unavailable", "batches_replayed")
 
@@ -1027,10 +1127,13 @@ def pct(value: float | None) -> str:
 Table = tuple[str, list[str], list[list[str]], list[str]]  # title, header, rows, notes
 
 
-def tables(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[Table]:
+def tables(summary: dict[str, Any], scale: dict[str, Any] | None,
+           realistic: dict[str, Any] | None = None) -> list[Table]:
+    """The result tables; with ``realistic`` (its ``summary`` and ``workload``), the realistic pass's table,
+    and every ratio on both workloads side by side."""
     servers = summary["servers"]
     out: list[Table] = [(
-        "Throughput (medians over rounds)",
+        "Throughput, fixed shape (medians over rounds)",
         ["server", "msg/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/msg", "server CPU", "client CPU", "other CPU",
          "bad"],
         [[name, fmt(s["rate"]), fmt(s["p50_ms"], 2), fmt(s["p99_ms"], 2), fmt(s["p999_ms"], 2),
@@ -1040,19 +1143,57 @@ def tables(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[Table]
         ["CPU: share of one core over the measured window (server: its process tree; client: the load process; "
          "other: the rest of the machine, incl. kernel network work)."],
     )]
+    def verdict(r: dict[str, Any] | None) -> str:
+        return "-" if r is None or r["met"] is None else ("PASS" if r["met"] else "FAIL")
+
+    real = realistic["summary"] if realistic is not None else None
+    if real is not None:
+        workload = realistic["workload"] if realistic is not None else None
+        rs = real["servers"]
+        out.append((
+            "Throughput, realistic workload (medians over rounds)",
+            ["server", "msg/s", "records/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU µs/msg", "CPU µs/record",
+             "reconnects", "server CPU", "client CPU", "other CPU", "bad", "outcomes"],
+            [[name, fmt(x["rate"]), fmt(x.get("records_per_s")), fmt(x["p50_ms"], 2), fmt(x["p99_ms"], 2),
+              fmt(x["p999_ms"], 2), fmt(x["cpu_us_per_msg"], 1), fmt(x.get("cpu_us_per_record"), 2),
+              fmt(x.get("handshakes")), pct(x["server_cpu_util"]), pct(x["client_cpu_util"]),
+              pct(x["other_cpu_util"]), str(x["bad_answers"] + x.get("lost", 0)),
+              "-" if "outcomes_match" not in x else ("as built" if x["outcomes_match"] else "DIFFER")]
+             for name, x in rs.items()],
+            ["bench/workload.py's seeded pool (Faker text in nine locales, Zipf batch sizes 1..10,000, defects per "
+             "strict reason); busy closed-loop connections and idle ones with Poisson bursts, some reconnecting "
+             "after each burst (bench/load.py realistic). reconnects: handshakes in the window. outcomes: the "
+             "rejections per code in the answers against the pool's (an echo has none)."]
+            + ([] if workload is None else [
+                f"pool: {workload['batches']:,} batches, {workload['records']:,} records, seed {workload['seed']}; "
+                f"batch size p50 {workload['batch_size']['p50']:.0f}, p99 {workload['batch_size']['p99']:.0f}, "
+                f"max {workload['batch_size']['max']:.0f}; record length p50 {workload['record_length']['p50']:.0f}, "
+                f"p99 {workload['record_length']['p99']:.0f} code points; defective {workload['defective']:.1%}"]),
+        ))
     rows = []
     for name, r in summary["ratios"].items():
-        status = "-" if r["met"] is None else ("PASS" if r["met"] else "FAIL")
-        rows.append([name, fmt(r["median"], 3), " ".join(fmt(v, 2) for v in r["per_round"]), r["goal"] or "-",
-                     status])
+        row = [name, fmt(r["median"], 3), " ".join(fmt(v, 2) for v in r["per_round"])]
+        if real is not None:
+            other = real["ratios"].get(name)
+            row += ["-" if other is None else fmt(other["median"], 3),
+                    "-" if other is None else " ".join(fmt(v, 2) for v in other["per_round"])]
+        row += [r["goal"] or "-", verdict(r)]
+        if real is not None:
+            row.append(verdict(real["ratios"].get(name)))
+        rows.append(row)
     notes = []
+    if real is not None:
+        notes.append("Each ratio on both workloads, paired within each round: 'fixed shape' (load.py run, the same "
+                     "batch every time) and 'realistic'. --check and the goals count the fixed shape only.")
     shadow = summary["ratios"].get("shadow cost")
     if shadow is not None:
         notes.append(f"shadow cost: canaryws-shadow - canaryws = {fmt(shadow['shadow_us'], 1)} µs/msg, "
                      f"lean-both - lean = {fmt(shadow['second_strategy_us'], 1)} µs/msg "
                      "(medians of the per-round differences; ratio of these medians "
                      f"{fmt(shadow['ratio_of_medians'], 2)})")
-    out.append(("Ratios (per round, paired; median)", ["ratio", "median", "rounds", "goal", "verdict"], rows, notes))
+    header = (["ratio", "median", "rounds", "goal", "verdict"] if real is None else
+              ["ratio", "fixed shape", "rounds", "realistic", "rounds", "goal", "verdict fixed", "verdict realistic"])
+    out.append(("Ratios (per round, paired; median)", header, rows, notes))
     sinks = {name: s["sink"] for name, s in servers.items() if s.get("sink") is not None}
     if sinks:
         out.append(("Sink group commits (medians over rounds)",
@@ -1199,6 +1340,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true", help="exit 1 when a goal is missed")
     parser.add_argument("--json", type=Path, help="write all raw numbers, the machine and the settings")
     parser.add_argument("--markdown", type=Path, help="write the result tables in Markdown")
+    parser.add_argument("--no-realistic", action="store_true", help="skip the realistic workload's pass")
+    parser.add_argument("--realistic-connections", type=int,
+                        help="connections of the realistic workload (default 1000; --quick 200)")
+    parser.add_argument("--seed", type=int, help="the realistic workload's seed (default 2026)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, trace files) and the "
                                                              "PostgreSQL database")
     parser.add_argument("--postgres", help="PostgreSQL server (a URL, its database: one to connect to) on which "
@@ -1239,17 +1384,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     summary = summarize(rounds)
+    realistic = ({"summary": summarize(bench.realistic_rounds), "workload": bench.workload}
+                 if settings.realistic else None)
     info = machine()
     other = median([run["other_cpu_util"] for results in rounds for run in results])
     if other is not None and other > BUSY_MACHINE:
         bench.notes.append(f"the machine was busy with other work during the rounds (median {other:.0%} of a core "
                            "outside the server and the load client): the numbers are not clean; run again when "
                            "the machine is quiet")
-    results = tables(summary, scale)
+    results = tables(summary, scale, realistic)
     print()
     print(f"machine: {machine_line(info)}")
     print(f"settings: {settings.rounds} rounds x {settings.duration:g} s (after {settings.warmup:g} s warm-up), "
-          f"{settings.connections} connections, {settings.records} records per batch")
+          f"{settings.connections} connections, {settings.records} records per batch"
+          + (f"; realistic workload: {settings.realistic_connections} connections, seed {settings.seed}"
+             if settings.realistic else ""))
+    if bench.workload is not None:
+        print(f"realistic pool (bench/workload.py): {bench.workload['batches']:,} batches, "
+              f"{bench.workload['records']:,} records; defects {bench.workload['defects']}")
     for table in results:
         print()
         print(text_table(*table))
@@ -1275,6 +1427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "rounds": rounds,
             "summary": summary,
             "scale": scale,
+            "realistic": None if realistic is None else {**realistic, "rounds": bench.realistic_rounds},
             "goals": {name: ok for name, ok in checked},
             "notes": bench.notes,
         }
@@ -1285,7 +1438,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"{settings.connections} closed-loop connections, {settings.records} records per batch; "
                  f"`{' '.join(f'{k}={v}' for k, v in PRODUCTION_ENV.items())}` for canaryws; "
                  "`CANARYWS_SINK=none` for canaryws and its variants, `sqlite` (the default) for canaryws-sqlite and "
-                 "a fresh PostgreSQL database for canaryws-postgres.",
+                 "a fresh PostgreSQL database for canaryws-postgres."
+                 + (f" Realistic workload (bench/workload.py, seed {settings.seed}): "
+                    f"{settings.realistic_connections} connections, 10 % closed-loop, the rest idle with Poisson "
+                    "bursts, 20 % of those reconnecting after each burst; a pass right after each fixed-shape run."
+                    if settings.realistic else ""),
                  *(markdown_table(*table) for table in results), *(f"Note: {n}" for n in bench.notes)]
         args.markdown.write_text("\n\n".join(parts) + "\n")
     return 1 if args.check and missed else 0

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "run.py"
-BUDGET_SECONDS = 120
+BUDGET_SECONDS = 180  # the realistic pass adds ~40 s to the smoke run
 SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow",
            "canaryws-w8", "canaryws-sqlite", "canaryws-postgres"}
 SINK_SERVERS = ("canaryws-sqlite", "canaryws-postgres")
@@ -55,6 +55,7 @@ def run_quick(tmp_path: Path) -> tuple[dict[str, Any], str, float]:
     assert proc.returncode == 0, stdout
     assert markdown.read_text().count("### ") >= 6
     assert "### Sink group commits" in markdown.read_text()
+    assert "### Throughput, realistic workload" in markdown.read_text()
     return json.loads(out.read_text()), stdout, elapsed
 
 
@@ -120,6 +121,38 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
             assert value is None or (isinstance(value, float) and math.isfinite(value)), (name, ratio)
             assert value is not None or ratio["met"] is False, (name, ratio)
         else:
+            assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, ratio)
+
+    # the realistic workload (bench/workload.py, bench/load.py realistic) ran on every server of the round,
+    # right after its fixed-shape run: every answer a result for its batch with one outcome per record, the
+    # rejections per code those the pool was built with, no batch lost, no connection closed by a server
+    realistic = result["realistic"]
+    pool = realistic["workload"]
+    assert pool["seed"] == 2026 and pool["batch_size"]["min"] == 1 and pool["batch_size"]["max"] == 10_000, pool
+    assert set(pool["defects"]) == {"missing", "not_a_string", "empty", "blank", "control_character", "too_long"}
+    assert len(pool["scripts"]) >= 8, pool["scripts"]
+    assert len(realistic["rounds"]) == 1
+    real = {run["server"]: run for run in realistic["rounds"][0]}
+    assert set(real) == set(runs), stdout
+    for name, run in real.items():
+        assert run["workload"] == "realistic", (name, run)
+        assert run["connections"] == 200 and run["busy_connections"] == 20, (name, run)
+        assert run["messages"] > 0 and run["records"] >= run["messages"], (name, run)
+        assert run["bad_answers"] == 0 and run["lost"] == 0 and run["closed_by_server"] == 0, (name, run)
+        assert run["handshake_errors"] == 0, (name, run)
+        assert run["busy_messages"] + run["burst_messages"] == run["messages"], (name, run)
+        assert run["cpu_us_per_msg"] > 0 and run["cpu_us_per_record"] > 0, (name, run)
+        if name != "echo":  # results: every record's outcome counted, per code as the pool built it
+            assert run["outcomes"] == run["expected"], (name, run)
+            assert sum(run["outcomes"].values()) == run["records"], (name, run)
+    for name in SINK_SERVERS:
+        assert real[name]["sink"]["rows"] >= real[name]["messages"], name
+    assert real["canaryws"]["throttled"] is not None, real["canaryws"]
+    real_ratios = realistic["summary"]["ratios"]
+    assert set(real_ratios) == set(ratios), real_ratios
+    for name, ratio in real_ratios.items():
+        value = ratio["median"]
+        if name != "shadow cost":
             assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, ratio)
 
     # scale: every idle connection opened (client and server agree) and stayed open
