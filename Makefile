@@ -81,6 +81,15 @@ BENCH_ARGS ?=
 .PHONY: bench bench-guard
 bench: install
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
+	.venv/bin/python bench/storm.py $(STORM_ARGS)
+
+# The reconnect storm alone (bench/storm.py, part of `make bench`; about 5 minutes): 5,000 connections
+# closed by a restart (1012) come back with the SDK's back-off, for lean and canaryws.
+#   make bench-storm STORM_ARGS="--connections 500 --rounds 1"   a quicker look
+STORM_ARGS ?=
+.PHONY: bench-storm
+bench-storm: install
+	.venv/bin/python bench/storm.py $(STORM_ARGS)
 
 # The guard's error rates, by simulation (bench/guard_simulation.py; method and results in docs/guard.md):
 # false rollbacks per guard-week and the time to roll back a tripled rate, about 12 minutes.
