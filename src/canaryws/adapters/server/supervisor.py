@@ -321,20 +321,25 @@ class Supervisor:
     def _supervise(self, wake: socket.socket) -> None:
         while self._signal is None and not self._failed:
             now = time.monotonic()
-            workers = sorted(self._workers.values(), key=lambda w: w.index)
+            workers = list(self._workers.values())
             poller = select.poll()
             poller.register(wake, select.POLLIN)
             wakeups = [*self._due.values()]
+            pending = len(self._orphans)
+            serving = False
             for worker in workers:
                 poller.register(worker.process.sentinel, select.POLLIN)
                 if not worker.ready:
                     poller.register(worker.ready_pipe, select.POLLIN)
-                elif worker.outbox:
+                    continue
+                serving = True
+                if worker.outbox:
+                    pending += len(worker.outbox)
                     if worker.send_after > now:
                         wakeups.append(worker.send_after)
                     else:
                         poller.register(worker.channel, select.POLLOUT)
-            accepting = any(w.ready for w in workers) and self._pending() < MAX_PENDING
+            accepting = serving and pending < MAX_PENDING
             if accepting and self._accept_after > now:
                 accepting = False
                 wakeups.append(self._accept_after)
@@ -342,16 +347,18 @@ class Supervisor:
                 poller.register(self.sock, select.POLLIN)
             timeout = None if not wakeups else max(min(wakeups) - now, 0.0) * 1000 + 1
             events = dict(poller.poll(timeout))
-            with contextlib.suppress(OSError):
-                while wake.recv(512):
-                    pass
+            if wake.fileno() in events:
+                with contextlib.suppress(OSError):
+                    while wake.recv(512):
+                        pass
             if self._signal is not None:
                 return
             now = time.monotonic()
-            if accepting and events.get(self.sock.fileno(), 0) & select.POLLIN:
+            if accepting and self.sock.fileno() in events:
                 self._accept(now)
             for worker in workers:
-                self._check(worker)
+                if worker.process.sentinel in events or (not worker.ready and worker.ready_pipe.fileno() in events):
+                    self._check(worker)
             if self._orphans:
                 self._hand_out(self._orphans, now)
             for worker in self._workers.values():
@@ -368,7 +375,9 @@ class Supervisor:
         accepted: list[int] = []
         for _ in range(ACCEPT_BATCH):
             try:
-                fd = self.sock.accept()[0].detach()
+                # socket.accept()'s own first step: the descriptor, without the socket object it
+                # then builds (whose family and type lookups cost as much as the system call)
+                fd, _address = self.sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
                 break
             except ConnectionAbortedError:  # the client gave up while it waited in the backlog
@@ -390,7 +399,7 @@ class Supervisor:
     def _hand_out(self, fds: list[int], now: float) -> None:
         """Put ``fds`` into the outboxes of the serving workers, each to the one with the
         fewest connections (ties: round-robin); ``fds`` is emptied. Nothing when none serves."""
-        ready = [w for w in sorted(self._workers.values(), key=lambda w: w.index) if w.ready]
+        ready = [w for w in self._workers.values() if w.ready]
         if not ready:
             return
         loads = [w.load() for w in ready]
