@@ -21,17 +21,23 @@ every batch id with ``P`` (``run``): a service that persists batches keeps each
 
 ``realistic`` (issue 26): the batches of bench/workload.py's seeded pool (``--pool FILE``, as
 ``workload.py write`` makes it, else generated from ``--seed``), pre-encoded, over
-``--connections`` connections: ``--busy-share`` (10 %) of them send in a closed loop (``--window``
-in flight), the others are idle and send bursts: Poisson arrivals, ``--burst-rate`` (0.2) per
-second per connection, a geometric number of batches per burst (mean ``--burst-batches``, 3),
-a closed loop within the burst. ``--churn-share`` (20 %) of the idle ones close their
-connection after each burst and reconnect (a fresh handshake, and the welcome frame with
-``--welcome``): with the defaults, 0.9 x 0.2 x 0.2 = 3.6 % of the connections reconnect per
-second (36/s at 1,000). Each connection walks the pool's order from its own place (connection
-i of N starts at i/N of it); batch ids are unique in the process (``--id-prefix`` + a counter).
-Every answer in the window is checked: a ``result`` frame with the batch's id, as many
-``"index":`` as records sent (an echo: as long as the frame), and its rejections are counted
-per code against the pool's expected outcomes (``outcomes`` / ``expected`` in the JSON).
+``--connections`` connections: ``--busy-share`` (10 %) of them send in a closed loop
+(``--window`` in flight), the others are idle and send bursts: an idle connection waits an
+exponential time (mean 1 / ``--burst-rate``, 5 s), sends a burst of a geometric number of
+batches (mean ``--burst-batches``, 3) in a closed loop, and waits again, so bursts arrive as a
+Poisson process of 0.2 per second per connection while the server answers fast (fewer when
+bursts take long). ``--churn-share`` (20 %) of the idle ones close their connection after each
+burst and reconnect (a fresh handshake, and the welcome frame with ``--welcome``): with the
+defaults, at most 0.9 x 0.2 x 0.2 = 3.6 % of the connections reconnect per second (36/s at
+1,000; the JSON's ``handshakes`` counts those of the window). The batches sent, whichever
+connection sends them, follow the pool's seeded order (the k-th batch sent is the pool's k-th,
+cycling), so the mix answered in the window is the pool's whatever each connection's speed
+(with a place per connection, the connections whose batches are cheap would cycle faster and
+weigh the mix toward cheap batches); batch ids are unique in the process (``--id-prefix`` +
+that counter). Every answer in the window is checked: a ``result`` frame with the batch's id,
+as many ``"index":`` as records sent (an echo: as long as the frame), and its rejections are
+counted per code against the pool's expected outcomes (``outcomes`` / ``expected`` in the
+JSON).
 """
 
 from __future__ import annotations
@@ -316,7 +322,7 @@ class Shared:
         self.welcome = args.welcome
         self.window = args.window
         self.state = Phase()
-        self.n = 0  # batch ids: unique in this process
+        self.n = 0  # batch ids: unique in this process; and the place in the pool's order of the next batch sent
         self.latencies: list[int] = []
         self.handshake_latencies: list[int] = []
         self.counts = collections.Counter[str]()
@@ -327,10 +333,9 @@ class Shared:
 class Conn:
     """One logical connection of a ``realistic`` run: busy (closed loop) or bursty; it may reconnect."""
 
-    def __init__(self, shared: Shared, index: int, start: int, busy: bool, churns: bool) -> None:
+    def __init__(self, shared: Shared, index: int, busy: bool, churns: bool) -> None:
         self.shared = shared
         self.index = index
-        self.cursor = start  # its place in the pool's seeded order
         self.busy = busy
         self.churns = churns
         self.pending: collections.deque[tuple[int, bytes, int, int]] = collections.deque()  # sent, id, batch, bytes
@@ -340,9 +345,8 @@ class Conn:
 
     def send(self) -> None:
         shared = self.shared
+        batch = shared.n % len(shared.suffixes)  # the next batch of the pool's order, whichever connection sends
         shared.n += 1
-        batch = self.cursor % len(shared.suffixes)
-        self.cursor += 1
         batch_id = str(shared.n).encode()
         frame = shared.prefix + batch_id + shared.suffixes[batch]
         self.pending.append((time.perf_counter_ns(), batch_id, batch, len(frame)))
@@ -431,8 +435,7 @@ async def realistic(args: argparse.Namespace) -> dict[str, Any]:
     """N connections: ``--busy-share`` of them closed-loop senders, the others idle with Poisson bursts
     (``--burst-rate`` per second each, ``--burst-batches`` batches on average, a closed loop within the
     burst); ``--churn-share`` of the bursty ones close and reconnect (a fresh handshake) after each burst.
-    Batches come from the pool (``--pool`` file, else generated from ``--seed``) in its seeded order,
-    each connection from its own place in it."""
+    Batches come from the pool (``--pool`` file, else generated from ``--seed``) in its seeded order."""
     import random
 
     if args.pool is not None:
@@ -453,7 +456,7 @@ async def realistic(args: argparse.Namespace) -> dict[str, Any]:
     conns: list[Conn] = []
     for i in range(n):
         busy = i < busy_count
-        conns.append(Conn(shared, i, i * len(pool) // n, busy, churns=not busy and rng.random() < args.churn_share))
+        conns.append(Conn(shared, i, busy, churns=not busy and rng.random() < args.churn_share))
     gate = asyncio.Semaphore(100)
 
     async def open_conn(conn: Conn) -> Realistic:

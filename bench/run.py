@@ -71,8 +71,9 @@ What it does, in order:
    run, every server of the round gets a second load process, ``bench/load.py realistic``, with
    the same warm-up, window and CPU sampling: ``--realistic-connections`` connections (1,000),
    10 % of them closed-loop senders (``--window`` in flight, as the server's fixed-shape run),
-   the others idle with Poisson bursts (0.2 per second each, 3 batches on average, a closed loop
-   within the burst), 20 % of those reconnecting after each burst (a fresh handshake). The
+   the others idle with bursts (an exponential wait of 5 s on average, then 3 batches on average
+   in a closed loop; bench/load.py's docstring), 20 % of those reconnecting after each burst (a
+   fresh handshake). The
    batches come from one pool that ``bench/workload.py write`` makes at the start from ``--seed``
    (its docstring: Faker text in nine locales, Zipf batch sizes 1..10,000, defects per strict
    reason), in its seeded order. Every answer in the window must be a ``result`` for its batch
