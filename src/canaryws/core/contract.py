@@ -12,19 +12,26 @@ path is one typed msgspec decode (validation included) and one encode; malformed
 frames are classified on a slower path that only errors pay for.
 
 **What a frame can cost.** Only a record's *kind* matters when it is not a string or
-null (it is ``not_a_string`` whatever it holds), so such records are never built: a batch
-of strings and nulls is decoded in one typed pass (:data:`_string_batch`); a batch with
-anything else is decoded with its records as raw JSON slices (syntax checked, nothing
-built), its strings decoded in one more pass and every other record replaced by
-:data:`NOT_A_STRING`. Without this, a 1 MiB frame of nested arrays cost about 140 ms to
-decode and one of 170,000 ``1e300`` numbers 1.3 s; now about 6 ms and 1 ms
-(docs/benchmarks.md, "Worst-case frames"). Classifying a malformed frame reads its top
-level the same way.
+null (it is ``not_a_string`` whatever it holds), so such records are never built. A batch
+is decoded in one typed pass (:data:`_any_record_batch`) whose records are a string, null,
+an int64, a boolean, or an array or object whose contents msgspec skips (an empty
+array-like struct, an empty dataclass: syntax checked, nothing built); every record that is
+not a string or null is then replaced by :data:`NOT_A_STRING`. Any other number (a
+fraction, an exponent, a bigger integer) fails that pass at once, before it is parsed:
+parsing one can cost msgspec up to 50 µs (``1e300``; 4,000 digits), 0.5 s for a frame of
+them. Such a batch is decoded by the reference path, :func:`decode_batch_by_slices`: its
+records as raw JSON slices, its strings decoded in one more pass. The two give the same
+batch or the same error code (tests/unit/test_core_speed_equivalence.py); the one pass costs
+about a quarter of the slices' on today's benchmark batch (an integer among 30 strings).
+Without this, a 1 MiB frame of nested arrays cost about 140 ms to decode and one of 170,000
+``1e300`` numbers 1.3 s; now a few ms (docs/benchmarks.md, "Worst-case frames").
+Classifying a malformed frame reads its top level the same way.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import starmap
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -203,17 +210,17 @@ class Welcome(msgspec.Struct, frozen=True, tag_field="type", tag="welcome"):
     durable: bool | msgspec.UnsetType = msgspec.UNSET
 
 
-class Accepted(msgspec.Struct, frozen=True):
+class Accepted(msgspec.Struct, frozen=True, gc=False):  # ints and strings: never in a cycle
     index: Annotated[int, msgspec.Meta(ge=0)]
     value: str
 
 
-class Skipped(msgspec.Struct, frozen=True):
+class Skipped(msgspec.Struct, frozen=True, gc=False):  # ints and strings: never in a cycle
     index: Annotated[int, msgspec.Meta(ge=0)]
     reason: ReasonCode
 
 
-class Rejected(msgspec.Struct, frozen=True):
+class Rejected(msgspec.Struct, frozen=True, gc=False):  # ints and strings: never in a cycle
     index: Annotated[int, msgspec.Meta(ge=0)]
     code: ReasonCode
 
@@ -265,6 +272,31 @@ class _RawBatch(msgspec.Struct, frozen=True):
     records: list[msgspec.Raw]
 
 
+_Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An integer msgspec parses in C; a longer one fails the typed pass before it is built."""
+
+
+class _Array(msgspec.Struct, array_like=True, gc=False):
+    """A record that is a JSON array: no fields, so msgspec skips its elements (syntax checked, nothing built)."""
+
+
+@dataclass(slots=True)
+class _Object:
+    """A record that is a JSON object: no fields, so msgspec skips its members. A dataclass, not a
+    second Struct: a union may hold one untagged Struct (the array) and one other object type."""
+
+
+class _AnyRecordBatch(msgspec.Struct, frozen=True, gc=False):
+    """A batch whose records are any JSON value, decoded in one pass: only strings are built."""
+
+    type: Literal["batch"]
+    id: BatchId
+    records: list[str | _Int64 | bool | _Array | _Object | None]
+
+
+_TEXT_TYPES: Final = frozenset((str, type(None)))
+
+
 class MessageError(Exception):
     """A client frame that gets an error frame (the connection stays open)."""
 
@@ -275,7 +307,7 @@ class MessageError(Exception):
         self.batch_id = batch_id
 
 
-_string_batch = msgspec.json.Decoder(Batch)
+_any_record_batch = msgspec.json.Decoder(_AnyRecordBatch)
 _raw_batch = msgspec.json.Decoder(_RawBatch)
 _strings = msgspec.json.Decoder(list[str])
 _top_level = msgspec.json.Decoder(dict[str, msgspec.Raw])
@@ -286,21 +318,28 @@ _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeErr
 
 
 def decode_batch(frame: str | bytes, max_records: int = DEFAULT_MAX_RECORDS) -> Batch:
-    """Decode a client text frame into a :class:`Batch` or raise :class:`MessageError`."""
+    """Decode a client text frame into a :class:`Batch` or raise :class:`MessageError`.
+
+    The same answer as :func:`decode_batch_by_slices` (its specification), in one typed pass."""
     try:
-        batch = _string_batch.decode(frame)
-    except msgspec.ValidationError:  # a record that is not a string or null, or a bad message
-        batch = _decode_raw(frame, max_records)
+        decoded = _any_record_batch.decode(frame)
+    except msgspec.ValidationError:  # a bad message, or a number other than an int64
+        return decode_batch_by_slices(frame, max_records)
     except _DECODE_ERRORS as exc:
         raise _classify(frame, exc) from None
-    if len(batch.records) > max_records:
-        raise _too_many(len(batch.records), max_records, batch.id)
-    return batch
+    records: list[Any] = decoded.records
+    if len(records) > max_records:
+        raise _too_many(len(records), max_records, decoded.id)
+    if not _TEXT_TYPES.issuperset(map(type, records)):  # in C, up to the first record of another kind
+        records = [r if r.__class__ is str or r is None else NOT_A_STRING for r in records]
+    return Batch(decoded.type, decoded.id, records)
 
 
-def _decode_raw(frame: str | bytes, max_records: int) -> Batch:
-    """The batch with its records as raw slices: strings decoded in one pass, the rest
-    :data:`NOT_A_STRING` (never parsed into values)."""
+def decode_batch_by_slices(frame: str | bytes, max_records: int = DEFAULT_MAX_RECORDS) -> Batch:
+    """The reference decode: the batch with its records as raw JSON slices, its strings decoded
+    in one more pass, nulls None, every other record :data:`NOT_A_STRING` (never parsed into a
+    value). :func:`decode_batch` gives the same answer faster, and falls back on this for a
+    number other than an int64."""
     try:
         raw = _raw_batch.decode(frame)
     except _DECODE_ERRORS as exc:
@@ -318,7 +357,11 @@ def _decode_raw(frame: str | bytes, max_records: int) -> Batch:
         elif first == b"n":
             records[index] = None
     if strings:
-        for index, value in zip(positions, _strings.decode(b"[" + b",".join(strings) + b"]"), strict=True):
+        try:  # a raw slice is not checked for UTF-8: a string of invalid bytes fails here
+            values = _strings.decode(b"[" + b",".join(strings) + b"]")
+        except _DECODE_ERRORS as exc:
+            raise _classify(frame, exc) from None
+        for index, value in zip(positions, values, strict=True):
             records[index] = value
     return Batch(raw.type, raw.id, records)
 
@@ -435,9 +478,9 @@ def encode_result(batch_id: str, outcome: Outcome, durable: bool | msgspec.Unset
             batch_id,
             outcome.strategy,  # type: ignore[arg-type]
             outcome.strategy_version,
-            [Accepted(i, v) for i, v in outcome.accepted],
-            [Skipped(i, r) for i, r in outcome.skipped],  # type: ignore[arg-type]
-            [Rejected(i, c) for i, c in outcome.rejected],  # type: ignore[arg-type]
+            list(starmap(Accepted, outcome.accepted)),  # the structs built in C, from the (index, value) pairs
+            list(starmap(Skipped, outcome.skipped)),
+            list(starmap(Rejected, outcome.rejected)),
             durable,
             replay,
         )
