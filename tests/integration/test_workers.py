@@ -1,7 +1,7 @@
-"""``canaryws serve --workers 2`` as a real process tree: a supervisor and two spawned workers
-on one listening socket. Connections reach both workers; SIGTERM drains both (answers,
-1012, exit 0); each worker writes its own trace file; a flags change reaches both; a killed
-worker is replaced."""
+"""``canaryws serve --workers 2`` as a real process tree: a supervisor that accepts on one
+listening socket and two spawned workers it hands the connections to. Connections reach both
+workers; SIGTERM drains both (answers, 1012, exit 0); each worker writes its own trace file;
+a flags change reaches both; a killed worker is replaced."""
 
 from __future__ import annotations
 
@@ -71,8 +71,9 @@ async def open_clients(service: Service, stack: contextlib.AsyncExitStack, prefi
 async def open_on_every_worker(service: Service, stack: contextlib.AsyncExitStack, prefix: str,
                                count: int, pids: set[int] | None = None) -> list[Client]:
     """At least ``count`` connections, more (ten at a time) until every worker (or every
-    process in ``pids``) holds one: the kernel hands each connection to one of the workers
-    waiting on the shared socket, with no promise of balance."""
+    process in ``pids``) holds one: the supervisor hands each connection to the serving worker
+    with the fewest (tests/integration/test_workers_balance.py), so a worker that is not
+    serving yet (a replacement starting) gets none until it is."""
     wanted = pids if pids is not None else set(wait_serving(service).values())
     clients = await open_clients(service, stack, prefix, count)
     while True:
