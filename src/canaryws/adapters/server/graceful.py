@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -248,3 +249,18 @@ def run(
                 "connections_drained": server.drained,
             },
         )
+    exit_without_collecting()
+
+
+def exit_without_collecting() -> None:
+    """Let the interpreter exit without scanning what the service leaves behind.
+
+    At exit, CPython's finalization runs full garbage collections while it tears the modules
+    down, and each one walks every object still tracked: after a drain of 5,000 connections
+    that took about 5 s of CPU between ``shutdown complete`` and the end of the process, with
+    nothing left to do (measured with ``perf``: ``gc_collect_main``). Moved to the permanent
+    generation (``gc.freeze``), those objects are not scanned; the process still runs its exit
+    handlers and flushes its streams, and the memory goes back to the system with it.
+    """
+    gc.disable()
+    gc.freeze()
