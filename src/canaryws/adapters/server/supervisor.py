@@ -91,7 +91,7 @@ SERVICE_INSTANCE_ID = "service.instance.id"
 ACCEPT_BATCH = 1024  # connections accepted per wake-up, at most, before the supervisor looks at the rest
 MAX_PENDING = 4096  # accepted connections waiting for a worker's channel, beyond which accepting pauses
 OUT_OF_FILES_PAUSE = 0.1  # seconds without accepting after the process ran out of descriptors
-REFS_PAUSE = 0.01  # seconds before sending again after the kernel refused more descriptors in flight
+SEND_PAUSE = 0.01  # seconds before sending again after the kernel refused (too many descriptors in flight)
 _OUT_OF_FILES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 WorkerTarget = Callable[[Settings, int, handoff.Inbox, Connection, int, str], None]
@@ -254,7 +254,7 @@ class Supervisor:
         self._orphans: list[int] = []  # accepted connections whose worker died before taking them
         self._next = 0  # where the round-robin among equally loaded workers resumes
         self._accept_after = 0.0  # monotonic time before which accepting waits (out of descriptors)
-        self._out_of_files_logged = 0.0
+        self._warned_at = float("-inf")  # monotonic time of the last warning about accepting or handing over
 
     def _on_signal(self, sig: int, _frame: object) -> None:
         if self._signal is None:
@@ -383,13 +383,12 @@ class Supervisor:
             except ConnectionAbortedError:  # the client gave up while it waited in the backlog
                 continue
             except OSError as exc:
-                if exc.errno not in _OUT_OF_FILES:
-                    raise
+                if exc.errno not in _OUT_OF_FILES:  # that connection's own error (EPROTO, EPERM, ...): the next
+                    self._warn(now, f"a connection failed before it was accepted: {exc.strerror or exc}")
+                    continue
                 self._accept_after = now + OUT_OF_FILES_PAUSE
-                if now - self._out_of_files_logged > 10:
-                    self._out_of_files_logged = now
-                    log.warning(f"cannot accept connections: {exc.strerror}; pausing",
-                                extra={"pause_seconds": OUT_OF_FILES_PAUSE, "pending": self._pending()})
+                self._warn(now, f"cannot accept connections: {exc.strerror}; pausing",
+                           pause_seconds=OUT_OF_FILES_PAUSE, pending=self._pending())
                 break
             accepted.append(fd)
         if accepted:
@@ -427,15 +426,22 @@ class Supervisor:
                 handoff.send_fds(worker.channel, chunk)
             except BlockingIOError:  # the channel is full: POLLOUT says when to go on
                 return
-            except OSError as exc:
-                if exc.errno == errno.ETOOMANYREFS:  # too many descriptors in flight for this user
-                    worker.send_after = now + REFS_PAUSE
-                    return
-                raise
+            except OSError as exc:  # ETOOMANYREFS: too many descriptors in flight for this user; ENOBUFS, ...
+                worker.send_after = now + SEND_PAUSE
+                if exc.errno != errno.ETOOMANYREFS:
+                    self._warn(now, f"cannot hand connections to a worker: {exc.strerror or exc}; retrying",
+                               worker=worker.index, waiting=len(worker.outbox))
+                return
             del worker.outbox[:len(chunk)]
             worker.sent += len(chunk)
             for fd in chunk:
                 os.close(fd)
+
+    def _warn(self, now: float, message: str, **details: object) -> None:
+        """A warning about accepting or handing over, at most one every 10 s."""
+        if now - self._warned_at > 10:
+            self._warned_at = now
+            log.warning(message, extra=details)
 
     def _take_back(self, worker: _Worker) -> list[int]:
         """The connections a dead worker never took: its outbox, and what is still queued in
