@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True, gc=False):
     """Result of a strategy over one batch of records.
 
     ``accepted`` holds ``(index, value)``; ``skipped`` and ``rejected`` hold
     ``(index, reason_code)``. Each index of the batch appears exactly once across
     the three lists, in ascending order within each list.
+
+    A frozen msgspec Struct rather than a frozen dataclass: built once per batch (twice
+    with a shadow), in about 60 ns instead of 1 µs (a frozen dataclass sets each field
+    through ``object.__setattr__``). Untracked by the garbage collector: its lists hold
+    tuples of ints and strings, never the outcome itself.
     """
 
     strategy: str
