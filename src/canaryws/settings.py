@@ -138,7 +138,7 @@ class Settings:
     allowed_origins: frozenset[str] | None = None  # None: any Origin
     admin_token_file: Path | None = None  # None: <data-dir>/admin.key, created on first start
     shutdown_timeout: float = 10.0  # seconds from SIGTERM/SIGINT to process exit (see adapters.server.graceful)
-    workers: int = 1  # serving processes; above 1, adapters.server.supervisor supervises them on one listening socket
+    workers: int = 1  # serving processes; above 1, adapters.server.supervisor accepts and hands each connection on
     service_name: str = "canaryws"
     # the strategy of every client while records.strict is absent from the flags document
     default_strategy: str = DEFAULT_STRATEGY

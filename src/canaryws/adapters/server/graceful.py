@@ -20,8 +20,12 @@ On SIGTERM (or SIGINT) the process exits within ``shutdown_timeout`` seconds
 A graceful shutdown exits 0 (uvicorn would re-raise the signal after its shutdown, which
 kills the process with the signal's status instead); a forced one exits 1.
 
-With ``--workers N`` each worker process runs this same server on the listening socket
-its supervisor (:mod:`canaryws.adapters.server.supervisor`) bound, and handles SIGTERM only.
+5. **Exit without the final collections** (:func:`exit_without_collecting`): what is left is
+   frozen out of the garbage collector before the interpreter exits.
+
+With ``--workers N`` each worker process runs this same server, handles SIGTERM only and has
+no listening socket: its supervisor (:mod:`canaryws.adapters.server.supervisor`) accepts every
+connection and hands it to the worker holding the fewest (:mod:`canaryws.adapters.server.handoff`).
 """
 
 from __future__ import annotations
@@ -232,13 +236,17 @@ def run(
     sockets: list[socket] | None = None,
     signals: Sequence[int] = HANDLED_SIGNALS,
     on_started: Callable[[], None] | None = None,
+    make_server: Callable[[ShutdownWatchdog], GracefulServer] | None = None,
 ) -> None:
     """Run ``config`` (whose app is ``drain``) until one of ``signals``, then shut down within
-    the bound. ``sockets``: listening sockets bound by the caller (a worker's supervisor);
-    without them uvicorn binds the config's host and port."""
+    the bound. ``sockets``: listening sockets bound by the caller; without them uvicorn binds
+    the config's host and port. ``make_server``: the server for the watchdog, when it is not a
+    :class:`GracefulServer` of these arguments (a worker's, fed by its supervisor:
+    :mod:`canaryws.adapters.server.handoff`)."""
     watchdog = ShutdownWatchdog(ShutdownPlan.for_bound(shutdown_timeout))
     watchdog.start()
-    server = GracefulServer(config, drain, watchdog, signals=signals, on_started=on_started)
+    server = make_server(watchdog) if make_server is not None else \
+        GracefulServer(config, drain, watchdog, signals=signals, on_started=on_started)
     server.run(sockets)
     if watchdog.started_at is not None:
         log.info(

@@ -35,7 +35,6 @@ import contextlib
 import ctypes
 import logging
 import socket
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -217,16 +216,7 @@ def run(config: uvicorn.Config, drain: ConnectionDrain, shutdown_timeout: float,
         signals: Iterable[int], on_started: Callable[[], None] | None = None) -> None:
     """:func:`canaryws.adapters.server.graceful.run` for a worker whose connections come from
     its supervisor through ``inbox``: the same server, bound and shutdown."""
-    watchdog = graceful.ShutdownWatchdog(graceful.ShutdownPlan.for_bound(shutdown_timeout))
-    watchdog.start()
-    server = HandoffServer(config, drain, watchdog, inbox, signals=signals, on_started=on_started)
-    server.run([])
-    if watchdog.started_at is not None:
-        graceful.log.info(
-            "shutdown complete",
-            extra={
-                "signal": watchdog.signal_name,
-                "seconds": round(time.monotonic() - watchdog.started_at, 3),
-                "connections_drained": server.drained,
-            },
-        )
+    handled = tuple(signals)
+    graceful.run(config, drain, shutdown_timeout, sockets=[], signals=handled,
+                 make_server=lambda watchdog: HandoffServer(config, drain, watchdog, inbox, signals=handled,
+                                                            on_started=on_started))
