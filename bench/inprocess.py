@@ -18,6 +18,16 @@ after each answer), ``lean-both`` (lean plus, inline, the lenient strategy and t
 comparison of its outcome with the answer: the second strategy's own work).
 ``--profile`` writes a pyinstrument profile of the canaryws run. The loop is uvloop, as under
 ``canaryws serve``.
+
+    .venv/bin/python bench/inprocess.py --core [--rounds 15] [--pool]
+
+``--core`` times the work alone, no channel and no event loop: ``contract.decode_batch``,
+``STRICT.process`` and ``contract.encode_result`` (what lean does per batch, and canaryws
+around them), each and together, in µs per batch (best of ``--rounds``), on today's
+benchmark batch and on other shapes: 1, 300 and 1,000 of its records, and batches of 30,
+300 and 1,000 long mixed-script records (Latin with accents, Han, Cyrillic, emoji; up to
+1,200 characters). ``--pool`` adds bench/workload.py's realistic pool (seed 2026, 3,000
+batches), timed as a whole and given per batch.
 """
 
 from __future__ import annotations
@@ -98,6 +108,62 @@ async def lean_loop(channel: Channel, both: bool) -> None:
             compare(outcome, LENIENT.process(batch.records, 4096))
 
 
+def mixed_script_records(n: int) -> list[Any]:
+    """Long records in several scripts (up to 1,200 characters), with today's three defects."""
+    texts = ["  Grüße aus Köln — ünïcödé text %d  ", "  東京の天気は晴れです %d ",
+             " plain ascii record number %d with more words ", "Здравствуйте, мир %d", " emoji 🎉🚀 %d "]
+    records: list[Any] = [(texts[i % len(texts)] % i) * (1 + (i * 7919) % 20) for i in range(n)]
+    if n >= 3:
+        records[n // 3] = "   "
+        records[n // 2] = "bad\x01value"
+        records[-1] = 42
+    return records
+
+
+def core(rounds: int, pool: bool) -> None:
+    """``--core``: decode, strict and encode alone, µs per batch (best of ``rounds``)."""
+    import timeit
+
+    from canaryws.core import contract
+    from canaryws.core.strategies import STRICT
+
+    decode, process, encode = contract.decode_batch, STRICT.process, contract.encode_result
+
+    def frame(records: list[Any]) -> str:
+        body = json.dumps(records, ensure_ascii=False, separators=(",", ":"))
+        return '{"type":"batch","id":"b-1","records":' + body + "}"
+
+    shapes = {"today (30)": frame(batch_records(30))}
+    shapes.update({f"today's records x{n}": frame(batch_records(n)) for n in (1, 300, 1000)})
+    shapes.update({f"mixed-script x{n}": frame(mixed_script_records(n)) for n in (30, 300, 1000)})
+    print(f"{'shape':<22} {'bytes':>8} {'decode':>8} {'strict':>8} {'encode':>8} {'total':>8}  µs per batch")
+    for name, text in shapes.items():
+        batch = decode(text, contract.DEFAULT_MAX_RECORDS)
+        outcome = process(batch.records, 4096)
+        number = max(20, 200_000 // (len(text) // 50 + 20))
+        parts = {
+            "decode": lambda: decode(text, contract.DEFAULT_MAX_RECORDS),  # noqa: B023 - timed at once
+            "strict": lambda: process(batch.records, 4096),  # noqa: B023
+            "encode": lambda: encode(batch.id, outcome),  # noqa: B023
+            "total": lambda: encode(batch.id, process(decode(text, 10_000).records, 4096)),  # noqa: B023
+        }
+        best = {k: min(timeit.repeat(fn, number=number, repeat=rounds)) / number * 1e6 for k, fn in parts.items()}
+        print(f"{name:<22} {len(text.encode()):>8} " + " ".join(f"{best[k]:8.2f}" for k in parts))
+    if pool:
+        from workload import DEFAULT_SEED, generate
+
+        frames = [frame(b.records) for b in generate(seed=DEFAULT_SEED, batches=3000).batches]
+
+        def all_frames() -> None:
+            for text in frames:
+                batch = decode(text, contract.DEFAULT_MAX_RECORDS)
+                encode(batch.id, process(batch.records, 4096))
+
+        best_s = min(timeit.repeat(all_frames, number=1, repeat=max(3, rounds // 3)))
+        print(f"realistic pool, seed {DEFAULT_SEED}: {len(frames)} batches, "
+              f"{best_s / len(frames) * 1e6:.1f} µs per batch (decode + strict + encode)")
+
+
 def child(variant: str, batches: int, rounds: int, profile: str | None) -> None:
     """Runs in the child process: prints best µs per batch.
 
@@ -172,10 +238,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--profile", default=None, help="write a pyinstrument HTML profile of the canaryws run")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--core", action="store_true", help="time decode, strict and encode alone, on several shapes")
+    parser.add_argument("--pool", action="store_true", help="with --core: also the realistic pool (bench/workload.py)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.batches, args.rounds, args.profile)
+        return
+    if args.core:
+        core(args.rounds, args.pool)
         return
 
     from canaryws.adapters.auth import TokenAuthority
