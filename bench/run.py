@@ -92,10 +92,12 @@ What it does, in order:
    connections).
 
 3. Ratios, per round (paired within the round), then the median over rounds:
-   canaryws / lean (goal >= 0.85), telemetry on / off = canaryws / canaryws-telemetry-off
-   (goal >= 0.9), postgresql sink / none = canaryws-postgres / canaryws-w8 (goal >= 0.7),
+   canaryws / lean (goal >= 0.95), telemetry on / off = canaryws / canaryws-telemetry-off
+   (goal >= 0.95), canaryws / echo (goal >= 0.50), p99.9 canaryws / lean (p99.9 latencies,
+   goal <= 1.5), postgresql sink / none = canaryws-postgres / canaryws-w8 (goal >= 0.7),
    sqlite sink / none = canaryws-sqlite / canaryws-w8 (goal >= 0.5), lean / echo,
-   naive / canaryws, 2workers / canaryws (no goals), and the
+   naive / canaryws, 2workers / canaryws (no goals), CPU per msg 2workers / canaryws (CPU
+   µs/msg, goal <= 1.1), and the
    shadow cost = (CPU µs/msg canaryws-shadow - canaryws) / (CPU µs/msg lean-both - lean)
    (goal <= 1.0: the shadow costs no more than the second strategy's own work; a round in
    which lean-both - lean is not positive has no value, rather than a negative one).
@@ -105,20 +107,22 @@ What it does, in order:
 4. Scale (``--no-scale`` skips it). (a) ``--idle`` idle connections on ``canaryws-idle``:
    warm-up (50 connections sending batches for a moment, then closed), RSS baseline, open
    the idle connections (``load.py idle``), wait 2 s, RSS again: (RSS - baseline) / N in
-   KiB (goal <= 40 KiB), and all N open, by the client's count and by the server's
+   KiB (goal <= 30 KiB), and all N open, by the client's count and by the server's
    ``canaryws_connections_active`` on ``/metrics`` (goal: both N); then they are released.
    (b) throughput with ``--active`` connections against canaryws and lean (sink none, as in
    the rounds). (c) connect rate
    (``load.py connect --concurrency 50`` for ``--connect-duration`` s) against canaryws
-   (handshake + token check + cohort decision + welcome frame) and lean (handshake only).
+   (handshake + token check + cohort decision + welcome frame) and lean (handshake only),
+   ``--connect-rounds`` rounds (3) in alternating order: the server CPU per handshake,
+   canaryws / lean per round and its median (goal <= 1.5).
 
 5. Output: the tables on stdout; ``--json PATH`` all raw numbers (every round), the machine
    and the settings; ``--markdown PATH`` the tables in Markdown. The exit status is 0 even
    when a goal is missed, unless ``--check`` is given (then 1). A failure (a server that
    dies, a load client that errors) stops the run with status 2 and keeps the temp dir.
 
-6. ``--quick`` is a smoke run (1 round of 1 s after 0.3 s, 300 idle, 100 active, 1 s connect,
-   200 realistic connections);
+6. ``--quick`` is a smoke run (1 round of 1 s after 0.3 s, 300 idle, 100 active, 1 s connect
+   in 1 round, 200 realistic connections);
    tests/integration/test_bench.py runs it.
 
 Everything started is stopped at the end, also on failure, Ctrl-C or SIGTERM (each server's
@@ -207,7 +211,7 @@ class Ratio:
     numerator: str
     denominator: str
     goal: str | None = None  # ">= x" or "<= x"
-    kind: str = "throughput"  # or "shadow": CPU µs/msg differences
+    kind: str = "throughput"  # msg/s; "cpu": CPU µs/msg; "tail": p99.9 ms; "shadow": CPU µs/msg differences
 
     def met(self, value: float | None) -> bool | None:
         if self.goal is None:
@@ -219,16 +223,20 @@ class Ratio:
 
 
 RATIOS = (
-    Ratio("canaryws / lean", "canaryws", "lean", ">= 0.85"),
-    Ratio("telemetry on / off", "canaryws", "canaryws-telemetry-off", ">= 0.9"),
+    Ratio("canaryws / lean", "canaryws", "lean", ">= 0.95"),
+    Ratio("telemetry on / off", "canaryws", "canaryws-telemetry-off", ">= 0.95"),
+    Ratio("canaryws / echo", "canaryws", "echo", ">= 0.50"),
+    Ratio("p99.9 canaryws / lean", "canaryws", "lean", "<= 1.5", kind="tail"),
     Ratio("postgresql sink / none", "canaryws-postgres", PIPELINED, ">= 0.7"),
     Ratio("sqlite sink / none", "canaryws-sqlite", PIPELINED, ">= 0.5"),
     Ratio("lean / echo", "lean", "echo"),
     Ratio("naive / canaryws", "naive", "canaryws"),
     Ratio("2workers / canaryws", "canaryws-2workers", "canaryws"),
+    Ratio("CPU per msg 2workers / canaryws", "canaryws-2workers", "canaryws", "<= 1.1", kind="cpu"),
     Ratio("shadow cost", "canaryws-shadow - canaryws", "lean-both - lean", "<= 1.0", kind="shadow"),
 )
-IDLE_KIB_GOAL = 40.0
+IDLE_KIB_GOAL = 30.0
+HANDSHAKE_GOAL = 1.5  # canaryws' CPU per connection lifecycle (connect, welcome, close) / lean's, at most
 THROTTLED_METRIC = "canaryws_frames_throttled_total"  # frames a canaryws limit held back (the realistic pass)
 WORKLOADS = ("fixed shape", "realistic")
 BUSY_MACHINE = 0.5  # cores used by the rest of the machine during a measurement that make it suspect
@@ -619,6 +627,7 @@ class Settings:
     active: int
     connect_duration: float
     connect_concurrency: int
+    connect_rounds: int
     scale: bool
     quick: bool
     pause: float
@@ -651,6 +660,7 @@ class Settings:
             active=pick(args.active, 1000, 100),
             connect_duration=pick(args.connect_duration, 5.0, 1.0),
             connect_concurrency=pick(args.connect_concurrency, 50, 50),
+            connect_rounds=pick(args.connect_rounds, 3, 1),
             scale=not args.no_scale and not args.servers,
             quick=quick,
             pause=0.2 if quick else 0.5,
@@ -999,13 +1009,29 @@ class Bench:
             print(f"scale: {s.active} active connections on {name}", flush=True)
             out["active"][name] = self.throughput(self.servers[name], s.active)
             time.sleep(s.pause)
+        # The connect step in rounds, the order alternating: the handshake goal is a paired ratio.
+        out["connect_rounds"] = []
+        for r in range(s.connect_rounds):
+            results: dict[str, dict[str, Any]] = {}
+            for name in ("canaryws", "lean") if r % 2 == 0 else ("lean", "canaryws"):
+                print(f"scale: connect rate on {name} (round {r + 1}/{s.connect_rounds})", flush=True)
+                args = ["--concurrency", str(s.connect_concurrency), "--duration", str(s.connect_duration),
+                        "--warmup", str(min(s.warmup, 1.0))]
+                results[name] = self.windowed(self.servers[name], "connect", args, setup_timeout=60,
+                                              duration=s.connect_duration)
+                time.sleep(s.pause)
+            out["connect_rounds"].append(results)
         for name in ("canaryws", "lean"):
-            print(f"scale: connect rate on {name}", flush=True)
-            args = ["--concurrency", str(s.connect_concurrency), "--duration", str(s.connect_duration),
-                    "--warmup", str(min(s.warmup, 1.0))]
-            out["connect"][name] = self.windowed(self.servers[name], "connect", args, setup_timeout=60,
-                                                 duration=s.connect_duration)
-            time.sleep(s.pause)
+            runs = [results[name] for results in out["connect_rounds"]]
+            out["connect"][name] = {key: median([run.get(key) for run in runs])
+                                    for key in ("rate", "p50_ms", "p99_ms", "cpu_us_per_msg", "server_cpu_util",
+                                                "client_cpu_util", "other_cpu_util")}
+            out["connect"][name]["errors"] = sum(run.get("errors", 0) for run in runs)
+            out["connect"][name]["handshakes"] = sum(run.get("handshakes", 0) for run in runs)
+        per_round = [results["canaryws"]["cpu_us_per_msg"] / results["lean"]["cpu_us_per_msg"]
+                     if results["lean"].get("cpu_us_per_msg") else None for results in out["connect_rounds"]]
+        out["handshake_cpu_ratio"] = {"median": median(per_round), "per_round": per_round,
+                                      "goal": f"<= {HANDSHAKE_GOAL:g}"}
         return out
 
 
@@ -1023,8 +1049,9 @@ def ratio_value(ratio: Ratio, by_server: dict[str, dict[str, Any]]) -> float | N
     in a round where noise makes it zero or negative, the round has no ratio (a negative one
     would read as a goal met)."""
     try:
-        if ratio.kind == "throughput":
-            num, den = by_server[ratio.numerator]["rate"], by_server[ratio.denominator]["rate"]
+        if ratio.kind in ("throughput", "cpu", "tail"):
+            key = {"throughput": "rate", "cpu": "cpu_us_per_msg", "tail": "p999_ms"}[ratio.kind]
+            num, den = by_server[ratio.numerator][key], by_server[ratio.denominator][key]
         else:
             num = by_server["canaryws-shadow"]["cpu_us_per_msg"] - by_server["canaryws"]["cpu_us_per_msg"]
             den = by_server["lean-both"]["cpu_us_per_msg"] - by_server["lean"]["cpu_us_per_msg"]
@@ -1092,8 +1119,10 @@ def summarize(rounds: list[list[dict[str, Any]]]) -> dict[str, Any]:
             continue  # e.g. 2workers skipped, or left out by --servers
         value = median(values)
         ratios[ratio.name] = {"median": value, "per_round": values, "goal": ratio.goal, "met": ratio.met(value),
-                              "of": f"{ratio.numerator} / {ratio.denominator}" if ratio.kind == "throughput"
-                              else f"({ratio.numerator}) / ({ratio.denominator}), CPU µs/msg"}
+                              "of": {"throughput": f"{ratio.numerator} / {ratio.denominator}",
+                                     "cpu": f"{ratio.numerator} / {ratio.denominator}, CPU µs/msg",
+                                     "tail": f"{ratio.numerator} / {ratio.denominator}, p99.9 ms"}.get(
+                                  ratio.kind, f"({ratio.numerator}) / ({ratio.denominator}), CPU µs/msg")}
         if ratio.kind == "shadow":
             ratios[ratio.name].update(shadow_parts(rounds))
     return {"servers": servers, "ratios": ratios}
@@ -1112,6 +1141,9 @@ def goals(summary: dict[str, Any], scale: dict[str, Any] | None) -> list[tuple[s
         out.append((f"idle KiB/connection <= {IDLE_KIB_GOAL:g}", idle["kib_per_connection"] <= IDLE_KIB_GOAL))
         out.append(("idle connections all open", idle["opened"] == idle["connections"]
                     and idle["metric_active"] is not None and idle["metric_active"] >= idle["connections"]))
+        handshake = scale["handshake_cpu_ratio"]["median"]
+        out.append((f"handshake CPU canaryws / lean <= {HANDSHAKE_GOAL:g}",
+                    handshake is not None and handshake <= HANDSHAKE_GOAL))
     return out
 
 
@@ -1239,7 +1271,11 @@ def tables(summary: dict[str, Any], scale: dict[str, Any] | None,
                       pct(c["server_cpu_util"]), pct(c["client_cpu_util"]), pct(c["other_cpu_util"]),
                       str(c.get("errors", 0))]
                      for name, c in scale["connect"].items()],
-                    ["canaryws: handshake + token check + cohort decision + welcome frame; lean: handshake only."]))
+                    ["canaryws: handshake + token check + cohort decision + welcome frame; lean: handshake only.",
+                     f"medians of {len(scale['connect_rounds'])} rounds, the order alternating; CPU per handshake "
+                     f"canaryws / lean: {fmt(scale['handshake_cpu_ratio']['median'], 2)} (rounds "
+                     + " ".join(fmt(v, 2) for v in scale["handshake_cpu_ratio"]["per_round"])
+                     + f"; goal <= {HANDSHAKE_GOAL:g})."]))
     return out
 
 
@@ -1333,6 +1369,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--active", type=int, help="active connections of the scale step (default 1000)")
     parser.add_argument("--connect-duration", type=float, help="seconds of the connect-rate step (default 5)")
     parser.add_argument("--connect-concurrency", type=int, help="handshake loops in parallel (default 50)")
+    parser.add_argument("--connect-rounds", type=int, help="rounds of the connect step (default 3; --quick 1)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale steps")
     parser.add_argument("--servers", help="comma-separated throughput servers to run (default: all; implies "
                                           "--no-scale); ratios whose servers are left out are not reported")

@@ -166,6 +166,10 @@ def test_quick_benchmark_measures_every_server_and_step(tmp_path: Path) -> None:
         assert active["connections"] == 100 and active["messages"] > 0 and active["bad_answers"] == 0, active
         connect = result["scale"]["connect"][name]
         assert connect["handshakes"] > 0 and connect["errors"] == 0, connect
+    # the handshake goal: canaryws' CPU per connection lifecycle over lean's, per connect round
+    handshake = result["scale"]["handshake_cpu_ratio"]
+    assert len(handshake["per_round"]) == len(result["scale"]["connect_rounds"]) == 1, handshake
+    assert handshake["median"] > 0 and handshake["goal"] == "<= 1.5", handshake
 
     # the machine block
     machine = result["machine"]

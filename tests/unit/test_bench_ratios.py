@@ -208,3 +208,16 @@ def test_readyz_must_show_the_sink_a_server_was_given(monkeypatch: Any, tmp_path
         server("sqlite", ok).sink_ready()
     with pytest.raises(run.BenchError, match="CANARYWS_SINK=none"):
         server("none", ok).sink_ready()
+
+
+def test_the_tail_and_cpu_ratios_divide_p999_and_cpu_per_message_not_the_rates() -> None:
+    run = load_run()
+    ratios = {r.name: r for r in run.RATIOS}
+    tail, cpu = ratios["p99.9 canaryws / lean"], ratios["CPU per msg 2workers / canaryws"]
+    results = {"canaryws": {"rate": 900.0, "p999_ms": 9.0, "cpu_us_per_msg": 60.0},
+               "lean": {"rate": 1000.0, "p999_ms": 6.0, "cpu_us_per_msg": 50.0},
+               "canaryws-2workers": {"rate": 1500.0, "p999_ms": 7.0, "cpu_us_per_msg": 63.0}}
+    assert run.ratio_value(tail, results) == 1.5 and tail.met(1.5) is True and tail.met(1.51) is False
+    assert run.ratio_value(cpu, results) == 63.0 / 60.0 and cpu.met(63.0 / 60.0) is True
+    assert ratios["canaryws / lean"].goal == ">= 0.95" and ratios["telemetry on / off"].goal == ">= 0.95"
+    assert ratios["canaryws / echo"].goal == ">= 0.50"
