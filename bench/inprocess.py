@@ -152,7 +152,7 @@ def core(rounds: int, pool: bool) -> None:
     if pool:
         from workload import DEFAULT_SEED, generate
 
-        frames = [frame(b.records) for b in generate(seed=DEFAULT_SEED, batches=3000).batches]
+        frames = [b.frame(f"b-{i}").decode() for i, b in enumerate(generate(seed=DEFAULT_SEED, batches=3000).batches)]
 
         def all_frames() -> None:
             for text in frames:
