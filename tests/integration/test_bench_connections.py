@@ -48,3 +48,22 @@ def test_the_handshake_parts_are_each_measured(tmp_path: Path) -> None:
     assert medians["token (remembered)"] * 5 < medians["token (first time)"]
     assert result["life_us"] < result["life_with_logs_us"]
     assert "a connection, in all" in done.stdout
+
+
+def test_the_in_process_benchmark_times_every_variant_and_the_core_parts() -> None:
+    """bench/inprocess.py (docs/benchmarks.md, "The work itself"): its variants on a few batches,
+    and ``--core``'s decode, strict and encode per shape."""
+    bench = str(ROOT / "bench" / "inprocess.py")
+    done = subprocess.run([sys.executable, bench, "--batches", "200", "--rounds", "1"],
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for variant in ("lean", "lean-both", "canaryws", "canaryws-telemetry-off", "canaryws-shadow"):
+        assert any(line.split()[:1] == [variant] for line in done.stdout.splitlines()), (variant, done.stdout)
+    done = subprocess.run([sys.executable, bench, "--core"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith(("today", "mixed-script"))]
+    assert len(rows) == 7, done.stdout
+    for row in rows:
+        decode, strict, encode, total = (float(v) for v in row[-4:])
+        # the whole path is timed on its own: more than any of its parts, about their sum
+        assert 0 < max(decode, strict, encode) < total < 1.5 * (decode + strict + encode), row
