@@ -75,7 +75,7 @@ system-deps:
 test: install services system-deps asyncapi-cli lint typecheck
 	$(UV) run --frozen --no-sync pytest $(PYTEST_ARGS)
 
-# The benchmark (bench/run.py, see its docstring): canaryws against its bounds, a few minutes.
+# The benchmark (bench/run.py, see its docstring, then the storm below): canaryws against its bounds, about 20 minutes.
 #   make bench BENCH_ARGS="--quick"   smoke run; also --check, --json PATH, --markdown PATH, --no-scale
 BENCH_ARGS ?=
 .PHONY: bench bench-guard
@@ -83,7 +83,7 @@ bench: install
 	.venv/bin/python bench/run.py $(BENCH_ARGS)
 	.venv/bin/python bench/storm.py $(STORM_ARGS)
 
-# The reconnect storm alone (bench/storm.py, part of `make bench`; about 5 minutes): 5,000 connections
+# The reconnect storm alone (bench/storm.py, part of `make bench`; about 3 minutes): 5,000 connections
 # closed by a restart (1012) come back with the SDK's back-off, for lean and canaryws.
 #   make bench-storm STORM_ARGS="--connections 500 --rounds 1"   a quicker look
 STORM_ARGS ?=
