@@ -104,11 +104,21 @@ def _attributes(attributes: Mapping[str, object] | None) -> list[_JSON]:
     if not attributes:
         return []
     out: list[_JSON] = []
+    append = out.append
     for key, value in attributes.items():
-        try:
-            out.append(_key_value(key, value))
-        except TypeError as error:  # mirrors the SDK encoder: skip the attribute, keep the span
-            _logger.warning("span attribute %r not exported: %s", key, error)
+        # the common kinds inline (= _key_value; a connection summary has about 25 attributes)
+        cls = value.__class__
+        if key and cls is str:
+            append({"key": key, "value": {"stringValue": value}})
+        elif key and cls is int:
+            append({"key": key, "value": {"intValue": str(value)}})
+        elif key and cls is bool:
+            append({"key": key, "value": {"boolValue": value}})
+        else:
+            try:
+                append(_key_value(key, value))
+            except TypeError as error:  # mirrors the SDK encoder: skip the attribute, keep the span
+                _logger.warning("span attribute %r not exported: %s", key, error)
     return out
 
 

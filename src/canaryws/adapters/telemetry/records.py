@@ -26,10 +26,11 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, MeterProvider, Observation
-from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Tracer, TracerProvider, get_current_span
 from opentelemetry.trace.status import Status, StatusCode
 from prometheus_client import CollectorRegistry
 
+from canaryws.adapters.telemetry.connection_spans import ConnectionSpans
 from canaryws.adapters.telemetry.sampling import PRESAMPLED_BATCH_ROLE, ConnectionSpansSampler
 from canaryws.adapters.telemetry.totals import (
     DURATION_DESCRIPTION,
@@ -40,7 +41,7 @@ from canaryws.adapters.telemetry.totals import (
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.compare import Divergence
 from canaryws.core.strategies.outcome import Outcome
-from canaryws.core.summary import A_ROLE, A_SYNTHETIC, NORMAL_CLOSE_CODES, ConnectionSummary
+from canaryws.core.summary import A_LATENCY_BUCKETS, A_ROLE, A_SYNTHETIC, NORMAL_CLOSE_CODES, ConnectionSummary
 
 __all__ = [
     "LABELLED_CLOSE_CODES",
@@ -68,18 +69,35 @@ class RecordsTelemetry:
         registry, read from the connection summaries (:class:`DurationHistograms`), instead of
         recording each batch in an OTel histogram (5 µs a batch; see docs/benchmarks.md)."""
         self.tracer: Tracer = tracer_provider.get_tracer(SCOPE)
+        # the connect and connection spans, without the SDK's per-span work where that changes nothing
+        self._connection_spans = ConnectionSpans.of(self.tracer)
         sampler = getattr(tracer_provider, "sampler", None)
         self._batch_ratio = sampler.batch_ratio if isinstance(sampler, ConnectionSpansSampler) else None
         self._random = rng
         meter: Meter = meter_provider.get_meter(SCOPE)
-        self._connections_active = meter.create_up_down_counter(
-            "canaryws.connections.active", unit="{connection}", description="Open connections by strategy"
+        # A connection's opening and closing counts (opened, active, closed, synthetic) are
+        # plain integers, read at collection time: four SDK counter updates (attribute
+        # cleaning, hashing, aggregation under a lock) cost 22 µs of each connection's life,
+        # these updates well under 1 µs (docs/benchmarks.md, "Handshakes").
+        self._active: dict[str, int] = {}  # strategy -> open connections
+        self._opened: dict[str, int] = {}  # strategy -> accepted connections
+        self._closed: dict[tuple[str, str], int] = {}  # (strategy, close code label) -> closed connections
+        self._synthetic_opened: dict[str, int] = {}  # strategy -> accepted synthetic connections
+        meter.create_observable_up_down_counter(
+            "canaryws.connections.active",
+            callbacks=[self._by_strategy(self._active)],
+            unit="{connection}",
+            description="Open connections by strategy",
         )
-        self._connections = meter.create_counter(
-            "canaryws.connections.opened", unit="{connection}", description="Accepted connections by strategy"
+        meter.create_observable_counter(
+            "canaryws.connections.opened",
+            callbacks=[self._by_strategy(self._opened)],
+            unit="{connection}",
+            description="Accepted connections by strategy",
         )
-        self._closes = meter.create_counter(
+        meter.create_observable_counter(
             "canaryws.connections.closed",
+            callbacks=[self._observe_closed],
             unit="{connection}",
             description="Closed connections by strategy and close code",
         )
@@ -93,8 +111,9 @@ class RecordsTelemetry:
             unit="{connection}",
             description="Connections the service ended itself, by reason (slow_consumer, token_expired, token_revoked)",
         )
-        self._synthetic = meter.create_counter(
+        meter.create_observable_counter(
             "canaryws.synthetic.connections",
+            callbacks=[self._by_strategy(self._synthetic_opened)],
             unit="{connection}",
             description="Accepted synthetic connections (token property synthetic=true: probes), by strategy; "
             "also counted in canaryws.connections.opened",
@@ -180,6 +199,18 @@ class RecordsTelemetry:
 
         return observe
 
+    def _by_strategy(self, counts: Mapping[str, int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        """An observable instrument's callback reporting ``counts`` by strategy."""
+
+        def observe(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(n, self._attrs("strategy", strategy)) for strategy, n in list(counts.items())]
+
+        return observe
+
+    def _observe_closed(self, _options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(n, self._attrs("strategy", strategy, "code", code))
+                for (strategy, code), n in list(self._closed.items())]
+
     def _pair_observer(
         self, value: Callable[[ShadowTotals], float]
     ) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -242,12 +273,12 @@ class RecordsTelemetry:
             attributes[A_CLAIMED_VERSION] = claimed_version
         if synthetic:
             attributes[A_SYNTHETIC] = True
-        return self.tracer.start_span(
-            "records.connect",
-            context=propagate.extract(carrier) if carrier else _EMPTY_CONTEXT,
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        )
+        context = propagate.extract(carrier) if carrier else _EMPTY_CONTEXT
+        spans = self._connection_spans
+        if spans is not None:
+            parent = get_current_span(context).get_span_context() if carrier else None
+            return spans.start("records.connect", attributes, parent=parent)
+        return self.tracer.start_span("records.connect", context=context, kind=SpanKind.SERVER, attributes=attributes)
 
     @staticmethod
     def record_evaluations(span: Span, evaluations: Iterable[FlagEvaluation], context_id: str) -> None:
@@ -280,34 +311,38 @@ class RecordsTelemetry:
             )
 
     def opened(self, cohort: Cohort, *, synthetic: bool = False) -> None:
-        attrs = self._attrs("strategy", cohort.strategy)
-        self._connections.add(1, attrs)
-        self._connections_active.add(1, attrs)
+        strategy = cohort.strategy
+        self._opened[strategy] = self._opened.get(strategy, 0) + 1
+        self._active[strategy] = self._active.get(strategy, 0) + 1
         if synthetic:
-            self._synthetic.add(1, attrs)
+            self._synthetic_opened[strategy] = self._synthetic_opened.get(strategy, 0) + 1
 
     def cohort_changed(self, old: Cohort, new: Cohort) -> None:
         if old.strategy != new.strategy:
-            self._connections_active.add(-1, self._attrs("strategy", old.strategy))
-            self._connections_active.add(1, self._attrs("strategy", new.strategy))
+            self._active[old.strategy] = self._active.get(old.strategy, 0) - 1
+            self._active[new.strategy] = self._active.get(new.strategy, 0) + 1
         self._cohort_changes.add(1, self._attrs("from", old.strategy, "to", new.strategy))
 
     def closed(self, summary: ConnectionSummary, close_code: int) -> None:
         """Connection metrics at disconnect (the summary span is emitted by :meth:`emit_summary`)."""
-        self._connections_active.add(-1, self._attrs("strategy", summary.strategy))
-        self._closes.add(1, self._attrs("strategy", summary.strategy, "code", close_code_label(close_code)))
+        strategy = summary.strategy
+        self._active[strategy] = self._active.get(strategy, 0) - 1
+        key = (strategy, close_code_label(close_code))
+        self._closed[key] = self._closed.get(key, 0) + 1
 
     def emit_summary(self, summary: ConnectionSummary, start_ns: int, end_ns: int, connect: SpanContext | None) -> None:
         """One ``records.connection`` span: a slice of a connection's life under one cohort."""
         links = [Link(connect)] if connect is not None and connect.is_valid else None
-        span = self.tracer.start_span(
-            "records.connection",
-            context=_EMPTY_CONTEXT,
-            kind=SpanKind.SERVER,
-            links=links,
-            attributes=summary.to_attributes(),
-            start_time=start_ns,
-        )
+        attributes = summary.to_attributes()
+        spans = self._connection_spans
+        if spans is not None:
+            latency = attributes.get(A_LATENCY_BUCKETS)
+            if latency is not None:  # a sequence is kept as a tuple, as the SDK keeps it
+                attributes[A_LATENCY_BUCKETS] = tuple(latency)
+            span = spans.start("records.connection", attributes, links=links or (), start_time=start_ns)
+        else:
+            span = self.tracer.start_span("records.connection", context=_EMPTY_CONTEXT, kind=SpanKind.SERVER,
+                                          links=links, attributes=attributes, start_time=start_ns)
         if summary.close_code is not None and summary.close_code not in NORMAL_CLOSE_CODES:
             span.set_status(Status(StatusCode.ERROR, f"close code {summary.close_code}"))
         span.end(end_time=max(end_ns, start_ns))

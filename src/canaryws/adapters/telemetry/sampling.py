@@ -86,6 +86,11 @@ class ConnectionSpansSampler(Sampler):
     def delegate(self) -> Sampler:
         return self._delegate
 
+    @property
+    def tracing_off(self) -> bool:
+        """The delegate samples nothing (``always_off``): no spans at all, connection spans included."""
+        return self._tracing_off
+
     def should_sample(
         self,
         parent_context: Context | None,
