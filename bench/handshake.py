@@ -13,7 +13,9 @@ median and range over ``--rounds`` rounds. The parts, in the order of a connecti
 - ``admission``: :func:`admit` as the endpoint calls it (subprotocol, headers, token remembered,
   revocation check);
 - ``cohort decision``: :func:`decide_cohort` on the benchmark's flags (``records.strict`` at
-  100 %) through the Unleash engine (yggdrasil), with the evaluation context it builds;
+  100 %, which the snapshot answers without asking the engine), with the evaluation context it
+  builds; ``cohort decision (50 %)``: the same at a split, through the Unleash engine (yggdrasil),
+  as during a rollout;
 - ``connect span``: :meth:`RecordsTelemetry.start_connect`, the flag evaluations as events, the
   cohort attributes, its end (and encoding);
 - ``welcome``: :func:`contract.encode_welcome`;
@@ -69,6 +71,7 @@ def parts() -> dict[str, Callable[[int], object]]:
         remembered.verify(token)
     doc = with_rollout(parse_flags_document(FLAGS.read_bytes()), "records.strict", 100)
     snapshot = FlagSnapshot.from_document(doc, source="file")
+    split = FlagSnapshot.from_document(with_rollout(doc, "records.strict", 50), source="file")
     env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
     providers = setup_telemetry(data_dir=data, environ=env)
     telemetry = RecordsTelemetry(providers.tracer_provider, providers.meter_provider)
@@ -98,6 +101,10 @@ def parts() -> dict[str, Callable[[int], object]]:
     def cohort_decision(i: int) -> object:
         ctx = EvaluationContext(f"client-{i}", uuid.uuid4().hex, {}, "canaryws", "bench")
         return decide_cohort(snapshot, ctx, VERSIONS, "lenient", now_iso())
+
+    def cohort_decision_split(i: int) -> object:
+        ctx = EvaluationContext(f"client-{i}", uuid.uuid4().hex, {}, "canaryws", "bench")
+        return decide_cohort(split, ctx, VERSIONS, "lenient", now_iso())
 
     def connect_span(i: int) -> object:
         span = telemetry.start_connect(f"conn-{i}", f"client-{i}", headers, None)
@@ -134,6 +141,7 @@ def parts() -> dict[str, Callable[[int], object]]:
         "token (remembered)": token_remembered,
         "admission": admission,
         "cohort decision": cohort_decision,
+        "cohort decision (50 %)": cohort_decision_split,
         "connect span": connect_span,
         "welcome": welcome,
         "connection metrics": metrics,

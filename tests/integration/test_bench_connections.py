@@ -42,6 +42,7 @@ def test_the_handshake_parts_are_each_measured(tmp_path: Path) -> None:
     result = json.loads(out.read_text())
     medians = result["medians"]
     assert set(medians) == {"token (first time)", "token (remembered)", "admission", "cohort decision",
+                            "cohort decision (50 %)",
                             "connect span", "welcome", "connection metrics", "summary span", "logs (INFO)"}
     assert all(len(values) == 2 and min(values) > 0 for values in result["us_per_call"].values())
     # a remembered token skips the signature: far cheaper than the first verification

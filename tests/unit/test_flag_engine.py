@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -278,3 +279,75 @@ def test_a_flag_the_engine_cannot_parse_is_left_out_and_reported() -> None:
         ("f", "invalid_shape", "features[0]: the Unleash engine cannot parse this flag; it is not evaluated")]
     assert not snapshot.has_flag("f")
     assert snapshot.evaluate("g", {}).enabled
+
+
+# -- flags on for everyone: answered without the engine, as the engine answers ----------------
+
+def _rollout(percent: object, stickiness: str | None, **extra: Any) -> dict[str, Any]:
+    parameters: dict[str, Any] = {"rollout": percent, "groupId": "g"}
+    if stickiness is not None:
+        parameters["stickiness"] = stickiness
+    return {"name": "flexibleRollout", "parameters": parameters, **extra}
+
+
+EVERYONE_CASES: dict[str, tuple[list[dict[str, Any]], bool]] = {
+    # name: (strategies, answered without the engine for a context with userId and sessionId)
+    "no strategy": ([], True),
+    "default": ([{"name": "default", "parameters": {}}], True),
+    "100 % default stickiness": ([_rollout("100", "default")], True),
+    "100 % no stickiness": ([_rollout(100, None)], True),
+    "100 % random": ([_rollout("100", "random")], True),
+    "100 % userId": ([_rollout("100", "userId")], True),
+    "100 % sessionId": ([_rollout("100", "sessionId")], True),
+    "100 % custom stickiness": ([_rollout("100", "tenant")], False),
+    "99 %": ([_rollout("99", "userId")], False),
+    "100 % with a constraint": ([_rollout("100", "userId", constraints=[
+        {"contextName": "userId", "operator": "IN", "values": ["client-1"]}])], False),
+    "a split, then default": ([_rollout("10", "userId"), {"name": "default", "parameters": {}}], True),
+    "0 %": ([_rollout("0", "userId")], False),
+}
+EVERYONE_CONTEXTS = [
+    {"userId": "client-1", "sessionId": "s-1"},
+    {"userId": "client-2", "sessionId": "s-2", "properties": {"tenant": "t"}},
+    {"sessionId": "s-3"},
+    {"userId": "client-4"},
+    {},
+]
+
+
+@pytest.mark.parametrize("case", sorted(EVERYONE_CASES))
+def test_flags_on_for_everyone_answer_as_the_engine_does(case: str) -> None:
+    strategies, unasked = EVERYONE_CASES[case]
+    doc = shipped()
+    data = {**doc.data, "features": [{**f, "strategies": strategies} if f["name"] == STRICT_FLAG else f
+                                     for f in doc.data["features"]]}
+    snap = snapshot(parse_flags_document(json.dumps(data).encode()))
+    engine = snap._engine  # the engine's own answer, asked directly
+    calls: list[str] = []
+    check = engine.check_enabled
+
+    def counted(flag: str, context: dict[str, Any]) -> Any:
+        calls.append(flag)
+        return check(flag, context)
+
+    engine.check_enabled = counted
+    for context in EVERYONE_CONTEXTS:
+        expected = check(STRICT_FLAG, dict(context))
+        assert expected.is_found
+        asked = len(calls)
+        evaluation = snap.evaluate(STRICT_FLAG, context)
+        assert evaluation.enabled == expected.is_enabled, (case, context)
+        if context.get("userId") and context.get("sessionId"):  # the service's contexts have both
+            assert (len(calls) == asked) == unasked, (case, context)
+        if len(calls) == asked:  # unasked: what the engine's "on" gives (reason: no split)
+            assert evaluation == FlagEvaluation(STRICT_FLAG, True, True, "on", "targeting_match", snap.revision)
+
+
+def test_a_flag_that_depends_on_another_is_asked_of_the_engine() -> None:
+    doc = shipped()
+    data = {**doc.data, "features": [
+        {**f, "strategies": [], "dependencies": [{"feature": SHADOW_FLAG, "enabled": True}]}
+        if f["name"] == STRICT_FLAG else f for f in doc.data["features"]]}
+    snap = snapshot(parse_flags_document(json.dumps(data).encode()))
+    shadow_on = snap.evaluate(SHADOW_FLAG, {"userId": "client-1", "sessionId": "s"}).enabled
+    assert snap.evaluate(STRICT_FLAG, {"userId": "client-1", "sessionId": "s"}).enabled == shadow_on
