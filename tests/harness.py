@@ -32,6 +32,29 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.asynccontextmanager
+async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
+    """``app`` under uvicorn's websockets-sansio protocol, in this event loop, on a free loopback
+    port (yielded) until the block ends."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, ws="websockets-sansio", lifespan="off", log_config=None, log_level="warning")
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            await asyncio.sleep(0.01)
+        yield int(sock.getsockname()[1])
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        sock.close()
+
+
 def flags_doc(strict_rollout: int = 0, strict_enabled: bool = True, shadow: bool = False) -> dict[str, Any]:
     return {
         "version": 2,

@@ -9,15 +9,14 @@ test_sampling.py, the Unleash engine's in test_flag_problems.py.
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any
 
-import uvicorn
 import websockets
 from aiohttp import web
 
 from canaryws.adapters.flags.unleash_source import UnleashFlagSource
+from harness import uvicorn_serving
 
 FEATURES = Path(__file__).resolve().parents[2] / "flags" / "features.json"
 
@@ -43,23 +42,8 @@ def test_uvicorn_hands_a_websocket_app_its_protocols_bound_receive_and_send() ->
         await send({"type": "websocket.close", "code": 1000})
 
     async def scenario() -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        config = uvicorn.Config(app, ws="websockets-sansio", lifespan="off", log_config=None, log_level="warning")
-        server = uvicorn.Server(config)
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            for _ in range(500):
-                if server.started:
-                    break
-                await asyncio.sleep(0.01)
-            async with websockets.connect(f"ws://127.0.0.1:{port}/") as client:
-                await client.wait_closed()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(serving, 10)
-            sock.close()
+        async with uvicorn_serving(app) as port, websockets.connect(f"ws://127.0.0.1:{port}/") as client:
+            await client.wait_closed()
 
     asyncio.run(scenario())
     assert seen == {"queue": True, "same protocol": True, "abort": True, "flow control": True}

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -210,7 +210,7 @@ class RecordsEndpoint:
     async def _accepted(self, websocket: WebSocket, admitted: Admitted) -> None:
         identity = admitted.identity
         client_id = identity.client_id
-        connection_id = uuid.uuid4().hex
+        connection_id = os.urandom(16).hex()  # 128 random bits, as uuid4().hex gave (without its object)
         connection_id_var.set(connection_id)
         client_id_var.set(client_id)
         context = EvaluationContext(client_id, connection_id, dict(identity.properties), self._app_name,
