@@ -32,7 +32,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from canaryws.adapters.telemetry.export_health import MonitoredBatchSpanProcessor, SpanExportMonitor
 from canaryws.adapters.telemetry.file_exporter import DEFAULT_MAX_BYTES, OtlpJsonFileSpanExporter, backup_path
-from canaryws.adapters.telemetry.otlp_json_encoder import encode_otlp_json, pre_encode
+from canaryws.adapters.telemetry.otlp_json_encoder import EncodedSpan, encode_otlp_json, pre_encode
 from canaryws.adapters.telemetry.otlp_json_reader import read_otlp_json_lines
 from canaryws.adapters.telemetry.records import RecordsTelemetry
 from canaryws.analysis.traces import TraceTail, expand_paths, load_slices
@@ -199,10 +199,12 @@ def test_document_equals_the_sdk_otlp_encoder_with_hex_ids() -> None:
 def test_a_pre_encoded_span_is_placed_as_the_same_bytes() -> None:
     plain = msgspec.json.encode(encode_otlp_json(_spans()))
     spans = _spans()
-    for span in spans[1:]:  # a mix: the connect span is left to the exporter
-        pre_encode(span)
-    assert all(isinstance(getattr(span, "_canaryws_otlp_json", None), msgspec.Raw) for span in spans[1:])
-    mixed = msgspec.json.encode(encode_otlp_json(spans))
+    queued = [spans[0], *(pre_encode(span) for span in spans[1:])]  # a mix: the connect span is left to the exporter
+    assert all(isinstance(span, EncodedSpan) and isinstance(getattr(span, "_canaryws_otlp_json", None), msgspec.Raw)
+               for span in queued[1:])
+    assert [(s.name, s.context, s.resource, s.instrumentation_scope) for s in queued] == [
+        (s.name, s.context, s.resource, s.instrumentation_scope) for s in spans]
+    mixed = msgspec.json.encode(encode_otlp_json(queued))
     # Same document, ids and times aside (the spans are new): compare with them masked.
     ids = re.compile(rb'"(traceId|spanId|parentSpanId|startTimeUnixNano|endTimeUnixNano|timeUnixNano)":"[0-9a-f]+"')
     assert ids.sub(b"", mixed) == ids.sub(b"", plain)
@@ -223,7 +225,7 @@ def _unencoded(span: ReadableSpan) -> ReadableSpan:
 def test_a_span_pre_encoding_cannot_encode_is_left_to_the_exporter(tmp_path: Path) -> None:
     (span, *_) = _spans()
     span._attributes = {"bad": "\ud800"}  # type: ignore[attr-defined]  # a lone surrogate: not UTF-8
-    pre_encode(span)  # does not raise: ending a span never does
+    assert pre_encode(span) is span  # does not raise: ending a span never does
     assert not hasattr(span, "_canaryws_otlp_json")
     exporter = OtlpJsonFileSpanExporter(tmp_path / "traces.jsonl")
     assert exporter.export([span]) == SpanExportResult.FAILURE  # the exporter counts it and says why
@@ -242,9 +244,9 @@ def test_the_file_processor_encodes_sampled_spans_on_the_ending_thread(tmp_path:
                         for span in spans)
             return super().export(spans)
 
-    def encode_here(span: ReadableSpan) -> None:
+    def encode_here(span: ReadableSpan) -> ReadableSpan:
         ended_on.append(threading.get_ident())
-        pre_encode(span)
+        return pre_encode(span)
 
     settings = {"max_queue_size": 64, "schedule_delay_millis": 60_000, "max_export_batch_size": 64,
                 "export_timeout_millis": 1000}

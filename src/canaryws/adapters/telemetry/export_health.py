@@ -334,7 +334,7 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
         monitor: SpanExportMonitor,
         settings: BatchSettings,
         meter_provider: MeterProvider | None = None,
-        pre_encode: Callable[[ReadableSpan], None] | None = None,
+        pre_encode: Callable[[ReadableSpan], ReadableSpan] | None = None,
     ) -> None:
         super().__init__(MonitoredSpanExporter(exporter, monitor), **settings, meter_provider=meter_provider)
         self.monitor = monitor
@@ -349,9 +349,10 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         # ``pre_encode`` (the file exporter's): the span's encoding, done here on the thread
-        # ending it rather than in one burst on the export thread (otlp_json_encoder.pre_encode).
+        # ending it rather than in one burst on the export thread, queued in the span's place
+        # (otlp_json_encoder.pre_encode, EncodedSpan).
         if self._pre_encode is not None and span.context.trace_flags.sampled:
-            self._pre_encode(span)
+            span = self._pre_encode(span)
         # The SDK logs "Queue full, dropping Span." here; the monitor reports it instead.
         _sdk_records.capture = _DISCARD
         try:

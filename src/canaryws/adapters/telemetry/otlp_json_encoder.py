@@ -16,7 +16,6 @@ on the batch processor's thread but under the GIL. The file exporter
 from __future__ import annotations
 
 import base64
-import contextlib
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -227,9 +226,38 @@ def _encode_resource(resource: Resource) -> _JSON:
     return {"attributes": attributes} if attributes else {}
 
 
-def pre_encode(span: ReadableSpan) -> None:
-    """Encode ``span`` now, on the thread that ends it, and keep the JSON on it for
-    :func:`encode_otlp_json`, which then only places it.
+class EncodedSpan(ReadableSpan):
+    """What the trace file's export queue holds of a span :func:`pre_encode` encoded: its
+    encoding, resource, scope, name, ids and times, without its attributes, events and links.
+
+    A span waits in the queue until its batch is exported (up to 512 spans, or the schedule
+    delay). Queued whole, a connection's two spans and what they hold (attribute dicts,
+    events, links, their contexts, about 15 objects) were carried through the garbage
+    collector's generations meanwhile; this is one object and the span's context. Only the
+    file exporter's processor queues it, and that exporter reads nothing else of it."""
+
+    def __init__(self, span: ReadableSpan, encoded: msgspec.Raw) -> None:
+        # ReadableSpan's fields, set directly (its __init__ would build an empty Resource)
+        self._name = span.name
+        self._context = span.context
+        self._kind = span.kind
+        self._parent = span.parent
+        self._start_time = span.start_time
+        self._end_time = span.end_time
+        self._resource = span.resource
+        self._instrumentation_scope = span.instrumentation_scope
+        self._instrumentation_info = None
+        self._attributes = None
+        self._events = ()
+        self._links = ()
+        self._status = span.status
+        setattr(self, _PRE_ENCODED, encoded)
+
+
+def pre_encode(span: ReadableSpan) -> ReadableSpan:
+    """Encode ``span`` now, on the thread that ends it: the :class:`EncodedSpan` to queue in
+    its place, whose encoding :func:`encode_otlp_json` then only places; ``span`` itself
+    when it cannot be encoded.
 
     Why: the batch span processor's thread otherwise encodes a whole export (up to 512
     spans, about 10 µs each) in one go under the GIL, and the event loop waits for the GIL
@@ -239,8 +267,10 @@ def pre_encode(span: ReadableSpan) -> None:
     only the traced batch pays. A span this cannot encode is left to the exporter, which
     counts it as dropped and says why: ending a span never raises.
     """
-    with contextlib.suppress(TypeError, ValueError, msgspec.EncodeError):
-        setattr(span, _PRE_ENCODED, msgspec.Raw(msgspec.json.encode(_encode_span(span))))
+    try:
+        return EncodedSpan(span, msgspec.Raw(msgspec.json.encode(_encode_span(span))))
+    except (TypeError, ValueError, msgspec.EncodeError):
+        return span
 
 
 def encode_otlp_json(spans: Sequence[ReadableSpan]) -> _JSON:

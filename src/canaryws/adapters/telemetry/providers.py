@@ -294,7 +294,7 @@ def _init_tracing(
     try:
         for name in names:
             exporter: SpanExporter
-            pre: Callable[[ReadableSpan], None] | None = None
+            pre: Callable[[ReadableSpan], ReadableSpan] | None = None
             if name == "file":
                 trace_file = tracing.trace_file = data_dir / trace_file_name(env)
                 file_exporter = tracing.file_exporter = OtlpJsonFileSpanExporter(
