@@ -22,7 +22,8 @@ from opentelemetry import trace
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from canaryws.adapters.asgi.scope import ABORT_SCOPE_KEY, ACCESS_TOKEN_SCOPE_KEY
+from canaryws.adapters.asgi.held_writes import hold_writes
+from canaryws.adapters.asgi.scope import ABORT_SCOPE_KEY, ACCESS_TOKEN_SCOPE_KEY, CHANNEL_SCOPE_KEY
 from canaryws.adapters.auth import AcceptedTokens, Identity, TokenAuthority
 from canaryws.adapters.records.admission import Admitted, Refusal, admit, normalized_origins
 from canaryws.adapters.records.after_round import AfterRound
@@ -218,41 +219,51 @@ class RecordsEndpoint:
         synthetic = is_synthetic(identity.properties)  # a probe's: served alike, left out of the comparison
         connect_span = self._telemetry.start_connect(connection_id, client_id, websocket.scope["headers"],
                                                      admitted.claimed_version, synthetic=synthetic)
-        with trace.use_span(connect_span, end_on_exit=True):
-            snapshot = self._flags.current
-            decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
-            self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
-            self._telemetry.set_cohort(connect_span, decision.cohort)
-            await websocket.accept(subprotocol=admitted.subprotocol)
-            peer = websocket.scope.get("client")
-            log.info(
-                "connection accepted",
-                extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision,
-                       "client_address": str(peer[0]) if peer else None},
+        channel = websocket.scope.get(CHANNEL_SCOPE_KEY)
+        held = hold_writes(channel[1] if channel else None)  # the 101 and the welcome: one write
+        try:
+            with trace.use_span(connect_span, end_on_exit=True):
+                snapshot = self._flags.current
+                decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
+                self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
+                self._telemetry.set_cohort(connect_span, decision.cohort)
+                await websocket.accept(subprotocol=admitted.subprotocol)
+                peer = websocket.scope.get("client")
+                log.info(
+                    "connection accepted",
+                    extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision,
+                           "client_address": str(peer[0]) if peer else None},
+                )
+            cohort = decision.cohort
+            now = time.perf_counter()
+            conn = Connection(
+                context=context,
+                identity=identity,
+                cohort=cohort,
+                connect=span_context(connect_span),
+                summary=ConnectionSummary.opening(connection_id, client_id, cohort, self._strict_share(snapshot),
+                                                  synthetic=synthetic),
+                slice_start_ns=time.time_ns(),
+                slice_started=now,
+                task=asyncio.current_task(),
+                abort=websocket.scope.get(ABORT_SCOPE_KEY),
+                protocol=admitted.subprotocol,
             )
-        cohort = decision.cohort
-        now = time.perf_counter()
-        conn = Connection(
-            context=context,
-            identity=identity,
-            cohort=cohort,
-            connect=span_context(connect_span),
-            summary=ConnectionSummary.opening(connection_id, client_id, cohort, self._strict_share(snapshot),
-                                              synthetic=synthetic),
-            slice_start_ns=time.time_ns(),
-            slice_started=now,
-            task=asyncio.current_task(),
-            abort=websocket.scope.get(ABORT_SCOPE_KEY),
-            protocol=admitted.subprotocol,
-        )
-        self._open[connection_id] = conn
-        self._telemetry.opened(cohort, synthetic=synthetic)
+            self._open[connection_id] = conn
+            self._telemetry.opened(cohort, synthetic=synthetic)
+        except BaseException:
+            held.release()
+            raise
         close_code = 1006
         try:
-            await websocket.send_text(
-                contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort,
-                                        protocol=admitted.subprotocol or contract.PROTOCOL_V1, durable=self._durable)
-            )
+            try:
+                await websocket.send_text(
+                    contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort,
+                                            protocol=admitted.subprotocol or contract.PROTOCOL_V1,
+                                            durable=self._durable)
+                )
+            finally:
+                held.release()
             close_code = await self._loop.serve(websocket, conn, self._client_bytes.get(client_id))
         except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
             close_code = conn.ended[0] if conn.ended else (await self._queued_close(websocket) or gone.code)
