@@ -8,7 +8,8 @@ by default) close:
 
 - a connection whose request headers (a plain request or a WebSocket upgrade) are not complete
   ``header_timeout`` seconds after the connection opened, or after the first byte of a later
-  request on a kept-alive connection: answered ``408`` and closed;
+  request on a kept-alive connection: answered ``408`` and closed (by one periodic sweep, at
+  most a quarter of the timeout, and at most a second, after it ran out);
 - a request whose headers grow past :data:`MAX_HEADER_BYTES` before they are complete:
   answered ``431`` and closed (nginx's default stops at 8 KiB a line, uvicorn at nothing);
 - a new connection while the process already holds ``max_sockets`` (HTTP and WebSocket; the
@@ -42,6 +43,10 @@ OVER_CAPACITY = "over_capacity"
 MAX_HEADER_BYTES = 64 * 1024
 """The most a request line and headers may take (a browser's cookies fit many times over)."""
 _RESERVED_FILES = 64  # descriptors kept for the listening socket, files, the flags watcher, telemetry
+SWEEPS_PER_TIMEOUT = 4
+MAX_SWEEP_PERIOD = 1.0
+"""Incomplete headers are looked for every ``header_timeout / 4`` seconds, at most every
+second: a connection is answered 408 at most that long after its ``header_timeout``."""
 PROBE_HEADROOM = 64
 """Sockets beyond the WebSocket cap that the door still lets in: room for /healthz, /readyz,
 /metrics and /admin while WebSocket clients fill theirs."""
@@ -80,8 +85,28 @@ def guarded_http_protocol(
             except Exception:  # counting must never break the door
                 log.exception("counting a refused connection failed")
 
+    # Connections whose request headers are incomplete, each with its deadline, in the order
+    # they were armed: with one timeout for all, that is deadline order. One timer sweeps them
+    # every ``period`` while any wait (a timer per connection cost a handshake ~3 µs more).
+    waiting: dict[HttpToolsProtocol, float] = {}
+    period = min(header_timeout / SWEEPS_PER_TIMEOUT, MAX_SWEEP_PERIOD)
+    sweeper: list[tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None] = [None]
+
+    def sweep(loop: asyncio.AbstractEventLoop) -> None:
+        sweeper[0] = None
+        now = loop.time()
+        expired = []
+        for protocol, deadline in waiting.items():
+            if deadline > now:
+                break
+            expired.append(protocol)
+        for protocol in expired:
+            protocol._headers_too_slow()  # type: ignore[attr-defined]  # (ours; it disarms)
+        if waiting:
+            sweeper[0] = (loop, loop.call_later(period, sweep, loop))
+
     class GuardedHttpToolsProtocol(HttpToolsProtocol):
-        _header_timer: asyncio.TimerHandle | None = None
+        _armed = False  # a request's headers are incomplete (the protocol is in ``waiting``)
         _header_bytes = 0  # received since the current request began, while its headers are incomplete
         _turned_away = False
 
@@ -97,14 +122,19 @@ def guarded_http_protocol(
             self._arm()
 
         def _arm(self) -> None:
-            if self._header_timer is None:
-                self._header_timer = self.loop.call_later(header_timeout, self._headers_too_slow)
+            if not self._armed:
+                self._armed = True
+                loop = self.loop
+                waiting[self] = loop.time() + header_timeout
+                running = sweeper[0]
+                if running is None or running[0] is not loop:
+                    sweeper[0] = (loop, loop.call_later(period, sweep, loop))
 
         def _disarm(self) -> None:
             self._header_bytes = 0
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
+            if self._armed:
+                self._armed = False
+                del waiting[self]
 
         def _turn_away(self, response: bytes, reason: str) -> None:
             self._disarm()
@@ -114,19 +144,18 @@ def guarded_http_protocol(
                 refused(reason)
 
         def _headers_too_slow(self) -> None:
-            self._header_timer = None
             self._turn_away(timeout_response, HEADER_TIMEOUT)
 
         def data_received(self, data: bytes) -> None:
             if self._turned_away or self.transport.is_closing():
                 return
-            if self._header_timer is not None:  # a request's headers are incomplete: how much of them is here?
+            if self._armed:  # a request's headers are incomplete: how much of them is here?
                 end = data.find(b"\r\n\r\n")
                 if self._header_bytes + (len(data) if end < 0 else end + 4) > MAX_HEADER_BYTES:
                     self._turn_away(large_response, HEADER_TOO_LARGE)
                     return
             super().data_received(data)
-            if self._header_timer is not None:  # still incomplete after this chunk
+            if self._armed:  # still incomplete after this chunk
                 self._header_bytes += len(data)
 
         def on_message_begin(self) -> None:
