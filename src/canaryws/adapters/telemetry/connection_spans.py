@@ -74,6 +74,24 @@ class RecordedSpan(trace_api.Span, ReadableSpan):
     def get_span_context(self) -> SpanContext:
         return self._span_context
 
+    # ReadableSpan's, without its isinstance checks against the SDK's bounded containers (ABCs):
+    # nothing is ever dropped from a plain dict and list, which is what they answer here too.
+    @property
+    def dropped_attributes(self) -> int:
+        return 0
+
+    @property
+    def dropped_events(self) -> int:
+        return 0
+
+    @property
+    def dropped_links(self) -> int:
+        return 0
+
+    @property
+    def events(self) -> Sequence[Event]:
+        return tuple(self._events)  # ReadableSpan's copies them one by one through a generator
+
     def is_recording(self) -> bool:
         return self._end_time is None
 
