@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from opentelemetry.sdk.trace import TracerProvider
 from uvicorn.config import LOGGING_CONFIG
 
+from canaryws.adapters.telemetry import logs as logs_module
 from canaryws.adapters.telemetry.logs import (
     REDACTED,
     RedactingFilter,
@@ -194,3 +195,30 @@ def test_credential_header_lines_are_redacted_whatever_the_scheme(line: str) -> 
 def test_ordinary_header_lines_are_kept() -> None:
     text = "< sec-websocket-protocol: canaryws.records.v1\n< x-canaryws-client-version: 1.2"
     assert redact(text) == text
+
+
+@given(st.one_of(st.text(max_size=80), st.text(alphabet="abcAB09_. <>\t\nèé\u00a0\u2003-=:/eyJ", max_size=80),
+                 st.sampled_from(["Bearer abc.def", "access_token=x", "eyJhbGciOi.eyJzdWIi.sig", "< cookie: a=b",
+                                  "strict", "0123abcdef", "ÉtéΣ9"])))
+def test_redact_answers_as_the_pattern_alone_whatever_its_shortcuts(text: str) -> None:
+    """Letters and digits alone are returned at once and short strings are remembered: the
+    answers are the pattern's, the first time and the next."""
+    expected = logs_module._SECRET.sub(logs_module._replace_secret, text)
+    assert redact(text) == expected
+    assert redact(text) == expected
+
+
+def test_remembered_redactions_stay_bounded() -> None:
+    for i in range(logs_module._SHORT_KEPT + 10):
+        redact(f"a b {i}")
+    assert len(logs_module._REDACTED_SHORT) <= logs_module._SHORT_KEPT
+
+
+def test_records_keep_their_fields_without_caller_thread_or_process_lookups() -> None:
+    stream = io.StringIO()
+    configure_logging(level="INFO", stream=stream)
+    logging.getLogger("canaryws.test").info("hello %s", "there", extra={"k": "v"})
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert {key: line[key] for key in ("level", "logger", "message", "k")} == {
+        "level": "INFO", "logger": "canaryws.test", "message": "hello there", "k": "v"}
+    assert (logging.logThreads, logging.logProcesses, logging.logMultiprocessing) == (False, False, False)

@@ -70,10 +70,29 @@ def _replace_secret(match: re.Match[str]) -> str:
     return prefix + REDACTED
 
 
+_REDACTED_SHORT: dict[str, str] = {}  # short strings already redacted (a log line's are mostly repeats)
+_SHORT = 64
+_SHORT_KEPT = 4096
+
+
 def redact(text: str) -> str:
     """``text`` with access tokens, bearer tokens, JWTs and credential header values
-    replaced by ``[REDACTED]``."""
-    return _SECRET.sub(_replace_secret, text)
+    replaced by ``[REDACTED]``.
+
+    Each shape needs a character no letter or digit is (``_``, white space, ``.``, ``<``
+    or ``>``), so a string of letters and digits alone (an id, a strategy, a level) is
+    returned as it is; a short string seen before gets the answer it got then. The
+    pattern costs 0.5-1.5 µs a string, and a log line has about ten."""
+    if text.isalnum():
+        return text
+    if len(text) > _SHORT:
+        return _SECRET.sub(_replace_secret, text)
+    done = _REDACTED_SHORT.get(text)
+    if done is None:
+        if len(_REDACTED_SHORT) >= _SHORT_KEPT:
+            _REDACTED_SHORT.clear()
+        done = _REDACTED_SHORT[text] = _SECRET.sub(_replace_secret, text)
+    return done
 
 
 def _redact_value(value: Any) -> Any:
@@ -214,6 +233,13 @@ def configure_logging(*, level: str = "INFO", stream: IO[str] | None = None) -> 
         logging.getLogger("uvicorn.error").addFilter(_CLIENT_ERRORS)
     if not any(isinstance(f, QuietHandshakes) for f in logging.getLogger("uvicorn.error").filters):
         logging.getLogger("uvicorn.error").addFilter(QuietHandshakes())
+
+    # A JSON line carries none of where the call was made, the thread or the process: skip
+    # finding them for every record (the logging HOWTO's "Optimization" switches; ~3 µs a line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
 
     # watchfiles logs "N changes detected" at INFO for every change in the flags directory.
     logging.getLogger("watchfiles").setLevel(max(numeric_level, logging.WARNING))
