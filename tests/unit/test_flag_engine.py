@@ -325,12 +325,13 @@ def test_flags_on_for_everyone_answer_as_the_engine_does(case: str) -> None:
     engine = snap._engine  # the engine's own answer, asked directly
     calls: list[str] = []
     check = engine.check_enabled
+    evaluate = engine._do_is_enabled  # what FlagSnapshot.evaluate asks
 
     def counted(flag: str, context: dict[str, Any]) -> Any:
         calls.append(flag)
-        return check(flag, context)
+        return evaluate(flag, context)
 
-    engine.check_enabled = counted
+    engine._do_is_enabled = counted
     for context in EVERYONE_CONTEXTS:
         expected = check(STRICT_FLAG, dict(context))
         assert expected.is_found
@@ -351,3 +352,35 @@ def test_a_flag_that_depends_on_another_is_asked_of_the_engine() -> None:
     snap = snapshot(parse_flags_document(json.dumps(data).encode()))
     shadow_on = snap.evaluate(SHADOW_FLAG, {"userId": "client-1", "sessionId": "s"}).enabled
     assert snap.evaluate(STRICT_FLAG, {"userId": "client-1", "sessionId": "s"}).enabled == shadow_on
+
+
+def test_the_evaluation_is_check_enabled_without_its_impression_trip() -> None:
+    """FlagSnapshot.evaluate calls the engine's private ``_do_is_enabled`` (check_enabled's
+    evaluation, without its second call for the impression-event setting): pinned here, with
+    check_enabled's own answers for every client of a split, for a constrained flag and for a
+    flag the engine does not know."""
+    snap = strict_at(37)
+    engine = snap._engine
+    for client in CLIENTS[:300]:
+        context = {"userId": client, "sessionId": "s", "properties": {"region": "eu"}}
+        reference = engine.check_enabled(STRICT_FLAG, context)
+        assert engine._do_is_enabled(STRICT_FLAG, context) is reference.is_enabled
+        assert snap.evaluate(STRICT_FLAG, context).enabled is reference.is_enabled
+    assert engine._do_is_enabled("no.such.flag", {}) is None
+    assert engine.check_enabled("no.such.flag", {}).is_found is False
+
+
+def test_an_engine_failure_is_an_error_evaluation_and_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """The engine failing mid-evaluation (it raises YggdrasilError, which a real document
+    cannot provoke on demand) answers off with reason error, as check_enabled would; it
+    never raises."""
+    snap = strict_at(37)
+
+    def broken(flag: str, context: dict[str, Any]) -> bool | None:
+        raise RuntimeError("engine failure")
+
+    monkeypatch.setattr(snap._engine, "_do_is_enabled", broken)
+    evaluation = snap.evaluate(STRICT_FLAG, {"userId": "c1"})
+    assert (evaluation.enabled, evaluation.reason, evaluation.variant) == (False, "error", "off")
+    assert "the engine failed to evaluate it" in caplog.text
