@@ -113,7 +113,7 @@ What it does, in order:
    the rounds). (c) connect rate
    (``load.py connect --concurrency 50`` for ``--connect-duration`` s) against canaryws
    (handshake + token check + cohort decision + welcome frame) and lean (handshake only),
-   ``--connect-rounds`` rounds (3) in alternating order: the server CPU per handshake,
+   ``--connect-rounds`` rounds (5) in alternating order: the server CPU per handshake,
    canaryws / lean per round and its median (goal <= 1.5).
 
 5. Output: the tables on stdout; ``--json PATH`` all raw numbers (every round), the machine
@@ -660,7 +660,7 @@ class Settings:
             active=pick(args.active, 1000, 100),
             connect_duration=pick(args.connect_duration, 5.0, 1.0),
             connect_concurrency=pick(args.connect_concurrency, 50, 50),
-            connect_rounds=pick(args.connect_rounds, 3, 1),
+            connect_rounds=pick(args.connect_rounds, 5, 1),
             scale=not args.no_scale and not args.servers,
             quick=quick,
             pause=0.2 if quick else 0.5,
@@ -1369,7 +1369,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--active", type=int, help="active connections of the scale step (default 1000)")
     parser.add_argument("--connect-duration", type=float, help="seconds of the connect-rate step (default 5)")
     parser.add_argument("--connect-concurrency", type=int, help="handshake loops in parallel (default 50)")
-    parser.add_argument("--connect-rounds", type=int, help="rounds of the connect step (default 3; --quick 1)")
+    parser.add_argument("--connect-rounds", type=int, help="rounds of the connect step (default 5; --quick 1)")
     parser.add_argument("--no-scale", action="store_true", help="skip the scale steps")
     parser.add_argument("--servers", help="comma-separated throughput servers to run (default: all; implies "
                                           "--no-scale); ratios whose servers are left out are not reported")
