@@ -99,3 +99,25 @@ def test_recent_ids_report_exactly_the_ids_among_the_last_window_remembered(ids:
         assert recent.remember(batch_id) is expected
         if expected:
             remembered.append(batch_id)
+
+
+@given(st.lists(st.tuples(st.booleans(), st.sampled_from("abcdefgh")), max_size=300),
+       st.integers(min_value=1, max_value=6))
+def test_recent_ids_forget_an_id_and_keep_its_place_taken(ops: list[tuple[bool, str]], window: int) -> None:
+    """With forget() among the calls: a forgotten id is new again, and its place in the window
+    stays taken (the ids before it still drop out of the window on time); at most 2 x window
+    ids are held, whatever the calls."""
+    recent = RecentIds(window)
+    remembered: list[str | None] = []  # the model: a forgotten id leaves a hole
+    for forget, batch_id in ops:
+        if forget:
+            recent.forget(batch_id)
+            remembered = [None if held == batch_id else held for held in remembered]
+            continue
+        expected = batch_id not in remembered[-window:]
+        assert recent.remember(batch_id) is expected
+        if expected:
+            remembered.append(batch_id)
+        assert len(recent._new) + len(recent._old) <= 2 * window
+    for batch_id in "abcdefgh":
+        assert (batch_id in recent) is (batch_id in remembered[-window:])

@@ -60,25 +60,33 @@ class TokenBucket:
 class RecentIds:
     """The last ``window`` batch ids a connection was answered for (oldest forgotten first).
 
-    One dict maps each id to its number in the connection's sequence of remembered ids;
-    an id is among the last ``window`` when its number is within ``window`` of the next
-    one. Forgetting is lazy: older entries stay until the dict holds ``window`` of them
-    beyond the window, and are then dropped in one pass. Per batch that is one lookup
-    and one store, instead of evicting the oldest id one by one (each eviction reads an
-    id that has not been touched for ``window`` batches, a cache miss, more than once).
+    Each remembered id gets its number in the connection's sequence of remembered ids; an id
+    is among the last ``window`` when its number is within ``window`` of the next one. The ids
+    sit in two generations of at most ``window`` each: the current one, and the one before it.
+    When the current one is full it becomes the one before, and the oldest generation is
+    dropped whole. Every id numbered within the window is in one of the two (the generation
+    before was full when it was closed, so it reaches back at least ``window`` numbers), and the
+    two hold at most ``2 × window`` ids. Per batch that is one or two lookups and one store: no
+    eviction of the oldest id one by one (each eviction reads an id that has not been touched
+    for ``window`` batches, a cache miss), nor a pass over the dict to drop the old half.
     """
 
-    __slots__ = ("_ids", "_next", "window")
+    __slots__ = ("_new", "_next", "_old", "window")
 
     def __init__(self, window: int) -> None:
         if window < 1:
             raise ValueError("the window holds at least one id")
         self.window = window
-        self._ids: dict[str, int] = {}
+        self._new: dict[str, int] = {}  # the current generation: id -> its number
+        self._old: dict[str, int] = {}  # the generation before
         self._next = 0  # the number the next remembered id gets
 
+    def _number(self, batch_id: str) -> int | None:
+        seq = self._new.get(batch_id)
+        return self._old.get(batch_id) if seq is None else seq
+
     def __contains__(self, batch_id: str) -> bool:
-        seq = self._ids.get(batch_id)
+        seq = self._number(batch_id)
         return seq is not None and seq >= self._next - self.window
 
     def __len__(self) -> int:
@@ -88,23 +96,22 @@ class RecentIds:
         """Remember ``batch_id`` and return True, or return False (and change nothing)
         when it is one of the last ``window`` ids: one call per batch does both the
         duplicate check and the bookkeeping."""
-        ids = self._ids
-        seq = ids.get(batch_id)
+        new = self._new
+        seq = new.get(batch_id)
+        if seq is None:
+            seq = self._old.get(batch_id)
         n = self._next
         if seq is not None and seq >= n - self.window:
             return False
-        ids[batch_id] = n
+        if len(new) >= self.window:  # the current generation is full: it becomes the one before
+            self._old = new
+            self._new = new = {}
+        new[batch_id] = n
         self._next = n + 1
-        if len(ids) >= 2 * self.window:
-            self._forget()
         return True
 
     def forget(self, batch_id: str) -> None:
         """Forget ``batch_id``, a batch that was not answered with a result after all (the sink
         could not commit it): its id may be sent again. Its place in the window stays taken."""
-        self._ids.pop(batch_id, None)
-
-    def _forget(self) -> None:
-        """Drop the ids that fell out of the window (about half of them)."""
-        oldest = self._next - self.window
-        self._ids = {batch_id: seq for batch_id, seq in self._ids.items() if seq >= oldest}
+        self._new.pop(batch_id, None)
+        self._old.pop(batch_id, None)
