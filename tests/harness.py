@@ -32,6 +32,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class CountingTransport:
+    """A server protocol's transport, with its writes recorded (put in the protocol's place)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 @contextlib.asynccontextmanager
 async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
     """``app`` under uvicorn's websockets-sansio protocol, in this event loop, on a free loopback

@@ -10,22 +10,7 @@ import websockets
 from starlette.types import Message, Receive, Scope, Send
 
 from canaryws.adapters.asgi.held_writes import HeldWrites, hold_writes
-from harness import uvicorn_serving
-
-
-class CountingTransport:
-    """The server's transport, with its writes recorded."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.writes: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-        self.inner.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+from harness import CountingTransport, uvicorn_serving
 
 
 def serve(hold: bool) -> tuple[list[bytes], list[str], bool]:

@@ -470,6 +470,12 @@ def encode_welcome(*, connection_id: str, client_id: str, cohort: Cohort, protoc
 def encode_result(batch_id: str, outcome: Outcome, durable: bool | msgspec.UnsetType = msgspec.UNSET,
                   replay: bool | msgspec.UnsetType = msgspec.UNSET) -> str:
     """A result frame; v2's ``durable`` and ``replay`` only when given (a v1 frame has neither)."""
+    return encode_result_bytes(batch_id, outcome, durable, replay).decode()
+
+
+def encode_result_bytes(batch_id: str, outcome: Outcome, durable: bool | msgspec.UnsetType = msgspec.UNSET,
+                        replay: bool | msgspec.UnsetType = msgspec.UNSET) -> bytes:
+    """:func:`encode_result`'s frame as the UTF-8 bytes the encoder writes (what goes on the wire)."""
     return _encoder.encode(
         Result(
             batch_id,
@@ -481,7 +487,7 @@ def encode_result(batch_id: str, outcome: Outcome, durable: bool | msgspec.Unset
             durable,
             replay,
         )
-    ).decode()
+    )
 
 
 def encode_unavailable(batch_id: str, detail: str, retry_after: float) -> str:

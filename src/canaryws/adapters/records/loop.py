@@ -28,6 +28,7 @@ from opentelemetry.trace import INVALID_SPAN, Span
 from starlette.types import Receive, Send
 from starlette.websockets import WebSocket
 
+from canaryws.adapters.asgi.frame_writer import text_writer
 from canaryws.adapters.asgi.scope import CHANNEL_SCOPE_KEY, OWES_ANSWERS_SCOPE_KEY
 from canaryws.adapters.records.after_round import AfterRound
 from canaryws.adapters.records.connection import CLOSE_TRY_AGAIN_LATER, CLOSE_UNSUPPORTED_DATA, Connection
@@ -226,13 +227,14 @@ class BatchLoop:
         decode_batch = contract.decode_batch
         commit = self._commit
         v2 = conn.protocol == contract.PROTOCOL_V2
-        encode_result: Callable[[str, Outcome], str] = contract.encode_result
+        encode_result: Callable[[str, Outcome], bytes] = contract.encode_result_bytes
         if v2:
-            encode_v2 = contract.encode_result
+            encode_v2 = contract.encode_result_bytes
             durable = commit is not None
 
-            def encode_result(batch_id: str, outcome: Outcome) -> str:
+            def encode_result(batch_id: str, outcome: Outcome) -> bytes:
                 return encode_v2(batch_id, outcome, durable, False)
+        write = text_writer(send)  # the answer's frame straight to the transport while nothing is in its way
         client_id = conn.context.client_id
         each_batch = telemetry.records_each_batch
         gap = telemetry.batch_gap()  # batches until the next batch span
@@ -251,9 +253,11 @@ class BatchLoop:
             if committed.replay:
                 await self._replay(conn, batch_id, committed.outcome, span, send, started, v2)
                 return True
-            conn.sending_since = started
-            await send({"type": "websocket.send", "text": encode_result(batch_id, outcome)})
-            conn.sending_since = 0.0
+            payload = encode_result(batch_id, outcome)
+            if write is None or not write(payload):
+                conn.sending_since = started
+                await send({"type": "websocket.send", "text": payload.decode()})
+                conn.sending_since = 0.0
             ended = clock()
             if span is INVALID_SPAN and not each_batch:
                 after(conn.summary, outcome, started, ended, span, records)
@@ -363,10 +367,13 @@ class BatchLoop:
                         if committed.replay:
                             await self._replay(conn, batch.id, committed.outcome, span, send, started, v2)
                             continue
-                    # the result's send, inline (the guarded send of the rare paths, without a call)
-                    conn.sending_since = started
-                    await send({"type": "websocket.send", "text": encode_result(batch.id, outcome)})
-                    conn.sending_since = 0.0
+                    # the result's frame written at once when the protocol lets it (text_writer), else
+                    # the guarded send of the rare paths, inline
+                    payload = encode_result(batch.id, outcome)
+                    if write is None or not write(payload):
+                        conn.sending_since = started
+                        await send({"type": "websocket.send", "text": payload.decode()})
+                        conn.sending_since = 0.0
                 except BaseException:
                     span.end()
                     raise
