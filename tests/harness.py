@@ -48,14 +48,14 @@ class CountingTransport:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(app: Any) -> AsyncIterator[int]:
-    """``app`` under uvicorn's websockets-sansio protocol, in this event loop, on a free loopback
-    port (yielded) until the block ends."""
+async def uvicorn_serving(app: Any, ws: Any = "websockets-sansio", **config_options: Any) -> AsyncIterator[int]:
+    """``app`` under uvicorn's websockets-sansio protocol (or ``ws``), in this event loop, on a free
+    loopback port (yielded) until the block ends; ``config_options`` go to uvicorn's Config."""
     import uvicorn
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(app, ws="websockets-sansio", lifespan="off", log_config=None, log_level="warning")
+    config = uvicorn.Config(app, ws=ws, lifespan="off", log_config=None, log_level="warning", **config_options)
     server = uvicorn.Server(config)
     serving = asyncio.create_task(server.serve(sockets=[sock]))
     try:

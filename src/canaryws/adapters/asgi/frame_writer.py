@@ -27,10 +27,10 @@ ASGI ``send`` as before (which then waits, raises or closes as uvicorn decides).
 stays the only owner of the connection's state: the writer reads it and changes nothing but
 the bytes on the wire, in the order the protocol would have written them.
 
-It needs uvicorn's sans-I/O WebSocket protocol behind ``send`` (``canaryws serve`` runs
-``ws="websockets-sansio"``), whose bound ``send``, ``conn`` (a websockets ``ServerProtocol``),
-``transport``, ``writable`` and ``disconnected`` it reads; under another
-server or protocol there is no writer. tests/unit/test_frame_writer.py pins those internals
+It needs uvicorn's sans-I/O WebSocket protocol behind ``send`` (``canaryws serve`` runs it, as
+:class:`canaryws.adapters.server.ws_protocol.WebSocketProtocol`), whose bound ``send``, ``conn``
+(a websockets ``ServerProtocol``), ``transport``, ``writable`` and ``disconnected`` it reads;
+under another server or protocol there is no writer. tests/unit/test_frame_writer.py pins those internals
 and checks the bytes against websockets' own ``Frame.serialize`` for every length class.
 """
 

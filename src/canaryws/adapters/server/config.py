@@ -15,6 +15,7 @@ from canaryws.adapters.server.door import (
     guarded_http_protocol,
     raise_open_files_limit,
 )
+from canaryws.adapters.server.ws_protocol import WebSocketProtocol
 from canaryws.settings import Settings
 
 log = logging.getLogger("canaryws.server")
@@ -40,7 +41,8 @@ def uvicorn_config(app: ConnectionDrain, settings: Settings,
                    on_refused: Callable[[str], None] | None = None) -> uvicorn.Config:
     """The uvicorn configuration ``canaryws serve`` runs ``app`` with (every worker alike):
     the door's HTTP protocol (:mod:`canaryws.adapters.server.door`) with its refusals counted by
-    ``on_refused``."""
+    ``on_refused``, and uvicorn's sans-I/O WebSocket protocol with its fast path for complete text
+    frames (:mod:`canaryws.adapters.server.ws_protocol`)."""
     max_connections = max_connections_for(settings)
     return uvicorn.Config(
         app,
@@ -48,7 +50,7 @@ def uvicorn_config(app: ConnectionDrain, settings: Settings,
         port=settings.port,
         http=guarded_http_protocol(header_timeout=settings.header_timeout,
                                    max_sockets=max_connections + PROBE_HEADROOM, on_refused=on_refused),
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,  # uvicorn's websockets-sansio, reading the common frame itself
         ws_max_size=settings.max_frame_bytes,
         ws_per_message_deflate=settings.per_message_deflate,
         lifespan="on",
