@@ -9,6 +9,10 @@
   the lenient strategy on the batch and the comparison of its outcome with the answer
   (``canaryws.core.compare``). The difference to ``lean`` is the second strategy's own
   work, which the shadow (running it after the answer, counting it) is held to.
+- ``lean-stack``: ``lean``'s work as a bare ASGI app on canaryws' own WebSocket stack (the
+  protocol that reads text frames itself, the answers written straight to the transport):
+  ``canaryws / lean-stack`` is canaryws' overhead over the work on the stack it runs on, where
+  ``canaryws / lean`` also counts what that stack saves against stock uvicorn.
 - ``naive``: the design canaryws avoids: the flag engine's ``is_enabled`` per batch (the
   Unleash engine UnleashClient evaluates, on the flags file given), and OpenTelemetry's
   default instrumentation (FastAPIInstrumentor with its per-message ``receive``/``send``
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
@@ -71,6 +76,36 @@ def lean_app(*, both: bool = False) -> FastAPI:
     return app
 
 
+def lean_stack_app() -> Any:
+    """``lean-stack``: lean's work as a bare ASGI app on canaryws' own WebSocket stack (main runs it
+    under :class:`canaryws.adapters.server.ws_protocol.WebSocketProtocol`; the answers go through
+    :func:`canaryws.adapters.asgi.frame_writer.text_writer`): canaryws' overhead over the work,
+    measured on the stack canaryws runs on."""
+    from canaryws.adapters.asgi.frame_writer import text_writer
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        await receive()
+        await send({"type": "websocket.accept"})
+        write = text_writer(send)
+        while True:
+            message = await receive()
+            text = message.get("text")
+            if text is None:
+                return
+            try:
+                batch = contract.decode_batch(text, MAX_RECORDS)
+            except contract.MessageError as err:
+                await send({"type": "websocket.send", "text": contract.encode_error(err)})
+                continue
+            payload = contract.encode_result_bytes(batch.id, STRICT.process(batch.records, DEFAULT_MAX_LENGTH))
+            if write is None or not write(payload):
+                await send({"type": "websocket.send", "text": payload.decode()})
+
+    return app
+
+
 def naive_app(flags_file: Path, trace_file: Path) -> FastAPI:
     from opentelemetry import trace
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -113,7 +148,13 @@ def naive_app(flags_file: Path, trace_file: Path) -> FastAPI:
 
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
-    if kind == "echo":
+    ws: Any = "websockets-sansio"
+    if kind == "lean-stack":
+        from canaryws.adapters.server.ws_protocol import WebSocketProtocol
+
+        app: Any = lean_stack_app()
+        ws = WebSocketProtocol
+    elif kind == "echo":
         app = echo_app()
     elif kind in ("lean", "lean-both"):
         app = lean_app(both=kind == "lean-both")
@@ -126,7 +167,7 @@ def main() -> None:
         app,
         host="127.0.0.1",
         port=port,
-        ws="websockets-sansio",
+        ws=ws,
         ws_max_size=1024 * 1024,
         ws_per_message_deflate=False,
         lifespan="off",

@@ -21,6 +21,8 @@ What it does, in order:
    ``echo``                  bare FastAPI WebSocket echo: the stack's ceiling (bench/apps.py)
    ``lean``                  the same strict work as canaryws, nothing else (bench/apps.py)
    ``lean-both``             lean + the lenient strategy inline: the second strategy's own work
+   ``lean-stack``            lean's work on canaryws' WebSocket stack (its frame reader and
+                             writer, bench/apps.py): canaryws' overhead on its own stack
    ``naive``                 ``is_enabled`` per batch + OTel's default instrumentation
    ``canaryws``              ``canaryws serve``, production settings (below), strict pinned,
                              ``CANARYWS_SINK=none`` (answers without persisting)
@@ -201,8 +203,8 @@ a load client that keeps 8 batches in flight on each connection, as the SDK does
 since with one in flight each connection waits a whole commit per batch and the throughput
 measures the commit's latency, not the service's work (docs/benchmarks.md)."""
 PIPELINED = f"canaryws-w{SINK_WINDOW}"
-ROUND_ORDER = ("echo", "lean", "canaryws", PIPELINED, "canaryws-postgres", "canaryws-sqlite", "canaryws-telemetry-off",
-               "canaryws-shadow", "lean-both", "naive", "canaryws-2workers")
+ROUND_ORDER = ("echo", "lean", "canaryws", "lean-stack", PIPELINED, "canaryws-postgres", "canaryws-sqlite",
+               "canaryws-telemetry-off", "canaryws-shadow", "lean-both", "naive", "canaryws-2workers")
 
 
 @dataclass(frozen=True)
@@ -230,6 +232,7 @@ RATIOS = (
     Ratio("postgresql sink / none", "canaryws-postgres", PIPELINED, ">= 0.7"),
     Ratio("sqlite sink / none", "canaryws-sqlite", PIPELINED, ">= 0.5"),
     Ratio("lean / echo", "lean", "echo"),
+    Ratio("canaryws / lean-stack", "canaryws", "lean-stack"),
     Ratio("naive / canaryws", "naive", "canaryws"),
     Ratio("2workers / canaryws", "canaryws-2workers", "canaryws"),
     Ratio("CPU per msg 2workers / canaryws", "canaryws-2workers", "canaryws", "<= 1.1", kind="cpu"),
@@ -740,6 +743,7 @@ class Bench:
         app("echo", echo=True)
         app("lean")
         app("lean-both")
+        app("lean-stack")
         app("naive", str(strict_flags))
         without_sink = {**production, **NO_SINK}
         canaryws("canaryws", strict_flags, without_sink)

@@ -27,11 +27,11 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "bench" / "run.py"
 BUDGET_SECONDS = 180  # the realistic pass adds ~40 s to the smoke run
-SERVERS = {"echo", "lean", "lean-both", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow",
+SERVERS = {"echo", "lean", "lean-both", "lean-stack", "naive", "canaryws", "canaryws-telemetry-off", "canaryws-shadow",
            "canaryws-w8", "canaryws-sqlite", "canaryws-postgres"}
 SINK_SERVERS = ("canaryws-sqlite", "canaryws-postgres")
-RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "naive / canaryws", "shadow cost",
-          "postgresql sink / none", "sqlite sink / none"}
+RATIOS = {"canaryws / lean", "telemetry on / off", "lean / echo", "canaryws / lean-stack", "naive / canaryws",
+          "shadow cost", "postgresql sink / none", "sqlite sink / none"}
 POSTGRES = (f"postgresql://{os.environ.get('CANARYWS_TEST_PG_USER', 'postgres')}@"
             f"{os.environ.get('CANARYWS_TEST_PG_HOST', '127.0.0.1')}:{os.environ.get('CANARYWS_TEST_PG_PORT', '5432')}"
             "/postgres")
