@@ -478,6 +478,11 @@ PROTOCOL_VIOLATIONS = [
                [frame(TEXT, b" " * (700 * 1024), fin=False), frame(CONT, b" " * (400 * 1024))], 1009),
     _violation("length_header_2_63_without_payload", [frame(TEXT, b"", length=2**63)], 1009),
     _violation("unmasked_frame", [frame(TEXT, _BATCH, mask=False)], 1002),
+    # a batch read by the service's own frame reader, then a violation in the same read: unanswered
+    _violation("a_batch_then_an_unmasked_frame_in_one_read", [frame(TEXT, _BATCH), frame(TEXT, _BATCH, mask=False)],
+               1002),
+    _violation("a_batch_then_a_frame_over_1_MiB_in_one_read", [frame(TEXT, _BATCH), frame(TEXT, b"", length=2**63)],
+               1009),
     _violation("rsv1_set", [frame(TEXT, _BATCH, rsv=4)], 1002),
     _violation("rsv2_set", [frame(TEXT, _BATCH, rsv=2)], 1002),
     _violation("rsv3_set", [frame(TEXT, _BATCH, rsv=1)], 1002),
