@@ -210,3 +210,76 @@ def test_a_worker_s_published_count_follows_uvicorn_s_connections() -> None:
     connections.remove(second)
     connections.discard(second)
     assert published == [1, 2, 1, 0, 0] and not connections
+    taken: list[int] = []
+    connections = handoff.PublishedConnections(published.append, taken.append)
+    arriving, failing = object(), object()
+    connections.arriving(arriving)
+    connections.arriving(failing)
+    connections.add(arriving)  # its connection is made: counted after the size
+    connections.add(arriving)
+    assert published[-2:] == [1, 1] and taken == [1]
+    assert connections.abandon(failing) and not connections.abandon(failing) and not connections.abandon(arriving)
+    assert taken == [1]
+
+
+class _Counters:
+    """A worker's counters that records the supervisor's estimate (``sent - taken + live``)
+    after every write, ``sent`` being what the test sent."""
+
+    def __init__(self, sent: list[int]) -> None:
+        self.values = [0, 0]
+        self.sent = sent
+        self.estimates: list[int] = []
+
+    def __getitem__(self, slot: int) -> int:
+        return self.values[slot]
+
+    def __setitem__(self, slot: int, value: int) -> None:
+        self.values[slot] = value
+        self.estimates.append(self.sent[0] - self.values[handoff.TAKEN] + self.values[handoff.LIVE])
+
+
+class _Held(asyncio.Protocol):
+    """Adds itself to the connections when its connection is made, as uvicorn's protocols do."""
+
+    def __init__(self, connections: set[Any]) -> None:
+        self.connections = connections
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connections.add(self)
+
+
+def test_a_burst_handed_to_a_worker_is_counted_once_at_every_moment() -> None:
+    """While a worker turns a burst of descriptors into connections, the supervisor's estimate
+    of its connections stays what was sent to it: a descriptor leaves ``sent - taken``
+    when it enters ``live`` (counting it as taken only once the whole burst was connected
+    counted it twice meanwhile, and the supervisor sent the rest of a burst elsewhere)."""
+    sent = [0]
+    counters = _Counters(sent)
+    ours, theirs = handoff.channel_pair()
+    inbox = handoff.Inbox(theirs, counters)
+    connections = handoff.PublishedConnections(inbox.live, inbox.taken)
+    pairs = [socket.socketpair() for _ in range(300)]
+
+    async def scenario() -> None:
+        listener = handoff.HandoffListener(inbox, lambda: _Held(connections), connections)
+        for start in range(0, len(pairs), 100):
+            handoff.send_fds(ours, [served.fileno() for served, _ in pairs[start:start + 100]])
+            sent[0] += 100
+        deadline = time.monotonic() + 10
+        while counters.values[handoff.TAKEN] < len(pairs):
+            assert time.monotonic() < deadline, counters.values
+            await asyncio.sleep(0.01)
+        listener.close()
+        await listener.wait_closed()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        for served, peer in pairs:
+            served.close()
+            peer.close()
+        ours.close()
+    assert counters.values == [300, 300] and len(connections) == 300
+    # 300 everywhere, but for the instant between a connection's two writes (``live``, then ``taken``)
+    assert set(counters.estimates) == {300, 301}, sorted(set(counters.estimates))

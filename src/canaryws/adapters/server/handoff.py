@@ -10,13 +10,18 @@ back (:func:`receive_fds` on its copy of the worker's end) and gives them to ano
 Each worker publishes how loaded it is in two shared 64-bit counters (:class:`Inbox`), which
 only it writes and the supervisor reads without a lock:
 
-- ``taken``: descriptors it has read from its channel and turned into connections, ever;
+- ``taken``: descriptors it has read from its channel and turned into connections (counted
+  when the connection is made, right after ``live`` counts it) or failed to, ever;
 - ``live``: connections it holds now (uvicorn's ``server_state.connections``, probes and
   WebSockets alike: :class:`PublishedConnections` writes its size at every change).
 
 The supervisor's estimate of a worker's connections is ``sent - taken + live`` (plus what it
 has accepted for it and not sent yet): exact once the worker has caught up, and counting
 descriptors still in flight as connections, so a worker that stops reading stops getting more.
+A descriptor is counted once at every moment: in ``sent - taken`` until its connection is
+made, in ``live`` from then on (counting it as taken when it was read would count it in
+neither until then; counting it when the whole batch read with it is connected would count
+it twice meanwhile, and a burst would then tilt towards the other worker).
 
 The worker side is :class:`HandoffServer`: :class:`canaryws.adapters.server.graceful.GracefulServer`
 started with no listening socket, which reads its channel in its event loop
@@ -107,15 +112,35 @@ class PublishedConnections(set[Any]):
     """uvicorn's ``server_state.connections`` that publishes its size at every change
     (uvicorn's protocols ``add`` themselves when their connection is made, ``discard`` or
     ``remove`` themselves when it is lost, and the HTTP protocol hands over to the WebSocket
-    one on an upgrade: the size stays the number of open connections)."""
+    one on an upgrade: the size stays the number of open connections).
 
-    def __init__(self, publish: Callable[[int], None]) -> None:
+    A protocol built for a handed-over descriptor is :meth:`arriving` until it adds itself:
+    then, after the size, ``taken`` counts it (:data:`TAKEN`, via the ``taken`` callback)."""
+
+    def __init__(self, publish: Callable[[int], None], taken: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self._publish = publish
+        self._taken = taken
+        self._arriving: set[Any] = set()
+
+    def arriving(self, protocol: Any) -> None:
+        """``protocol`` serves a descriptor read from the channel; its connection is not made yet."""
+        self._arriving.add(protocol)
+
+    def abandon(self, protocol: Any) -> bool:
+        """``protocol``'s connection failed: True when it had not been made (nor counted as taken)."""
+        if protocol in self._arriving:
+            self._arriving.remove(protocol)
+            return True
+        return False
 
     def add(self, item: Any) -> None:
         super().add(item)
         self._publish(len(self))
+        if item in self._arriving:
+            self._arriving.remove(item)
+            if self._taken is not None:
+                self._taken(1)
 
     def discard(self, item: Any) -> None:
         super().discard(item)
@@ -143,9 +168,11 @@ class HandoffListener:
     """Reads a worker's channel in its event loop and serves each descriptor; stands in for
     the listening server in ``uvicorn.Server.servers`` (``close``, ``wait_closed``)."""
 
-    def __init__(self, inbox: Inbox, factory: Callable[[], asyncio.Protocol]) -> None:
+    def __init__(self, inbox: Inbox, factory: Callable[[], asyncio.Protocol],
+                 connections: PublishedConnections) -> None:
         self._inbox = inbox
         self._factory = factory
+        self._connections = connections
         self._loop = asyncio.get_running_loop()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -173,13 +200,26 @@ class HandoffListener:
             task.add_done_callback(self._tasks.discard)
 
     async def _serve(self, socks: list[socket.socket]) -> None:
-        results = await asyncio.gather(*(self._loop.connect_accepted_socket(self._factory, sock) for sock in socks),
-                                       return_exceptions=True)
-        for sock, result in zip(socks, results, strict=True):
+        built: list[asyncio.Protocol | None] = [None] * len(socks)
+
+        def factory(slot: int) -> Callable[[], asyncio.Protocol]:
+            def build() -> asyncio.Protocol:
+                protocol = built[slot] = self._factory()
+                self._connections.arriving(protocol)  # counted as taken when its connection is made
+                return protocol
+            return build
+
+        results = await asyncio.gather(*(self._loop.connect_accepted_socket(factory(slot), sock)
+                                         for slot, sock in enumerate(socks)), return_exceptions=True)
+        failed = 0
+        for sock, protocol, result in zip(socks, built, results, strict=True):
             if isinstance(result, BaseException):  # e.g. the client reset it while it waited
                 log.debug("a handed-over connection could not be served: %r", result)
                 sock.close()
-        self._inbox.taken(len(socks))
+                if protocol is None or self._connections.abandon(protocol):
+                    failed += 1
+        if failed:
+            self._inbox.taken(failed)
 
     def close(self) -> None:
         """Stop taking connections; those still queued in the channel are closed with it."""
@@ -203,12 +243,13 @@ class HandoffServer(graceful.GracefulServer):
                  inbox: Inbox, *, signals: Iterable[int], on_started: Callable[[], None] | None = None) -> None:
         super().__init__(config, drain, watchdog, signals=tuple(signals), on_started=on_started)
         self.inbox = inbox
-        self.server_state.connections = PublishedConnections(inbox.live)
+        self.published = PublishedConnections(inbox.live, inbox.taken)
+        self.server_state.connections = self.published
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:  # noqa: ARG002 (uvicorn's name)
         await super().startup([])  # no listening socket: the supervisor accepts
         if self.started:  # (the ready signal may precede this: the channel queues what comes meanwhile)
-            listener = HandoffListener(self.inbox, protocol_factory(self))
+            listener = HandoffListener(self.inbox, protocol_factory(self), self.published)
             self.servers.append(cast(asyncio.base_events.Server, listener))
 
 
