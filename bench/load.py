@@ -10,7 +10,7 @@
 loop); after ``--warmup`` seconds it counts answers and their latencies (send → answer)
 for ``--duration`` seconds. ``idle``: opens the connections, prints ``ready N`` and holds
 them until a line arrives on stdin. ``connect``: loops of handshake (and, with
-``--welcome``, the welcome frame) then close, for ``--duration`` seconds. Each prints
+``--welcome``, the welcome frame) then close (code 1000, as the SDK), for ``--duration`` seconds. Each prints
 one JSON object. ``--tokens`` is a file of bearer tokens, one per line, used in turn.
 With ``--marks``, ``run`` and ``connect`` also print a line ``mark start`` when the
 measured window opens and ``mark stop`` when it closes (before the JSON), so that a
@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 import uvloop
-from picows import WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSCloseCode, WSError, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 RESULT_PREFIX = b'{"type":"result"'
 DEFAULT_SEED = 2026  # bench/workload.py's
@@ -285,7 +285,7 @@ async def connect(args: argparse.Namespace) -> dict[str, Any]:
             if state.measuring:
                 counts["handshakes"] += 1
                 latencies.append(time.perf_counter_ns() - begun)
-            transport.send_close()
+            transport.send_close(WSCloseCode.OK)  # 1000, as the SDK ends (picows' default, 0, is invalid: 1002)
             transport.disconnect()
             await transport.wait_disconnected()
             i += args.concurrency
@@ -493,7 +493,7 @@ async def realistic(args: argparse.Namespace) -> dict[str, Any]:
                 old.closing = True
                 assert conn.transport is not None
                 transport = conn.transport
-                transport.send_close()
+                transport.send_close(WSCloseCode.OK)
                 transport.disconnect()
                 await transport.wait_disconnected()
                 begun = time.perf_counter_ns()

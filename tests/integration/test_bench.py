@@ -22,6 +22,8 @@ from typing import Any
 import asyncpg
 import pytest
 
+from harness import Service, flags_doc, metric_value
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,3 +198,28 @@ def test_the_in_process_sink_benchmark_commits_every_batch_it_counts(sink: str) 
     assert result["loop_us_per_batch"] > result["strategy_us_per_batch"] > 0
     assert (result["postgres_us_per_batch"] is not None) == (sink == "postgresql")
     assert not [name for name in databases() if name.startswith("canaryws_sink_bench_")]  # others come and go
+
+
+def test_the_connect_step_ends_each_connection_as_the_sdk_does(tmp_path: Path) -> None:
+    """bench/load.py connect (the handshake goal's load) closes every connection with 1000, as
+    the SDK does: the lifecycle it measures is a normal one, not a protocol error's (picows'
+    default close code, 0, is invalid: the server answered every close with 1002)."""
+    service = Service(tmp_path, flags_doc(strict_rollout=100))
+    with service:
+        tokens = tmp_path / "tokens.txt"
+        tokens.write_text("".join(service.token(f"client-{n}") + "\n" for n in range(10)))
+        done = subprocess.run([sys.executable, str(ROOT / "bench" / "load.py"), "connect", service.ws_url,
+                               "--concurrency", "5", "--duration", "1", "--warmup", "0.2", "--welcome",
+                               "--tokens", str(tokens)], capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        result = json.loads(done.stdout)
+        assert result["handshakes"] > 0 and result["errors"] == 0, result
+        deadline = time.monotonic() + 10
+        while True:  # the last connections' closes may still be on their way
+            metrics = service.get("/metrics").text
+            closed = metric_value(metrics, "canaryws_connections_closed_total")
+            if closed >= result["handshakes"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert closed >= result["handshakes"], (closed, result)
+    assert metric_value(metrics, "canaryws_connections_closed_total", code="1000") == closed, metrics
