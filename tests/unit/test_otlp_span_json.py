@@ -119,3 +119,37 @@ def test_attribute_name_prefixes_stay_bounded() -> None:
     span = ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes=many)
     assert encode_span_json(span) == reference(span)
     assert len(otlp_json_encoder._INT_PREFIX) <= otlp_json_encoder._PREFIXES_MAX
+
+
+def _encoded(attributes: dict[str, Any]) -> bytes:
+    span = ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes=attributes)
+    assert encode_span_json(span) == reference(span)
+    return encode_span_json(span)
+
+
+def test_remembered_attributes_keep_each_kind_and_spelling_apart() -> None:
+    """True == 1 == 1.0 and 0.0 == -0.0 as dict keys: each is still written as itself, in
+    either order, first time and remembered."""
+    for values in ([True, 1, 1.0, "1"], [1.0, 1, True], [-0.0, 0.0, -0.0], [0.0, -0.0], [float("nan")] * 2):
+        for _ in range(2):
+            for value in values:
+                assert _encoded({"canaryws.kinds": value}) == reference(
+                    ReadableSpan(name="s", context=SpanContext(1, 2, False), attributes={"canaryws.kinds": value}))
+    assert _encoded({"canaryws.kinds": -0.0}).count(b"-0.0") == 1
+
+
+def test_remembered_attributes_stay_bounded_and_ids_are_not_kept() -> None:
+    """A name with more values than are kept per name (an id) is built each time; all names
+    together keep at most _REMEMBERED_MAX values."""
+    e = otlp_json_encoder
+    for n in range(e._VALUES_PER_NAME + 5):
+        assert b'"c-%d"' % n in _encoded({"canaryws.connection.id": f"c-{n}", "canaryws.role": "connect"})
+    assert e._STRING_ENCODED["canaryws.connection.id"] is e._MANY and not e._MANY
+    role = b'{"key":"canaryws.role","value":{"stringValue":"connect"}}'
+    assert e._STRING_ENCODED["canaryws.role"] == {"connect": role}
+    for n in range(e._REMEMBERED_MAX // 8 + 10):
+        _encoded({f"n{n}-{k}": k for k in range(10)})
+        assert e._remembered <= e._REMEMBERED_MAX
+    kept = sum(len(values) for kind in (e._STRING_ENCODED, e._INT_ENCODED, e._BOOL_ENCODED, e._FLOAT_ENCODED)
+               for values in kind.values())
+    assert kept == e._remembered <= e._REMEMBERED_MAX

@@ -254,6 +254,46 @@ def _prefix(cache: dict[str, bytes], key: str, kind: bytes) -> bytes:
     return prefix
 
 
+# Whole attributes remembered: most of a connection's two spans repeat from one connection to
+# the next (the role, the cohort, the flag evaluations, the zero counts: about 30 of 38), so
+# their bytes are looked up instead of built. Per kind of value (True == 1 == 1.0 in a dict),
+# then per name: at most _VALUES_PER_NAME values of a name are kept; a name that has more (an
+# id) is marked _MANY and its values are built each time, as before. At most _REMEMBERED_MAX
+# entries in all (names come from the code and the instrumentations, never from a client):
+# beyond that every kind starts again. (The event loop's thread ends nearly every span; another
+# thread's race can only miscount the total by a few.)
+_STRING_ENCODED: dict[str, dict[Any, bytes]] = {}
+_INT_ENCODED: dict[str, dict[Any, bytes]] = {}
+_BOOL_ENCODED: dict[str, dict[Any, bytes]] = {}
+_FLOAT_ENCODED: dict[str, dict[Any, bytes]] = {}
+_NONE: dict[Any, bytes] = {}  # a name not seen yet (never written)
+_MANY: dict[Any, bytes] = {}  # a name with too many values to keep (never written)
+_VALUES_PER_NAME = 64
+_REMEMBERED_MAX = 4096
+_remembered = 0
+
+
+def _remember(cache: dict[str, dict[Any, bytes]], key: str, value: object, encoded: bytes) -> bytes:
+    """``encoded`` (the attribute ``key``: ``value``), kept in ``cache`` if there is room."""
+    global _remembered
+    values = cache.get(key)
+    if values is _MANY:
+        return encoded
+    if values is None:
+        if _remembered >= _REMEMBERED_MAX:
+            for kind in (_STRING_ENCODED, _INT_ENCODED, _BOOL_ENCODED, _FLOAT_ENCODED):
+                kind.clear()
+            _remembered = 0
+        values = cache[key] = {}
+    elif len(values) >= _VALUES_PER_NAME:
+        cache[key] = _MANY
+        _remembered -= len(values)
+        return encoded
+    values[value] = encoded
+    _remembered += 1
+    return encoded
+
+
 def _attributes_json(attributes: Mapping[str, object]) -> bytes:
     """:func:`_attributes`' list items, comma-separated (empty when there are none)."""
     parts: list[bytes] = []
@@ -261,12 +301,30 @@ def _attributes_json(attributes: Mapping[str, object]) -> bytes:
     for key, value in attributes.items():
         cls = value.__class__
         if key and cls is str:
-            append((_STRING_PREFIX.get(key) or _prefix(_STRING_PREFIX, key, b"stringValue")) + _encode(value) + b"}}")
+            encoded = _STRING_ENCODED.get(key, _NONE).get(value)
+            if encoded is None:
+                encoded = _remember(_STRING_ENCODED, key, value, (_STRING_PREFIX.get(key) or _prefix(
+                    _STRING_PREFIX, key, b"stringValue")) + _encode(value) + b"}}")
+            append(encoded)
         elif key and cls is int:
-            append((_INT_PREFIX.get(key) or _prefix(_INT_PREFIX, key, b"intValue")) + b'"%d"}}' % value)  # type: ignore[str-format]  # (an int: cls is int)
+            encoded = _INT_ENCODED.get(key, _NONE).get(value)
+            if encoded is None:
+                encoded = _remember(_INT_ENCODED, key, value, (_INT_PREFIX.get(key) or _prefix(
+                    _INT_PREFIX, key, b"intValue")) + b'"%d"}}' % value)  # type: ignore[str-format]  # (an int: cls is int)
+            append(encoded)
         elif key and cls is bool:
-            append((_BOOL_PREFIX.get(key) or _prefix(_BOOL_PREFIX, key, b"boolValue"))
-                   + (b"true}}" if value else b"false}}"))
+            encoded = _BOOL_ENCODED.get(key, _NONE).get(value)
+            if encoded is None:
+                encoded = _remember(_BOOL_ENCODED, key, value, (_BOOL_PREFIX.get(key) or _prefix(
+                    _BOOL_PREFIX, key, b"boolValue")) + (b"true}}" if value else b"false}}"))
+            append(encoded)
+        elif key and cls is float:
+            encoded = _FLOAT_ENCODED.get(key, _NONE).get(value)
+            if encoded is None:
+                encoded = _encode(_key_value(key, value))
+                if value:  # (0.0 == -0.0, written differently: zeros are not kept)
+                    _remember(_FLOAT_ENCODED, key, value, encoded)
+            append(encoded)
         else:
             try:
                 append(_encode(_key_value(key, value)))
