@@ -11,6 +11,7 @@ import resource
 import signal
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,9 @@ def test_a_span_pre_encoding_cannot_encode_is_left_to_the_exporter(tmp_path: Pat
 
 
 def test_the_file_processor_encodes_sampled_spans_on_the_ending_thread(tmp_path: Path) -> None:
-    """The file exporter's processor encodes each sampled span as it ends, on the thread that
-    ends it, so the export thread only writes (no 5 ms bursts under the GIL: the p99.9)."""
+    """The file exporter's processor encodes sampled spans on the thread that ends them, so the
+    export thread only writes (no 5 ms bursts under the GIL: the p99.9); one span short of a
+    group is encoded at the shutdown, on the thread shutting down (here, the same)."""
     seen: list[tuple[str, bool]] = []
     ended_on: list[int] = []
 
@@ -856,3 +858,54 @@ def test_a_tail_across_rotations_sees_every_summary_exactly_once(
         seen += _connections(tail.poll())
     assert writer.exporter.rotations == 4
     assert sorted(seen) == list(range(14))
+
+
+def test_the_file_processor_encodes_in_groups_and_none_waits_beyond_the_next_export() -> None:
+    """ENCODE_GROUP spans at a time, by the thread ending the last of them, in the order they
+    ended; fewer wait at most until the export thread's next scheduled export (which encodes
+    them first), a force_flush or the shutdown; a span ending after the shutdown is dropped and
+    counted, as the SDK's processor does."""
+    exported: list[tuple[str, bool]] = []
+    encoded_on: list[tuple[str, int]] = []
+    monitor = SpanExportMonitor("spy")
+
+    class Spy(InMemorySpanExporter):
+        def export(self, spans: Any) -> Any:
+            exported.extend((span.name, isinstance(getattr(span, "_canaryws_otlp_json", None), msgspec.Raw))
+                            for span in spans)
+            return super().export(spans)
+
+    def encode(span: ReadableSpan) -> ReadableSpan:
+        encoded_on.append((span.name, threading.get_ident()))
+        return pre_encode(span)
+
+    settings = {"max_queue_size": 64, "schedule_delay_millis": 200, "max_export_batch_size": 64,
+                "export_timeout_millis": 1000}
+    provider = TracerProvider(shutdown_on_exit=False)
+    provider.add_span_processor(MonitoredBatchSpanProcessor(
+        Spy(), monitor, settings, pre_encode=encode, encode_group=4))  # type: ignore[arg-type]
+    tracer = provider.get_tracer("canaryws.test")
+    here = threading.get_ident()
+
+    for n in range(3):
+        tracer.start_span(f"s{n}").end()
+    assert encoded_on == []  # a group is not complete
+    tracer.start_span("s3").end()
+    assert encoded_on == [(f"s{n}", here) for n in range(4)]  # the fourth ends it: all four, here, in order
+
+    tracer.start_span("s4").end()
+    tracer.start_span("s5").end()
+    deadline = time.monotonic() + 5
+    while len(exported) < 6:  # the next scheduled export takes the two that wait
+        assert time.monotonic() < deadline, exported
+        time.sleep(0.01)
+    assert [name for name, _ in encoded_on[4:]] == ["s4", "s5"]
+    assert all(thread != here for _, thread in encoded_on[4:])  # the export thread encoded them
+
+    tracer.start_span("s6").end()
+    assert provider.force_flush()
+    tracer.start_span("s7").end()
+    provider.shutdown()
+    tracer.start_span("s8").end()  # after the shutdown
+    assert exported == [(f"s{n}", True) for n in range(8)]
+    assert monitor.dropped["shutdown"] == 1

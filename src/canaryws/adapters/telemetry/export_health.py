@@ -68,6 +68,15 @@ __all__ = [
 _logger = logging.getLogger("canaryws.telemetry")
 
 DROP_REASONS = ("queue_full", "export_failed", "shutdown")
+ENCODE_GROUP = 32
+"""Sampled spans a pre-encoding processor (the trace file's) encodes at a time, on the thread
+that ends the last of them. One at a time, as each ended, each encoding ran with the
+interpreter's and the CPU's caches cold from the connection's other work: about 28 µs a
+connection span in the service, against about 10 in a loop; 32 in a row cost about as much
+as 10 or so one at a time (docs/benchmarks.md, "Handshakes"). The one that completes a group
+pays for it (about 0.3 ms on the event loop; the tail's budget is milliseconds); those that
+wait are encoded by the export thread before its next export (``OTEL_BSP_SCHEDULE_DELAY``),
+by ``force_flush`` and by ``shutdown``."""
 _MAX_ERROR_TEXT = 500
 
 
@@ -335,10 +344,15 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
         settings: BatchSettings,
         meter_provider: MeterProvider | None = None,
         pre_encode: Callable[[ReadableSpan], ReadableSpan] | None = None,
+        encode_group: int = ENCODE_GROUP,
     ) -> None:
         super().__init__(MonitoredSpanExporter(exporter, monitor), **settings, meter_provider=meter_provider)
         self.monitor = monitor
         self._pre_encode = pre_encode
+        self._group = max(encode_group, 1)
+        self._ended: list[ReadableSpan] = []  # sampled spans ended and not encoded yet (fewer than a group)
+        self._ended_lock = threading.Lock()
+        self._closed = False
         inner = getattr(self, "_batch_processor", None)
         sdk_metrics = getattr(inner, "_metrics", None)
         if inner is None or not callable(getattr(sdk_metrics, "drop_items", None)):
@@ -346,19 +360,61 @@ class MonitoredBatchSpanProcessor(BatchSpanProcessor):
             _logger.warning("this opentelemetry-sdk hides its span queue; queue overflow drops are not counted")
         else:
             inner._metrics = _DropCounter(sdk_metrics, monitor)
+        export = getattr(inner, "_export", None)
+        if pre_encode is not None and self._group > 1:
+            if not callable(export):  # pinned by a unit test, as _metrics is; degrade to a group of one
+                self._group = 1
+            else:
+                def ended_first(strategy: Any) -> None:
+                    self._encode_ended()  # what waits for its group is queued before each export
+                    export(strategy)
+                inner._export = ended_first  # type: ignore[union-attr]
 
     def on_end(self, span: ReadableSpan) -> None:
-        # ``pre_encode`` (the file exporter's): the span's encoding, done here on the thread
-        # ending it rather than in one burst on the export thread, queued in the span's place
-        # (otlp_json_encoder.pre_encode, EncodedSpan).
+        # ``pre_encode`` (the file exporter's): the span's encoding, done on the thread ending
+        # spans rather than in one burst of up to 512 on the export thread, queued in the span's
+        # place (otlp_json_encoder.pre_encode, EncodedSpan); ENCODE_GROUP spans at a time.
         if self._pre_encode is not None and span.context.trace_flags.sampled:
+            if self._group > 1:
+                with self._ended_lock:
+                    ended: list[ReadableSpan] | None = None
+                    if not self._closed:
+                        ended = self._ended
+                        ended.append(span)
+                        if len(ended) < self._group:
+                            return
+                        self._ended = []
+                if ended is not None:
+                    self._queue([self._pre_encode(each) for each in ended])
+                    return
             span = self._pre_encode(span)
+        self._queue((span,))
+
+    def _queue(self, spans: Iterable[ReadableSpan]) -> None:
         # The SDK logs "Queue full, dropping Span." here; the monitor reports it instead.
         _sdk_records.capture = _DISCARD
         try:
-            super().on_end(span)
+            for span in spans:
+                super().on_end(span)
         finally:
             _sdk_records.capture = None
+
+    def _encode_ended(self) -> None:
+        """Encode and queue the spans waiting for their group (fewer than ENCODE_GROUP)."""
+        with self._ended_lock:
+            ended, self._ended = self._ended, []
+        if ended and self._pre_encode is not None:
+            self._queue([self._pre_encode(each) for each in ended])
+
+    def force_flush(self, timeout_millis: int | None = None) -> bool:
+        self._encode_ended()
+        return super().force_flush(timeout_millis)
+
+    def shutdown(self) -> None:
+        with self._ended_lock:
+            self._closed = True  # spans ending from now on go straight to the SDK (which drops them: shutdown)
+        self._encode_ended()
+        super().shutdown()  # type: ignore[no-untyped-call]
 
 
 def traces_status(monitors: Sequence[SpanExportMonitor]) -> dict[str, Any]:

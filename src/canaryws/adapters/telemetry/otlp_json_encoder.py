@@ -463,9 +463,10 @@ def pre_encode(span: ReadableSpan) -> ReadableSpan:
     spans, about 10 µs each) in one go under the GIL, and the event loop waits for the GIL
     for up to a switch interval (5 ms) at a time until it is done: the answers of that
     moment take 5 ms longer, which is the service's p99.9 (docs/benchmarks.md, "The tail").
-    Encoded as each sampled span ends, the same work comes in slices of about 10 µs that
-    only the traced batch pays. A span this cannot encode is left to the exporter, which
-    counts it as dropped and says why: ending a span never raises.
+    Encoded on the thread ending the spans (the processor groups them,
+    :data:`canaryws.adapters.telemetry.export_health.ENCODE_GROUP` at a time), the same work
+    comes in slices of well under a millisecond. A span this cannot encode is left to the
+    exporter, which counts it as dropped and says why: ending a span never raises.
     """
     try:
         return EncodedSpan(span, msgspec.Raw(encode_span_json(span)))
