@@ -9,13 +9,15 @@ from typing import Any
 import websockets
 from starlette.types import Message, Receive, Scope, Send
 
+from canaryws.adapters.asgi.frame_writer import text_writer
 from canaryws.adapters.asgi.held_writes import HeldWrites, hold_writes
 from harness import CountingTransport, uvicorn_serving
 
 
-def serve(hold: bool) -> tuple[list[bytes], list[str], bool]:
-    """One connection: accept, a welcome, a close; the server's writes, what the client got,
-    and whether the protocol had its transport back after the release."""
+def serve(hold: bool, writer: bool = False) -> tuple[list[bytes], list[str], bool]:
+    """One connection: accept, a welcome (with ``writer``: by the frame writer, as the endpoint
+    sends it), a close; the server's writes, what the client got, and whether the protocol had
+    its transport back after the release."""
     seen: dict[str, Any] = {}
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -26,7 +28,10 @@ def serve(hold: bool) -> tuple[list[bytes], list[str], bool]:
         held = hold_writes(send) if hold else HeldWrites()
         assert held.holding is hold
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.send", "text": "welcome"})
+        write = text_writer(send) if writer else None
+        if write is None or not write(b"welcome"):
+            await send({"type": "websocket.send", "text": "welcome"})
+        seen["written"] = write is not None
         held.release()
         held.release()  # idempotent
         seen["restored"] = protocol.transport is counting
@@ -41,6 +46,7 @@ def serve(hold: bool) -> tuple[list[bytes], list[str], bool]:
             return got
 
     received = asyncio.run(scenario())
+    assert seen["written"] is writer
     return seen["writes"], received, seen["restored"]
 
 
@@ -51,6 +57,16 @@ def test_the_101_and_the_welcome_leave_in_one_write() -> None:
     first = writes[0]
     assert first.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
     assert first.endswith(b"\r\n\r\n\x81\x07welcome")  # the welcome frame right after the headers
+
+
+def test_the_frame_writer_s_welcome_is_held_with_the_101_alike() -> None:
+    """The endpoint writes its welcome with the batch loop's frame writer, into the held transport."""
+    writes, received, restored = serve(hold=True, writer=True)
+    assert received == ["welcome"]
+    assert restored
+    assert writes[0].startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert writes[0].endswith(b"\r\n\r\n\x81\x07welcome")
+    assert len(writes) == 2  # the 101 and the welcome, then the close frame
 
 
 def test_without_holding_they_are_two() -> None:

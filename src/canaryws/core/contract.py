@@ -463,8 +463,15 @@ def cohort_info(cohort: Cohort) -> CohortInfo:
 def encode_welcome(*, connection_id: str, client_id: str, cohort: Cohort, protocol: str = PROTOCOL_V1,
                    durable: bool = False) -> str:
     """The welcome frame; ``durable`` is said in v2 only."""
+    return encode_welcome_bytes(connection_id=connection_id, client_id=client_id, cohort=cohort, protocol=protocol,
+                                durable=durable).decode()
+
+
+def encode_welcome_bytes(*, connection_id: str, client_id: str, cohort: Cohort, protocol: str = PROTOCOL_V1,
+                         durable: bool = False) -> bytes:
+    """:func:`encode_welcome`'s frame as the UTF-8 bytes the encoder writes (what goes on the wire)."""
     return _encoder.encode(Welcome(protocol, connection_id, client_id, cohort_info(cohort),  # type: ignore[arg-type]
-                                   durable if protocol == PROTOCOL_V2 else msgspec.UNSET)).decode()
+                                   durable if protocol == PROTOCOL_V2 else msgspec.UNSET))
 
 
 def encode_result(batch_id: str, outcome: Outcome, durable: bool | msgspec.UnsetType = msgspec.UNSET,

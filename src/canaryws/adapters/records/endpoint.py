@@ -22,6 +22,7 @@ from opentelemetry import trace
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from canaryws.adapters.asgi.frame_writer import text_writer
 from canaryws.adapters.asgi.held_writes import hold_writes
 from canaryws.adapters.asgi.scope import ABORT_SCOPE_KEY, ACCESS_TOKEN_SCOPE_KEY, CHANNEL_SCOPE_KEY
 from canaryws.adapters.auth import AcceptedTokens, Identity, TokenAuthority
@@ -257,14 +258,15 @@ class RecordsEndpoint:
         close_code = 1006
         try:
             try:
-                await websocket.send_text(
-                    contract.encode_welcome(connection_id=connection_id, client_id=client_id, cohort=cohort,
-                                            protocol=admitted.subprotocol or contract.PROTOCOL_V1,
-                                            durable=self._durable)
-                )
+                welcome = contract.encode_welcome_bytes(connection_id=connection_id, client_id=client_id,
+                                                        cohort=cohort, durable=self._durable,
+                                                        protocol=admitted.subprotocol or contract.PROTOCOL_V1)
+                write = text_writer(channel[1]) if channel else None  # the answers' writer too
+                if write is None or not write(welcome):
+                    await websocket.send_text(welcome.decode())
             finally:
                 held.release()
-            close_code = await self._loop.serve(websocket, conn, self._client_bytes.get(client_id))
+            close_code = await self._loop.serve(websocket, conn, self._client_bytes.get(client_id), write)
         except WebSocketDisconnect as gone:  # the peer vanished (or was dropped) while we were sending
             close_code = conn.ended[0] if conn.ended else (await self._queued_close(websocket) or gone.code)
         except OSError:  # the same on the server's channel (uvicorn's ClientDisconnected)

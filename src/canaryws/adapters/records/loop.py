@@ -184,9 +184,12 @@ class BatchLoop:
         self._end_slice = end_slice
         self._strict_share = strict_share
 
-    async def serve(self, websocket: WebSocket, conn: Connection, client_bytes: TokenBucket | None) -> int:
+    async def serve(self, websocket: WebSocket, conn: Connection, client_bytes: TokenBucket | None,
+                    writer: Callable[[bytes], bool] | None = None) -> int:
         """Serve ``conn`` until it ends; the close code. ``client_bytes``: its client id's
-        work budget (shared by the client's connections), None when off.
+        work budget (shared by the client's connections), None when off; ``writer``: the
+        connection's :func:`~canaryws.adapters.asgi.frame_writer.text_writer`, if the endpoint
+        made it already.
 
         Between a batch and its answer it does the work and little else
         (docs/benchmarks.md): a clock read, the rate and the connection's work budget (the
@@ -234,7 +237,7 @@ class BatchLoop:
 
             def encode_result(batch_id: str, outcome: Outcome) -> bytes:
                 return encode_v2(batch_id, outcome, durable, False)
-        write = text_writer(send)  # the answer's frame straight to the transport while nothing is in its way
+        write = writer or text_writer(send)  # the answer's frame straight to the transport while nothing is in its way
         client_id = conn.context.client_id
         each_batch = telemetry.records_each_batch
         gap = telemetry.batch_gap()  # batches until the next batch span
