@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanContext, StatusCode, TraceFlags
 
 from canaryws.adapters.telemetry.connection_spans import ConnectionSpans, RecordedSpan
 from canaryws.adapters.telemetry.otlp_json_encoder import _encode_span
-from canaryws.adapters.telemetry.records import RecordsTelemetry
+from canaryws.adapters.telemetry.records import CurrentSpan, RecordsTelemetry, record_failure
 from canaryws.adapters.telemetry.sampling import ConnectionSpansSampler
 from canaryws.core.cohorts import Cohort, FlagEvaluation
 from canaryws.core.summary import END_CLOSED, ConnectionSummary
@@ -141,6 +141,27 @@ def test_a_connect_span_the_handshake_failed_in_records_the_exception_as_the_sdk
     assert attributes.keys() == dict(expected.attributes or {}).keys()
     assert attributes["exception.type"] == "ConnectionResetError"
     assert "the peer left" in str(attributes["exception.stacktrace"])
+
+
+@pytest.mark.parametrize("failure", [ConnectionResetError("the peer left"), None], ids=["failed", "fine"])
+def test_the_endpoints_current_span_is_use_spans(failure: Exception | None) -> None:
+    """The endpoint makes its connect span current with :class:`CurrentSpan`, not
+    ``trace.use_span``: the same span, current inside, ended after, a failure recorded alike."""
+    spans = []
+    for scope in (lambda span: trace.use_span(span, end_on_exit=True), CurrentSpan):
+        pair = Pair()
+        span = pair.direct.start_connect("conn-1", "client-1", [], "1.2.3")
+        with pytest.raises(ConnectionResetError) if failure else _nothing(), scope(span) as current:
+            assert current is span and trace.get_current_span() is span
+            if failure is not None:
+                raise failure
+        assert trace.get_current_span() is not span
+        (finished,), _ = pair.finished()
+        spans.append(finished)
+    assert comparable(spans[0]) == comparable(spans[1])
+    assert (spans[1].status.status_code is StatusCode.ERROR) == (failure is not None)
+    assert [e.name for e in spans[1].events] == (["exception"] if failure else [])
+    record_failure(trace.NonRecordingSpan(trace.INVALID_SPAN_CONTEXT), ValueError("x"))  # nothing to record on
 
 
 @pytest.mark.parametrize("code", [1000, 1006])

@@ -384,3 +384,54 @@ def test_an_engine_failure_is_an_error_evaluation_and_a_warning(monkeypatch: pyt
     evaluation = snap.evaluate(STRICT_FLAG, {"userId": "c1"})
     assert (evaluation.enabled, evaluation.reason, evaluation.variant) == (False, "error", "off")
     assert "the engine failed to evaluate it" in caplog.text
+
+
+@pytest.mark.parametrize("case", sorted(EVERYONE_CASES))
+def test_an_answer_without_context_is_the_one_every_context_gets(case: str) -> None:
+    """``evaluate_without_context`` (the cohort decision asks it before building a context)
+    answers only where the flag is the same for every context with the fields named, and
+    then exactly what ``evaluate`` (and the engine) answers each of them."""
+    strategies, unasked = EVERYONE_CASES[case]
+    doc = shipped()
+    data = {**doc.data, "features": [{**f, "strategies": strategies} if f["name"] == STRICT_FLAG else f
+                                     for f in doc.data["features"]]}
+    snap = snapshot(parse_flags_document(json.dumps(data).encode()))
+    for context in EVERYONE_CONTEXTS:
+        present = frozenset(field for field in ("userId", "sessionId") if context.get(field))
+        answer = snap.evaluate_without_context(STRICT_FLAG, present)
+        if present == {"userId", "sessionId"}:
+            assert (answer is not None) == unasked, (case, context)
+        if answer is not None:
+            assert answer == snap.evaluate(STRICT_FLAG, context), (case, context)
+            assert answer.enabled == snap._engine.check_enabled(STRICT_FLAG, dict(context)).is_enabled
+
+
+def test_a_disabled_or_absent_flag_is_answered_without_context() -> None:
+    snap = snapshot(with_enabled(shipped(), SHADOW_FLAG, False))
+    off = snap.evaluate_without_context(SHADOW_FLAG, frozenset())
+    assert off == snap.evaluate(SHADOW_FLAG, {"userId": "a", "sessionId": "b"})
+    assert off is not None and (off.enabled, off.reason) == (False, "disabled")
+    absent = snap.evaluate_without_context("no.such.flag", frozenset())
+    assert absent == snap.evaluate("no.such.flag", {"userId": "a"})
+    assert absent is not None and (absent.found, absent.reason) == (False, "error")
+
+
+def test_the_cohort_decision_reads_the_clock_only_when_the_engine_needs_a_context() -> None:
+    """Outside a rollout (both cohort flags the same for everyone) no context is built and
+    the clock is not read; at a split it is read once, and the decision is the engine's."""
+    reads: list[int] = []
+
+    def clock() -> str:
+        reads.append(1)
+        return "2026-12-07T12:00:00+00:00"
+
+    context = EvaluationContext("client-7", "conn-7")
+    for percent, reads_expected in ((100, 0), (0, 1), (50, 1)):
+        reads.clear()
+        snap = snapshot(with_rollout(shipped(), STRICT_FLAG, percent))
+        decision = decide_cohort(snap, context, {"strict": 1, "lenient": 1}, "lenient", clock)
+        assert len(reads) == reads_expected, percent
+        expected = decide_cohort(snap, context, {"strict": 1, "lenient": 1}, "lenient",
+                                 "2026-12-07T12:00:00+00:00")
+        assert decision == expected
+        assert decision.evaluations[0] == snap.evaluate(STRICT_FLAG, context.as_unleash(clock()))

@@ -6,7 +6,7 @@ flag adapters wrap the Unleash engine behind that shape).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -40,6 +40,13 @@ class FlagSnapshotView(Protocol):
     def revision(self) -> str: ...
 
     def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation: ...
+
+    def evaluate_without_context(self, flag: str, present: Collection[str]) -> FlagEvaluation | None:
+        """``flag``'s evaluation when it is the same for every context that has the fields
+        ``present`` (set, not empty): what :meth:`evaluate` would answer for any of them,
+        without building one. None when the answer may depend on the context (the engine
+        must be asked)."""
+        ...
 
     def expected_share(self, flag: str) -> float | None:
         """Share of client ids the flag is on for, if the flags alone determine it."""
@@ -111,18 +118,25 @@ class CohortDecision:
     evaluations: tuple[FlagEvaluation, ...]
 
 
+_IDS_PRESENT = frozenset({"userId", "sessionId"})  # EvaluationContext.as_unleash's, when both ids are set
+_NOTHING_PRESENT: frozenset[str] = frozenset()
+
+
 def decide_cohort(
     snapshot: FlagSnapshotView,
     context: EvaluationContext,
     versions: Mapping[str, int],
     default_strategy: str = DEFAULT_STRATEGY,
-    current_time: str | None = None,
+    current_time: str | Callable[[], str] | None = None,
 ) -> CohortDecision:
     """Evaluate the cohort flags once; ``records.strict`` on means the strict strategy.
 
-    ``current_time`` (ISO 8601, the decision's time) is the context's ``currentTime``, so
-    a constraint on it is evaluated when the cohort is decided: at connect, and again when
-    the flags revision changes.
+    ``current_time`` (ISO 8601, the decision's time, or a clock that gives it) is the
+    context's ``currentTime``, so a constraint on it is evaluated when the cohort is
+    decided: at connect, and again when the flags revision changes. A flag whose answer is
+    the same for every context (:meth:`FlagSnapshotView.evaluate_without_context`: off, or
+    on for everyone with no constraint) is answered without building the Unleash context
+    or reading the clock; that is every connection's case outside a rollout.
 
     ``versions`` maps strategy name to the version the service runs. When
     ``records.strict`` is not found in the document, the strategy is ``default_strategy``
@@ -131,9 +145,15 @@ def decide_cohort(
     present, its evaluation alone decides: on is strict, off (disabled, or no strategy
     matched) is lenient.
     """
-    unleash_ctx = context.as_unleash(current_time)
-    strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
-    shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
+    present = _IDS_PRESENT if context.client_id and context.connection_id else _NOTHING_PRESENT
+    strict = snapshot.evaluate_without_context(STRICT_FLAG, present)
+    shadow = snapshot.evaluate_without_context(SHADOW_FLAG, present)
+    if strict is None or shadow is None:
+        unleash_ctx = context.as_unleash(current_time() if callable(current_time) else current_time)
+        if strict is None:
+            strict = snapshot.evaluate(STRICT_FLAG, unleash_ctx)
+        if shadow is None:
+            shadow = snapshot.evaluate(SHADOW_FLAG, unleash_ctx)
     if strict.found:
         strategy = STRICT.name if strict.enabled else LENIENT.name
     else:

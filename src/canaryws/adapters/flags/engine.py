@@ -32,7 +32,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -571,6 +571,19 @@ class FlagSnapshot:
         """True when the flags in force define ``flag`` (enabled or not)."""
         return flag in self._outcomes or flag in self._fixed
 
+    def evaluate_without_context(self, flag: str, present: Collection[str]) -> FlagEvaluation | None:
+        """``flag``'s evaluation when it is the same for every context with the fields
+        ``present`` (non-empty): off (disabled, or absent: the ``error`` answer), or on for
+        everyone (no strategy, or one that holds for everyone with a stickiness field in
+        ``present``); None when the engine must be asked (a split, a constraint, a segment,
+        a parent flag). The answers :meth:`evaluate` gives (tests/unit/test_flag_engine.py)."""
+        if flag not in self._outcomes:
+            return self.evaluate(flag, _NO_CONTEXT)
+        everyone = self._everyone.get(flag)
+        if everyone is not None and (not everyone[1] or everyone[1] in present):
+            return everyone[0]
+        return None
+
     def evaluate(self, flag: str, context: Mapping[str, Any]) -> FlagEvaluation:
         """Evaluate ``flag`` for an Unleash context (``userId``, ``sessionId``, ...)."""
         outcomes = self._outcomes.get(flag)
@@ -601,6 +614,7 @@ class FlagSnapshot:
         )
 
 
+_NO_CONTEXT: Mapping[str, Any] = {}
 _ANY_CONTEXT = ("", "default", "random")  # stickiness that no context lacks (default falls back to random)
 _CONTEXT_FIELDS = ("userId", "sessionId")  # stickiness read from a context field, which a context may lack
 

@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from opentelemetry import trace
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -44,7 +43,7 @@ from canaryws.adapters.records.loop import BatchLoop
 from canaryws.adapters.shadow import ShadowRunner
 from canaryws.adapters.sink.committer import Committer
 from canaryws.adapters.telemetry.logs import client_id_var, connection_id_var
-from canaryws.adapters.telemetry.records import RecordsTelemetry, span_context
+from canaryws.adapters.telemetry.records import CurrentSpan, RecordsTelemetry, span_context
 from canaryws.core import contract
 from canaryws.core.cohorts import (
     DEFAULT_STRATEGY,
@@ -223,18 +222,20 @@ class RecordsEndpoint:
         channel = websocket.scope.get(CHANNEL_SCOPE_KEY)
         held = hold_writes(channel[1] if channel else None)  # the 101 and the welcome: one write
         try:
-            with trace.use_span(connect_span, end_on_exit=True):
+            with CurrentSpan(connect_span):  # = trace.use_span(connect_span, end_on_exit=True)
                 snapshot = self._flags.current
-                decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso())
+                decision = decide_cohort(snapshot, context, VERSIONS, self._default_strategy, now_iso)
                 self._telemetry.record_evaluations(connect_span, decision.evaluations, client_id)
                 self._telemetry.set_cohort(connect_span, decision.cohort)
                 await websocket.accept(subprotocol=admitted.subprotocol)
-                peer = websocket.scope.get("client")
-                log.info(
-                    "connection accepted",
-                    extra={"strategy": decision.cohort.strategy, "flags_revision": decision.cohort.flags_revision,
-                           "client_address": str(peer[0]) if peer else None},
-                )
+                if log.isEnabledFor(logging.INFO):
+                    peer = websocket.scope.get("client")
+                    log.info(
+                        "connection accepted",
+                        extra={"strategy": decision.cohort.strategy,
+                               "flags_revision": decision.cohort.flags_revision,
+                               "client_address": str(peer[0]) if peer else None},
+                    )
             cohort = decision.cohort
             now = time.perf_counter()
             conn = Connection(
@@ -295,10 +296,11 @@ class RecordsEndpoint:
             summary.close_code = close_code
             self._telemetry.closed(summary, close_code)
             self._end_slice(conn, END_CLOSED)  # and out of the open set
-            log.info(
-                "connection closed",
-                extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
-            )
+            if log.isEnabledFor(logging.INFO):
+                log.info(
+                    "connection closed",
+                    extra={"close_code": close_code, "batches": summary.batches, "strategy": summary.strategy},
+                )
 
     @staticmethod
     async def _queued_close(websocket: WebSocket) -> int | None:

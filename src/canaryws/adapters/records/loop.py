@@ -394,7 +394,7 @@ class BatchLoop:
     async def _reload(self, conn: Connection, snapshot: FlagSnapshotView, send: Send, started: float) -> Cohort:
         """A new flags revision: the connection's cohort decided again; the new one."""
         old = conn.cohort
-        new = decide_cohort(snapshot, conn.context, VERSIONS, self._default_strategy, now_iso()).cohort
+        new = decide_cohort(snapshot, conn.context, VERSIONS, self._default_strategy, now_iso).cohort
         # The connection's cohort changes before the next await: a slice the sweep ends while
         # the cohort frame is sent must start the next one under it.
         conn.cohort = new
